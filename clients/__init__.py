@@ -1,0 +1,1 @@
+"""The Flower ClientApp that runs on every device."""

@@ -1,0 +1,1 @@
+"""The cloud ServerApp and what it records about a run."""

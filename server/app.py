@@ -1,0 +1,107 @@
+"""The cloud ServerApp: run the strategy, evaluate centrally, record and checkpoint each round."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+
+from fedmosaic import records
+from fedmosaic.config import RunConfig
+from fedmosaic.models.training import evaluate, make_loader
+from fedmosaic.server.recorder import RoundRecord, RunRecorder
+from fedmosaic.server.traffic import MeteredStrategy
+from fedmosaic.strategies.registry import build_strategy
+from fedmosaic.task import build_model, cached_dataset
+
+log = logging.getLogger("fedmosaic")
+app = ServerApp()
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    """``out-dir/run-name``; an empty run name becomes ``<dataset>-<strategy>-<timestamp>``."""
+    name = config.run_name or (
+        f"{config.dataset.replace(':', '-')}-{config.strategy}-"
+        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    return Path(config.out_dir).expanduser().resolve() / name
+
+
+def warn_pointless_settings(config: RunConfig) -> None:
+    """Log legal settings that have no effect."""
+    if config.proximal_mu > 0 and config.strategy != "fedprox":
+        log.warning("proximal-mu=%s has no effect with strategy=%s (only fedprox sends it)",
+                    config.proximal_mu, config.strategy)
+    if config.dataset == "smartwatch" and config.missing_modality_prob > 0:
+        log.info("missing-modality-prob applies to the synthetic dataset only")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run ``num-server-rounds`` rounds and write the run folder."""
+    config = RunConfig.from_mapping(context.run_config)
+    run_dir = run_dir_of(config)
+    log.info("fedmosaic run %s: %s", run_dir, config.to_mapping())
+    warn_pointless_settings(config)
+
+    dataset = cached_dataset(config)
+    model = build_model(config, dataset)
+    test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
+    strategy = MeteredStrategy(build_strategy(config))
+    recorder = RunRecorder(run_dir, config.to_mapping())
+    round_started = time.time()
+
+    def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        nonlocal round_started
+        model.load_state_dict(arrays.to_torch_state_dict())
+        with torch.no_grad():
+            central = evaluate(model, test_loader, dataset.specs)
+        if server_round == 0:
+            recorder.initial_accuracy = central.accuracy
+            round_started = time.time()
+            return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
+        traffic = strategy.rounds[server_round]
+        train_metrics = strategy.train_metrics.get(server_round)
+        eval_metrics = strategy.evaluate_metrics.get(server_round)
+        recorder.record_round(RoundRecord(
+            round=server_round,
+            accuracy=central.accuracy,
+            loss=central.loss,
+            bytes_up=traffic.bytes_up,
+            bytes_down=traffic.bytes_down,
+            seconds=time.time() - round_started,
+            train_loss=_metric(train_metrics, records.TRAIN_LOSS),
+            federated_accuracy=_metric(eval_metrics, records.EVAL_ACCURACY),
+            federated_loss=_metric(eval_metrics, records.EVAL_LOSS),
+            replies=traffic.replies_up,
+            failed_replies=traffic.failed_replies,
+        ))
+        recorder.checkpoint(server_round, model.state_dict(), {
+            "round": server_round,
+            "strategy": config.strategy,
+            "traffic": {r: vars(t) for r, t in strategy.rounds.items()},
+        })
+        round_started = time.time()
+        return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=config.num_server_rounds,
+        train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
+        evaluate_fn=evaluate_and_record,
+    )
+    summary = recorder.finish()
+    log.info("final accuracy %.4f after %d rounds; outputs in %s",
+             summary["final_accuracy"], summary["rounds"], run_dir)
+
+
+def _metric(record: MetricRecord | None, key: str) -> float | None:
+    if record is None or key not in record:
+        return None
+    return float(record[key])  # type: ignore[arg-type]

@@ -1,0 +1,137 @@
+"""Everything a run leaves behind in its run folder.
+
+``runs/<run-name>/`` receives, as the run goes:
+
+* ``history.jsonl`` — one JSON line per round (also what ``fedmosaic run`` follows to show
+  progress);
+* ``tensorboard/`` — TensorBoard scalars per round;
+* ``checkpoints/round-NNN.pt`` — global model state dict and server state after each round;
+
+and at the end ``summary.json`` and ``summary.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+HISTORY_FILE = "history.jsonl"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "summary.png"
+
+
+@dataclass
+class RoundRecord:
+    """What one round produced. ``accuracy`` and ``loss`` are the central evaluation."""
+
+    round: int
+    accuracy: float
+    loss: float
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    train_loss: float | None = None
+    federated_accuracy: float | None = None
+    federated_loss: float | None = None
+    replies: int = 0
+    failed_replies: int = 0
+
+
+@dataclass
+class RunRecorder:
+    """Writes history, TensorBoard scalars, checkpoints, ``summary.json`` and the plot."""
+
+    run_dir: Path
+    config: dict[str, Any]
+    history: list[RoundRecord] = field(default_factory=list)
+    initial_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / HISTORY_FILE).write_text("")
+        self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        self._started = time.time()
+
+    def record_round(self, record: RoundRecord) -> None:
+        """Append a round to the history, TensorBoard and ``history.jsonl``."""
+        self.history.append(record)
+        for name, value in asdict(record).items():
+            if name != "round" and value is not None:
+                self._writer.add_scalar(f"round/{name}", value, record.round)
+        self._writer.flush()
+        with (self.run_dir / HISTORY_FILE).open("a") as handle:
+            handle.write(json.dumps(asdict(record)) + "\n")
+
+    def checkpoint(self, server_round: int, model_state: dict[str, torch.Tensor],
+                   server_state: dict[str, Any]) -> Path:
+        """Save the global model and the server state reached after ``server_round``."""
+        path = self.run_dir / "checkpoints" / f"round-{server_round:03d}.pt"
+        torch.save(
+            {
+                "round": server_round,
+                "model_state": model_state,
+                "server_state": server_state,
+                "history": [asdict(r) for r in self.history],
+                "config": self.config,
+            },
+            path,
+        )
+        return path
+
+    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write ``summary.json`` and ``summary.png``; close TensorBoard; return the summary."""
+        self._writer.close()
+        last = self.history[-1] if self.history else None
+        summary: dict[str, Any] = {
+            "rounds": len(self.history),
+            "final_accuracy": last.accuracy if last else self.initial_accuracy,
+            "final_loss": last.loss if last else None,
+            "initial_accuracy": self.initial_accuracy,
+            "total_bytes_up": sum(r.bytes_up for r in self.history),
+            "total_bytes_down": sum(r.bytes_down for r in self.history),
+            "wall_seconds": time.time() - self._started,
+            "history": [asdict(r) for r in self.history],
+            "config": self.config,
+            **(extra or {}),
+        }
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        self._plot()
+        return summary
+
+    def _plot(self) -> None:
+        rounds = [r.round for r in self.history]
+        fig, (ax_acc, ax_loss, ax_bytes) = plt.subplots(1, 3, figsize=(13, 3.6))
+        ax_acc.plot(rounds, [r.accuracy for r in self.history], marker="o", label="central")
+        federated = [(r.round, r.federated_accuracy) for r in self.history
+                     if r.federated_accuracy is not None]
+        if federated:
+            ax_acc.plot(*zip(*federated, strict=True), marker="s", label="federated")
+        ax_acc.set(title="Accuracy", xlabel="round", ylim=(0, 1))
+        ax_acc.legend()
+        ax_loss.plot(rounds, [r.loss for r in self.history], marker="o", label="central")
+        trained = [(r.round, r.train_loss) for r in self.history if r.train_loss is not None]
+        if trained:
+            ax_loss.plot(*zip(*trained, strict=True), marker="s", label="train (clients)")
+        ax_loss.set(title="Loss", xlabel="round")
+        ax_loss.legend()
+        ax_bytes.bar([x - 0.2 for x in rounds], [r.bytes_down / 1e6 for r in self.history],
+                     width=0.4, label="down")
+        ax_bytes.bar([x + 0.2 for x in rounds], [r.bytes_up / 1e6 for r in self.history],
+                     width=0.4, label="up")
+        ax_bytes.set(title="Traffic per round", xlabel="round", ylabel="MB")
+        ax_bytes.legend()
+        fig.suptitle(f"{self.run_dir.name}")
+        fig.tight_layout()
+        fig.savefig(self.run_dir / PLOT_FILE, dpi=110)
+        plt.close(fig)

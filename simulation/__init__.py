@@ -1,0 +1,1 @@
+"""Datasets, partitioning, the synthetic IoT generator and the simulation launchers."""

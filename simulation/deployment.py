@@ -1,0 +1,113 @@
+"""``fedmosaic deploy-local``: the app on Flower's deployment engine, all on 127.0.0.1.
+
+Starts one ``flower-superlink`` and ``N`` ``flower-supernode`` processes (SuperNode ``i``
+gets ``--node-config "partition-id=i num-partitions=N"``), submits the app with
+``flwr run`` against that SuperLink, and stops every process when the run ends, fails or is
+interrupted. Each role's command is exactly what a user runs on real machines (README,
+"Deploying"); here they only share a host and use plain-text gRPC/HTTP on loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedmosaic import PROJECT_DIR
+from fedmosaic.config import ConfigValue
+from fedmosaic.simulation.launch import (
+    RunFailedError,
+    flower_environment,
+    follow,
+    read_summary,
+    resolve_run,
+)
+from fedmosaic.simulation.processes import ProcessGroup
+
+FEDERATION = "fedmosaic-local"
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, alive: Any) -> None:
+    """Block until something accepts on ``HOST:port``; fail early if ``alive()`` is False."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RunFailedError(f"process serving port {port} exited during start-up")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((HOST, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RunFailedError(f"nothing accepted connections on {HOST}:{port} within {timeout:.0f} s")
+
+
+def _bin(name: str) -> str:
+    """Path of a Flower console script installed beside this Python."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def superlink_command(port: int) -> list[str]:
+    """The SuperLink: Fleet, Control and ServerAppIo APIs on one loopback port."""
+    return [_bin("flower-superlink"), "--insecure", "--host", HOST, "--port", str(port),
+            "--disable-runtime-dependency-installation"]
+
+
+def supernode_command(superlink_port: int, port: int, partition_id: int,
+                      num_partitions: int) -> list[str]:
+    """SuperNode ``partition_id``, serving its ClientApps on ``port``."""
+    return [_bin("flower-supernode"), "--insecure", "--superlink", f"{HOST}:{superlink_port}",
+            "--host", HOST, "--port", str(port),
+            "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"]
+
+
+def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path | None = None,
+                   show_progress: bool = True, startup_timeout: float = 60.0) -> dict[str, Any]:
+    """Run the app through a loopback SuperLink and ``supernodes`` SuperNodes."""
+    if supernodes < 1:
+        raise ValueError(f"supernodes must be >= 1, got {supernodes}")
+    config, run_dir = resolve_run({**overrides, "num-clients": supernodes}, out)
+    logs = run_dir / "logs"
+    env = flower_environment(run_dir)
+    flwr_home = Path(env["FLWR_HOME"])
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    link_port = free_port()
+    (flwr_home / "config.toml").write_text(tomli_w.dumps({"superlink": {
+        "default": FEDERATION,
+        FEDERATION: {"address": f"{HOST}:{link_port}", "insecure": True},
+    }}))
+    run_config_file = run_dir / "run-config.toml"
+    run_config_file.write_text(tomli_w.dumps(config.to_mapping()))
+
+    with ProcessGroup(env=env) as group:
+        link = group.start(superlink_command(link_port), logs / "superlink.log")
+        wait_for_port(link_port, startup_timeout, lambda: link.poll() is None)
+        for partition_id in range(supernodes):
+            group.start(supernode_command(link_port, free_port(), partition_id, supernodes),
+                        logs / f"supernode-{partition_id}.log")
+        submit = group.start(
+            [_bin("flwr"), "run", str(PROJECT_DIR), FEDERATION, "--run-config",
+             str(run_config_file), "--stream"],
+            logs / "flwr-run.log",
+        )
+
+        def finished() -> int | None:
+            for process in group.processes:
+                if process is not submit and process.poll() is not None:
+                    return process.returncode or 1
+            return submit.poll()
+
+        code = follow(run_dir, config.num_server_rounds, finished, show_progress)
+    return read_summary(run_dir, logs / "flwr-run.log", code)

@@ -1,0 +1,133 @@
+"""Modalities and the in-memory container every dataset hands to a model.
+
+A *modality* is one input stream of a device (camera frames, a sensor time series, audio,
+device-log tokens). Each sample carries every modality of its dataset plus a boolean
+presence mask; a missing modality's tensor is all zeros and its mask entry is ``False``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class ModalityKind(str, enum.Enum):
+    """The encoder family a modality needs."""
+
+    IMAGE = "image"  # (channels, height, width), float32
+    SENSOR = "sensor"  # (channels, time), float32
+    AUDIO = "audio"  # (1, samples), float32 waveform
+    TOKENS = "tokens"  # (sequence,), int64 token ids, 0 is padding
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """Name, kind and per-sample shape of one modality.
+
+    ``vocab_size`` is required for ``TOKENS`` (ids lie in ``[0, vocab_size)``) and must be
+    ``None`` otherwise.
+    """
+
+    name: str
+    kind: ModalityKind
+    shape: tuple[int, ...]
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        expected_rank = {
+            ModalityKind.IMAGE: 3,
+            ModalityKind.SENSOR: 2,
+            ModalityKind.AUDIO: 2,
+            ModalityKind.TOKENS: 1,
+        }[ModalityKind(self.kind)]
+        if not self.name:
+            raise ValueError("ModalitySpec.name must be a non-empty string, got ''")
+        if len(self.shape) != expected_rank or any(d <= 0 for d in self.shape):
+            raise ValueError(
+                f"ModalitySpec {self.name!r} of kind {self.kind.value!r} needs a shape of "
+                f"{expected_rank} positive sizes, got {self.shape}"
+            )
+        if (self.kind == ModalityKind.TOKENS) != (self.vocab_size is not None):
+            raise ValueError(
+                f"ModalitySpec {self.name!r}: vocab_size is required for kind 'tokens' and "
+                f"must be None otherwise, got vocab_size={self.vocab_size}"
+            )
+        if self.vocab_size is not None and self.vocab_size < 2:
+            raise ValueError(
+                f"ModalitySpec {self.name!r}: vocab_size must be >= 2, got {self.vocab_size}"
+            )
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype samples of this modality are stored in."""
+        return np.dtype(np.int64 if self.kind == ModalityKind.TOKENS else np.float32)
+
+
+@dataclass
+class MultimodalArrays:
+    """A set of samples: one array per modality, a presence mask and integer labels.
+
+    Attributes:
+        inputs: ``{modality name: array of shape (N, *spec.shape)}``.
+        mask: ``(N, M)`` booleans, column ``j`` is modality ``specs[j]``; every row has at
+            least one ``True``.
+        labels: ``(N,)`` int64 class ids.
+    """
+
+    inputs: dict[str, np.ndarray]
+    mask: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def validate(self, specs: tuple[ModalitySpec, ...], num_classes: int) -> None:
+        """Raise ``ValueError`` unless the arrays match ``specs`` and ``num_classes``."""
+        n = len(self)
+        if self.labels.ndim != 1:
+            raise ValueError(f"labels must have shape (N,), got {self.labels.shape}")
+        if n and (self.labels.min() < 0 or self.labels.max() >= num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {num_classes}), got range "
+                f"[{self.labels.min()}, {self.labels.max()}]"
+            )
+        if self.mask.shape != (n, len(specs)) or self.mask.dtype != np.bool_:
+            raise ValueError(
+                f"mask must be bool of shape ({n}, {len(specs)}), got "
+                f"{self.mask.dtype} {self.mask.shape}"
+            )
+        if n and not self.mask.any(axis=1).all():
+            raise ValueError("every sample needs at least one present modality")
+        names = [s.name for s in specs]
+        if sorted(self.inputs) != sorted(names):
+            raise ValueError(f"inputs must have modalities {names}, got {list(self.inputs)}")
+        for spec in specs:
+            array = self.inputs[spec.name]
+            if array.shape != (n, *spec.shape):
+                raise ValueError(
+                    f"modality {spec.name!r} must have shape {(n, *spec.shape)}, "
+                    f"got {array.shape}"
+                )
+
+    def subset(self, index: np.ndarray) -> MultimodalArrays:
+        """The samples at ``index`` (an integer or boolean index array)."""
+        return MultimodalArrays(
+            inputs={name: array[index] for name, array in self.inputs.items()},
+            mask=self.mask[index],
+            labels=self.labels[index],
+        )
+
+    @staticmethod
+    def concatenate(parts: list[MultimodalArrays]) -> MultimodalArrays:
+        """Stack several sample sets that share modalities."""
+        if not parts:
+            raise ValueError("concatenate needs at least one MultimodalArrays, got none")
+        return MultimodalArrays(
+            inputs={
+                name: np.concatenate([p.inputs[name] for p in parts]) for name in parts[0].inputs
+            },
+            mask=np.concatenate([p.mask for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+        )

@@ -1,0 +1,71 @@
+"""Child processes that always go away: each in its own session, all stopped together.
+
+``ProcessGroup`` starts every command in a new session (``start_new_session=True``) so a
+process and everything it spawns (Ray's raylet and workers, Flower's ``flwr-serverapp`` and
+``flwr-clientapp`` subprocesses) share one process group. Leaving the ``with`` block, for
+any reason including Ctrl-C, sends SIGTERM to every group, waits, then SIGKILLs survivors.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+
+class ProcessGroup:
+    """A set of child processes stopped as one on exit."""
+
+    def __init__(self, env: dict[str, str] | None = None, grace_seconds: float = 10.0) -> None:
+        self.env = {**os.environ, **(env or {})}
+        self.grace_seconds = grace_seconds
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._logs: list[object] = []
+
+    def start(self, command: Sequence[str], log_file: Path) -> subprocess.Popen[bytes]:
+        """Start ``command`` with stdout and stderr appended to ``log_file``."""
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = log_file.open("ab")
+        self._logs.append(handle)
+        process = subprocess.Popen(
+            list(command), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env, start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def __enter__(self) -> ProcessGroup:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """SIGTERM every process group, wait up to ``grace_seconds``, then SIGKILL."""
+        for process in reversed(self.processes):
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for process in self.processes:
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+        for handle in self._logs:
+            handle.close()  # type: ignore[attr-defined]
+        self.processes.clear()
+        self._logs.clear()
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,1 @@
+"""Aggregation strategies: each a ``flwr.serverapp.strategy.Strategy``, selected by name."""
