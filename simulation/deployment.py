@@ -10,7 +10,6 @@ interrupted. Each role's command is exactly what a user runs on real machines (R
 from __future__ import annotations
 
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -53,22 +52,16 @@ def wait_for_port(port: int, timeout: float, alive: Any) -> None:
     raise RunFailedError(f"nothing accepted connections on {HOST}:{port} within {timeout:.0f} s")
 
 
-def _bin(name: str) -> str:
-    """Path of a Flower console script installed beside this Python."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
 def superlink_command(port: int) -> list[str]:
     """The SuperLink: Fleet, Control and ServerAppIo APIs on one loopback port."""
-    return [_bin("flower-superlink"), "--insecure", "--host", HOST, "--port", str(port),
+    return ["flower-superlink", "--insecure", "--host", HOST, "--port", str(port),
             "--disable-runtime-dependency-installation"]
 
 
 def supernode_command(superlink_port: int, port: int, partition_id: int,
                       num_partitions: int) -> list[str]:
     """SuperNode ``partition_id``, serving its ClientApps on ``port``."""
-    return [_bin("flower-supernode"), "--insecure", "--superlink", f"{HOST}:{superlink_port}",
+    return ["flower-supernode", "--insecure", "--superlink", f"{HOST}:{superlink_port}",
             "--host", HOST, "--port", str(port),
             "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"]
 
@@ -98,7 +91,7 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
             group.start(supernode_command(link_port, free_port(), partition_id, supernodes),
                         logs / f"supernode-{partition_id}.log")
         submit = group.start(
-            [_bin("flwr"), "run", str(PROJECT_DIR), FEDERATION, "--run-config",
+            ["flwr", "run", str(PROJECT_DIR), FEDERATION, "--run-config",
              str(run_config_file), "--stream"],
             logs / "flwr-run.log",
         )

@@ -9,6 +9,7 @@ SuperNodes): both resolve the run folder up front, start their processes in a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -114,8 +115,14 @@ def run_simulation(overrides: dict[str, ConfigValue], out: Path | None = None,
 
 
 def flower_environment(run_dir: Path) -> dict[str, str]:
-    """Environment for Flower and Ray children: private state, no telemetry, no installs."""
+    """Environment for Flower and Ray children: private state, no telemetry, no installs.
+
+    ``PATH`` starts with this Python's script folder: the SuperLink and SuperNodes start
+    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by name.
+    """
+    scripts = str(Path(sys.executable).parent)
     return {
+        "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")]),
         "FLWR_HOME": str(run_dir / ".flwr"),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",

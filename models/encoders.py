@@ -1,0 +1,158 @@
+"""Per-modality encoders: one small, Opacus-compatible network per :class:`ModalityKind`.
+
+Every encoder maps a batch of one modality, ``(B, *spec.shape)``, to a feature vector
+``(B, hidden_dim)``. Only ``Linear``, ``Conv1d``, ``Conv2d``, ``Embedding`` and ``GroupNorm``
+layers are used, so Opacus can compute per-sample gradients (no BatchNorm, whose statistics
+mix samples; Wu & He 2018, "Group Normalization", ECCV, is the sample-wise replacement).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fedmosaic.simulation.modality import ModalityKind, ModalitySpec
+
+_GROUPS = 4
+
+
+def _conv_block(conv: nn.Module, channels: int) -> nn.Sequential:
+    """``ReLU(GroupNorm(conv(x)))`` with ``_GROUPS`` groups."""
+    return nn.Sequential(conv, nn.GroupNorm(_GROUPS, channels), nn.ReLU())
+
+
+def _projection(in_features: int, hidden_dim: int) -> nn.Sequential:
+    """``ReLU(W p + b)``: the pooled representation projected to ``hidden_dim``."""
+    return nn.Sequential(nn.Linear(in_features, hidden_dim), nn.ReLU())
+
+
+class ImageEncoder(nn.Module):
+    r"""Small 2-D CNN for ``(C, H, W)`` images (LeCun et al. 1998, "Gradient-based learning").
+
+    Two stride-2 ``3x3`` convolutions (16 then 32 channels, GroupNorm, ReLU) are followed by
+    global average pooling :math:`p_c = \frac{1}{H'W'}\sum_{h,w} a_{c,h,w}` and a projection
+    to ``hidden_dim``.
+    """
+
+    def __init__(self, in_channels: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(nn.Conv2d(in_channels, 16, 3, stride=2, padding=1), 16),
+            _conv_block(nn.Conv2d(16, 32, 3, stride=2, padding=1), 32),
+        )
+        self.project = _projection(32, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode ``(B, C, H, W)`` float images into ``(B, hidden_dim)`` features."""
+        return self.project(self.features(x).mean(dim=(2, 3)))
+
+
+class _DilatedResidualBlock(nn.Module):
+    """``y = ReLU(x + GroupNorm(conv_d(x)))`` with a kernel-3 convolution of dilation ``d``."""
+
+    def __init__(self, channels: int, dilation: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, 3, dilation=dilation, padding=dilation)
+        self.norm = nn.GroupNorm(_GROUPS, channels)
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the residual block to ``(B, channels, T)``; the length is preserved."""
+        return self.act(x + self.norm(self.conv(x)))
+
+
+class SensorEncoder(nn.Module):
+    r"""Temporal convolutional network for ``(C, T)`` sensor windows.
+
+    TCN-style (Bai et al. 2018, arXiv:1803.01271): a kernel-3 convolution lifts the ``C``
+    channels to 32, then residual blocks with dilations 2 and 4 give a receptive field of
+    :math:`1 + 2(1 + 2 + 4) = 15` steps; padding equals the dilation so the length ``T`` is
+    kept. Global average pooling over time, :math:`p_c = \frac{1}{T}\sum_t a_{c,t}`, makes
+    the features independent of ``T`` before the projection to ``hidden_dim``.
+    """
+
+    def __init__(self, in_channels: int, hidden_dim: int, channels: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(nn.Conv1d(in_channels, channels, 3, padding=1), channels),
+            _DilatedResidualBlock(channels, 2),
+            _DilatedResidualBlock(channels, 4),
+        )
+        self.project = _projection(channels, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode ``(B, C, T)`` float windows into ``(B, hidden_dim)`` features."""
+        return self.project(self.features(x).mean(dim=2))
+
+
+class AudioEncoder(nn.Module):
+    """Raw-waveform 1-D CNN for ``(1, S)`` audio.
+
+    After Dai et al. 2017 ("Very deep convolutional neural networks for raw waveforms", ICASSP):
+    three kernel-9, stride-4 convolutions (16, 32, 32 channels, GroupNorm, ReLU) downsample
+    the waveform by :math:`4^3 = 64`; with padding 4 every layer keeps at least one step, so
+    any ``S >= 1`` works. Global average pooling over time precedes the projection.
+    """
+
+    def __init__(self, in_channels: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            _conv_block(nn.Conv1d(in_channels, 16, 9, stride=4, padding=4), 16),
+            _conv_block(nn.Conv1d(16, 32, 9, stride=4, padding=4), 32),
+            _conv_block(nn.Conv1d(32, 32, 9, stride=4, padding=4), 32),
+        )
+        self.project = _projection(32, hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode ``(B, 1, S)`` float waveforms into ``(B, hidden_dim)`` features."""
+        return self.project(self.features(x).mean(dim=2))
+
+
+class TokenEncoder(nn.Module):
+    r"""Bag-of-embeddings encoder for ``(L,)`` token ids, 0 being padding.
+
+    A deep averaging network (Iyyer et al. 2015, ACL): with token embeddings :math:`e_{t}`
+    and the non-padding indicator :math:`m_t = [x_t \neq 0]`, the pooled vector is
+    :math:`p = \sum_t m_t e_t / \max(1, \sum_t m_t)`, so padding never contributes and an
+    all-padding sequence maps to :math:`p = 0`. The embedding table has no ``padding_idx``
+    because the mask already excludes padding (and Opacus's per-sample gradients assume none).
+    """
+
+    def __init__(self, vocab_size: int, hidden_dim: int, embedding_dim: int = 32) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.project = _projection(embedding_dim, hidden_dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encode ``(B, L)`` int64 token ids into ``(B, hidden_dim)`` features."""
+        present = (tokens != 0).unsqueeze(-1).to(self.embedding.weight.dtype)
+        summed = (self.embedding(tokens) * present).sum(dim=1)
+        pooled = summed / present.sum(dim=1).clamp(min=1.0)
+        return self.project(pooled)
+
+
+def build_encoder(spec: ModalitySpec, hidden_dim: int) -> nn.Module:
+    """Build the encoder for ``spec``'s kind, producing ``(B, hidden_dim)`` features.
+
+    Args:
+        spec: The modality to encode; its ``shape`` gives the input channels.
+        hidden_dim: Size of the feature vector, ``>= 1``.
+
+    Returns:
+        An :class:`ImageEncoder`, :class:`SensorEncoder`, :class:`AudioEncoder` or
+        :class:`TokenEncoder`.
+
+    Raises:
+        ValueError: If ``hidden_dim < 1``.
+
+    """
+    if hidden_dim < 1:
+        raise ValueError(f"hidden_dim must be >= 1, got {hidden_dim}")
+    kind = ModalityKind(spec.kind)
+    if kind == ModalityKind.IMAGE:
+        return ImageEncoder(spec.shape[0], hidden_dim)
+    if kind == ModalityKind.SENSOR:
+        return SensorEncoder(spec.shape[0], hidden_dim)
+    if kind == ModalityKind.AUDIO:
+        return AudioEncoder(spec.shape[0], hidden_dim)
+    return TokenEncoder(int(spec.vocab_size), hidden_dim)
