@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from flwr.app import Context, RecordDict
 from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
@@ -40,33 +41,55 @@ def backend_config(num_cpus: int | None = None) -> dict[str, dict[str, ConfigVal
 
 
 def simulate(overrides: dict[str, ConfigValue], verbose: bool = False) -> RunConfig:
-    """Run one simulation in this process; returns the validated config it ran with."""
+    """Run one fedmosaic simulation in this process; returns the validated config."""
     config = RunConfig.from_mapping(overrides)
-    run_config = {**default_run_config(), **config.to_mapping()}
+    run_flower_app(
+        app_dir=PROJECT_DIR,
+        serverapp=SERVERAPP,
+        clientapp=CLIENTAPP,
+        run_config={**default_run_config(), **config.to_mapping()},
+        num_supernodes=config.num_clients,
+        verbose=verbose,
+    )
+    return config
+
+
+def run_flower_app(
+    app_dir: Path,
+    serverapp: str,
+    clientapp: str,
+    run_config: dict[str, ConfigValue],
+    num_supernodes: int,
+    verbose: bool = False,
+) -> None:
+    """Run any Flower app (``module:attr`` components) on the Ray simulation runtime.
+
+    ``run_config`` is the complete, flat run config both apps see in ``context.run_config``
+    (what ``flwr run`` would fuse from ``pyproject.toml`` and ``--run-config``).
+    """
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
     run = Run.create_empty(run_id=run_id)
-    run.override_config = run_config
+    run.override_config = dict(run_config)
     run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
     run.federation_id = NOOP_FEDERATION_ID
     TaskIdentity.task_id = run.primary_task_id
     TaskIdentity.run_id = run_id
     TaskIdentity.node_id = SUPERLINK_NODE_ID
     context = Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(),
-                      run_config=run_config)
+                      run_config=dict(run_config))
     _run_simulation(
-        num_supernodes=config.num_clients,
+        num_supernodes=num_supernodes,
         exit_event=EventType.FLWR_SIMULATION_RUN_LEAVE,
-        client_app_attr=CLIENTAPP,
-        server_app_attr=SERVERAPP,
+        client_app_attr=clientapp,
+        server_app_attr=serverapp,
         backend_name="ray",
         backend_config=backend_config(),
         server_app_context=context,
-        app_dir=str(PROJECT_DIR),
+        app_dir=str(app_dir),
         run=run,
         verbose_logging=verbose,
         is_app=True,
     )
-    return config
 
 
 def main() -> None:

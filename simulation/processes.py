@@ -4,6 +4,10 @@
 process and everything it spawns (Ray's raylet and workers, Flower's ``flwr-serverapp`` and
 ``flwr-clientapp`` subprocesses) share one process group. Leaving the ``with`` block, for
 any reason including Ctrl-C, sends SIGTERM to every group, waits, then SIGKILLs survivors.
+
+Some descendants open sessions of their own, out of reach of the group signal; every child
+therefore inherits a marker variable ``FEDMOSAIC_PROCESS_GROUP=<token>`` in its environment,
+and on Linux ``stop`` finally kills any process that still carries the token.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -20,8 +25,11 @@ from types import TracebackType
 class ProcessGroup:
     """A set of child processes stopped as one on exit."""
 
+    MARKER = "FEDMOSAIC_PROCESS_GROUP"
+
     def __init__(self, env: dict[str, str] | None = None, grace_seconds: float = 10.0) -> None:
-        self.env = {**os.environ, **(env or {})}
+        self.token = uuid.uuid4().hex
+        self.env = {**os.environ, **(env or {}), self.MARKER: self.token}
         self.grace_seconds = grace_seconds
         self.processes: list[subprocess.Popen[bytes]] = []
         self._logs: list[object] = []
@@ -58,10 +66,44 @@ class ProcessGroup:
         for process in self.processes:
             _signal_group(process, signal.SIGKILL)
             process.wait()
+        for _ in range(50):
+            stragglers = processes_with_env(self.MARKER, self.token)
+            if not stragglers:
+                break
+            for pid in stragglers:
+                _kill(pid)
+            time.sleep(0.1)
         for handle in self._logs:
             handle.close()  # type: ignore[attr-defined]
         self.processes.clear()
         self._logs.clear()
+
+
+def processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose environment holds ``key=value`` (Linux)."""
+    needle = f"{key}={value}".encode()
+    found = []
+    proc_root = Path("/proc")
+    if not proc_root.is_dir():
+        return found
+    for proc in proc_root.iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if needle in environ and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: signal.Signals) -> None:

@@ -1,0 +1,167 @@
+"""Accuracy of federated training on the smartwatch subjects versus centralized training.
+
+Claim:
+    Federated FedAvg and FedProx over the 10 smartwatch subjects (one client per subject,
+    non-IID by construction) reach the accuracy of centralized training of the same model on
+    the pooled data, within a few points.
+
+Method:
+    fedmosaic's app runs as a Ray simulation (``fedmosaic.simulation.launch.run_simulation``)
+    twice, with ``strategy=fedavg`` and with ``strategy=fedprox`` (``proximal-mu`` from
+    ``--proximal-mu``), for R rounds of ``local-epochs`` epochs; its final central accuracy
+    (all subjects' held-out windows, ``dataset.central_test()``) is the federated figure.
+    Every other setting is the app's default from ``pyproject.toml``, with one seed for all.
+
+Baseline:
+    Centralized training in this process: the same model (``fedmosaic.task.build_model``, same
+    RunConfig and seed), the same loop and loss (``fedmosaic.models.training.train`` with
+    ``fedmosaic.task.loss_weights``), batch size and learning rate, on the training windows of
+    all 10 partitions pooled (``MultimodalArrays.concatenate``), for R x ``local-epochs``
+    epochs in one ``train`` call, evaluated on the same central test set.
+
+Target:
+    ``fedavg_gap_points`` and ``fedprox_gap_points`` (centralized minus federated accuracy,
+    in percentage points) at most ``target_gap_points`` = 3 in full mode (R = the app's
+    default ``num-server-rounds``, 10). Quick mode (R = 3) only checks that everything runs;
+    its gaps are not meaningful. The script measures and reports; it asserts nothing.
+
+Run: ``python benchmarks/accuracy_smartwatch.py [--quick] [--rounds R] [--out FILE]``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import torch
+
+from fedmosaic.config import RunConfig
+from fedmosaic.models.training import evaluate, make_loader, train
+from fedmosaic.simulation.launch import run_simulation
+from fedmosaic.simulation.modality import MultimodalArrays
+from fedmosaic.task import build_model, cached_dataset, loss_weights
+
+NAME = "accuracy_smartwatch"
+TARGET_GAP_POINTS = 3.0
+QUICK_ROUNDS = 3
+CENTRALIZED_THREADS = 1
+
+
+def centralized(config: RunConfig) -> dict[str, Any]:
+    """Train the run's model on the pooled partitions; evaluate on the central test set.
+
+    Torch gets one thread, like each ClientApp actor of the simulations (one CPU each).
+    """
+    torch.set_num_threads(CENTRALIZED_THREADS)
+    started = time.perf_counter()
+    dataset = cached_dataset(config)
+    pooled = MultimodalArrays.concatenate(
+        [dataset.partition(p)[0] for p in range(config.num_clients)]
+    )
+    model = build_model(config, dataset)
+    loader = make_loader(pooled, dataset.specs, config.batch_size, shuffle=True,
+                         seed=config.seed)
+    epochs = config.num_server_rounds * config.local_epochs
+    trained = train(model, loader, dataset.specs, epochs=epochs,
+                    learning_rate=config.learning_rate, weights=loss_weights(config))
+    test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
+    with torch.no_grad():
+        result = evaluate(model, test_loader, dataset.specs)
+    return {
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "epochs": epochs,
+        "train_examples": len(pooled),
+        "test_examples": result.num_examples,
+        "final_train_loss": trained.loss,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def federated(overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Run fedmosaic's simulation with ``overrides``; its final accuracy and history."""
+    started = time.perf_counter()
+    summary = run_simulation(overrides, out=run_dir, show_progress=False)
+    return {
+        "accuracy": summary["final_accuracy"],
+        "loss": summary["final_loss"],
+        "rounds": summary["rounds"],
+        "accuracy_per_round": [row["accuracy"] for row in summary["history"]],
+        "run_dir": str(run_dir),
+        "wall_seconds": time.perf_counter() - started,
+        "run_wall_seconds": summary["wall_seconds"],
+    }
+
+
+def gap_points(central: float, federated_accuracy: float) -> float:
+    """Centralized minus federated accuracy, in percentage points."""
+    return 100.0 * (central - federated_accuracy)
+
+
+def main() -> None:
+    """Parse arguments, run the baseline and both strategies, write and print the figures."""
+    parser = common.make_parser(NAME, __doc__)
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="server rounds (default: pyproject's num-server-rounds; "
+                             f"{QUICK_ROUNDS} with --quick)")
+    parser.add_argument("--proximal-mu", type=float, default=0.01,
+                        help="FedProx's mu (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of all runs (default: pyproject's seed)")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="where the federated run folders go (default: a new folder "
+                             "under benchmarks/results/runs/)")
+    args = parser.parse_args()
+
+    base: dict[str, Any] = {}
+    if args.rounds is not None or args.quick:
+        base["num-server-rounds"] = args.rounds or QUICK_ROUNDS
+    if args.seed is not None:
+        base["seed"] = args.seed
+    config = RunConfig.from_mapping(base)
+    runs_dir = common.run_folder(NAME, args.runs_dir)
+    print(f"{NAME}: {config.num_server_rounds} rounds x {config.local_epochs} local epoch(s), "
+          f"seed {config.seed}; run folders in {runs_dir}", flush=True)
+
+    print("centralized training ...", flush=True)
+    central = centralized(config)
+    runs: dict[str, dict[str, Any]] = {}
+    for strategy, extra in (("fedavg", {}), ("fedprox", {"proximal-mu": args.proximal_mu})):
+        print(f"federated {strategy} ...", flush=True)
+        overrides = {**config.to_mapping(), "strategy": strategy, **extra}
+        overrides.pop("run-name")
+        overrides.pop("out-dir")
+        runs[strategy] = federated(overrides, runs_dir / strategy)
+
+    figures = {
+        "centralized_accuracy": central["accuracy"],
+        "fedavg_accuracy": runs["fedavg"]["accuracy"],
+        "fedprox_accuracy": runs["fedprox"]["accuracy"],
+        "fedavg_gap_points": gap_points(central["accuracy"], runs["fedavg"]["accuracy"]),
+        "fedprox_gap_points": gap_points(central["accuracy"], runs["fedprox"]["accuracy"]),
+        "target_gap_points": TARGET_GAP_POINTS,
+        "centralized_wall_seconds": central["wall_seconds"],
+        "fedavg_wall_seconds": runs["fedavg"]["wall_seconds"],
+        "fedprox_wall_seconds": runs["fedprox"]["wall_seconds"],
+    }
+    path = common.write_result(
+        args.out, NAME, args.quick, figures,
+        baseline={"what": "centralized training of the same model on the pooled training "
+                          "windows of all partitions, same epochs, same central test set",
+                  **central},
+        config={"rounds": config.num_server_rounds, "local_epochs": config.local_epochs,
+                "epochs_centralized": central["epochs"], "proximal_mu": args.proximal_mu,
+                "seed": config.seed, "centralized_torch_threads": CENTRALIZED_THREADS,
+                "run_config": config.to_mapping()},
+        runs=runs,
+    )
+    common.print_table(f"{NAME} ({config.num_server_rounds} rounds)", [
+        (name, value) for name, value in figures.items()
+    ])
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

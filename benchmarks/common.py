@@ -1,0 +1,110 @@
+"""Shared helpers of the benchmark scripts: arguments, statistics, tables and JSON results.
+
+Every benchmark runs as ``python benchmarks/NAME.py [--quick] [--out FILE]`` from the repo
+root (the script's folder is then first on ``sys.path``, so ``import common`` finds this
+module) and writes ``{"benchmark", "timestamp", "quick", "figures", "baseline", "config",
+"versions", ...}`` to ``--out`` (default ``benchmarks/results/NAME.json``, git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCHMARKS_DIR / "results"
+
+
+def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """A parser with the options every benchmark has: ``--quick`` and ``--out``.
+
+    Args:
+        name: The benchmark's name (its file name without ``.py``); the default output is
+            ``benchmarks/results/<name>.json``.
+        doc: The script's module docstring, shown by ``--help``.
+
+    """
+    parser = argparse.ArgumentParser(
+        prog=f"benchmarks/{name}.py", description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true",
+                        help="small settings that finish in a few minutes (CI)")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
+                        help="where to write the JSON result (default: %(default)s)")
+    return parser
+
+
+def run_folder(name: str, runs_dir: Path | None) -> Path:
+    """Folder for a benchmark's run folders: ``runs_dir`` or a fresh timestamped one."""
+    if runs_dir is not None:
+        return Path(runs_dir).expanduser().resolve()
+    return RESULTS_DIR / "runs" / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def median(values: Sequence[float]) -> float | None:
+    """The median of ``values``; ``None`` for no values."""
+    return float(statistics.median(values)) if values else None
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or ``None`` if either is missing or the divisor is 0."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages a result depends on."""
+    found = {"python": platform.python_version()}
+    for package in ("torch", "flwr", "fedmosaic", "numpy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def write_result(
+    path: Path,
+    name: str,
+    quick: bool,
+    figures: dict[str, Any],
+    baseline: dict[str, Any],
+    config: dict[str, Any],
+    **extra: Any,
+) -> Path:
+    """Write a benchmark's JSON result with versions and a UTC timestamp; return the path."""
+    result = {
+        "benchmark": name,
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "quick": quick,
+        "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+        "figures": figures,
+        "baseline": baseline,
+        "config": config,
+        "versions": versions(),
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
+    """Print ``(label, value)`` rows as a two-column table; floats get 4 decimals."""
+    width = max((len(label) for label, _ in rows), default=0)
+    print(title)
+    print("-" * max(len(title), width + 12))
+    for label, value in rows:
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{label:<{width}}  {shown}")

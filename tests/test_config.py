@@ -1,0 +1,69 @@
+import pytest
+
+from fedmosaic.config import RunConfig, default_run_config, parse_overrides
+
+
+def test_defaults_come_from_pyproject():
+    config = RunConfig.from_mapping({})
+
+    assert config.to_mapping() == {**default_run_config()}
+    assert config.dataset == "smartwatch"
+    assert config.num_clients == 10
+
+
+def test_overrides_replace_defaults_and_ints_become_floats():
+    config = RunConfig.from_mapping({"num-clients": 4, "learning-rate": 1})
+
+    assert config.num_clients == 4
+    assert config.learning_rate == 1.0
+    assert isinstance(config.learning_rate, float)
+
+
+def test_round_trip():
+    config = RunConfig.from_mapping({"strategy": "fedprox", "proximal-mu": 0.1})
+
+    assert RunConfig.from_mapping(config.to_mapping()) == config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"num-clients": 0}, "num-clients must be >= 1"),
+        ({"fraction-train": 1.5}, "fraction-train must lie in"),
+        ({"fraction-train": 0.0}, "fraction-train must be > 0"),
+        ({"learning-rate": 0.0}, "learning-rate must be > 0"),
+        ({"proximal-mu": -1.0}, "proximal-mu must be >= 0"),
+        ({"missing-modality-prob": 1.0}, "missing-modality-prob"),
+        ({"dirichlet-alpha": 0.0}, "dirichlet-alpha"),
+        ({"num-clients": "ten"}, "expects int, got str"),
+        ({"num-clients": True}, "expects int, got bool"),
+        ({"num-client": 3}, "unknown run-config key"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key_name(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_mapping(overrides)
+
+
+def test_parse_overrides_reads_toml_values_and_bare_words(tmp_path):
+    config_file = tmp_path / "over.toml"
+    config_file.write_text('num-server-rounds = 3\nstrategy = "fedprox"\n')
+
+    overrides = parse_overrides(
+        ["strategy=fedavg", "learning-rate=0.01", "dataset='synthetic'", "fraction-train=1"],
+        config_file,
+    )
+
+    assert overrides == {
+        "num-server-rounds": 3,
+        "strategy": "fedavg",
+        "learning-rate": 0.01,
+        "dataset": "synthetic",
+        "fraction-train": 1,
+    }
+
+
+@pytest.mark.parametrize("pair", ["novalue", "=3", ""])
+def test_parse_overrides_rejects_malformed_pairs(pair):
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides([pair])
