@@ -11,6 +11,7 @@ import dataclasses
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,18 @@ class RunConfig:
         for key, field in known.items():
             kwargs[field.name] = _coerce(key, merged[key], field.type)
         return cls(**kwargs)
+
+    def run_dir(self) -> Path:
+        """``out-dir/run-name``; an empty run name becomes ``<dataset>-<strategy>-<timestamp>``.
+
+        Launchers fix the name before starting processes, so every process sees the same
+        folder; ``flwr run`` without a ``run-name`` gets the ServerApp's timestamp.
+        """
+        name = self.run_name or (
+            f"{self.dataset.replace(':', '-')}-{self.strategy}-"
+            f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        )
+        return Path(self.out_dir).expanduser().resolve() / name
 
     def to_mapping(self) -> dict[str, ConfigValue]:
         """The flat run config this object was built from (round-trips ``from_mapping``)."""

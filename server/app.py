@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
-from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -23,15 +21,6 @@ log = logging.getLogger("fedmosaic")
 app = ServerApp()
 
 
-def run_dir_of(config: RunConfig) -> Path:
-    """``out-dir/run-name``; an empty run name becomes ``<dataset>-<strategy>-<timestamp>``."""
-    name = config.run_name or (
-        f"{config.dataset.replace(':', '-')}-{config.strategy}-"
-        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    )
-    return Path(config.out_dir).expanduser().resolve() / name
-
-
 def warn_pointless_settings(config: RunConfig) -> None:
     """Log legal settings that have no effect."""
     if config.proximal_mu > 0 and config.strategy != "fedprox":
@@ -45,7 +34,7 @@ def warn_pointless_settings(config: RunConfig) -> None:
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds and write the run folder."""
     config = RunConfig.from_mapping(context.run_config)
-    run_dir = run_dir_of(config)
+    run_dir = config.run_dir()
     log.info("fedmosaic run %s: %s", run_dir, config.to_mapping())
     warn_pointless_settings(config)
 

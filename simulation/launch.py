@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +32,10 @@ def resolve_run(overrides: dict[str, ConfigValue], out: Path | None) -> tuple[Ru
     if out is not None:
         out = Path(out).expanduser().resolve()
         overrides = {**overrides, "out-dir": str(out.parent), "run-name": out.name}
-    config = RunConfig.from_mapping(overrides)
-    if not config.run_name:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        config = RunConfig.from_mapping({
-            **config.to_mapping(),
-            "run-name": f"{config.dataset.replace(':', '-')}-{config.strategy}-{stamp}",
-        })
-    config = RunConfig.from_mapping({
-        **config.to_mapping(), "out-dir": str(Path(config.out_dir).expanduser().resolve()),
-    })
-    run_dir = Path(config.out_dir) / config.run_name
+    run_dir = RunConfig.from_mapping(overrides).run_dir()
+    config = RunConfig.from_mapping(
+        {**overrides, "out-dir": str(run_dir.parent), "run-name": run_dir.name}
+    )
     if (run_dir / SUMMARY_FILE).exists():
         raise FileExistsError(
             f"run folder {run_dir} already holds a finished run; choose another --out or "
@@ -129,12 +120,3 @@ def flower_environment(run_dir: Path) -> dict[str, str]:
         "RAY_DEDUP_LOGS": "0",
         "PYTHONUNBUFFERED": "1",
     }
-
-
-def wait_all(processes: list[subprocess.Popen[bytes]]) -> int | None:
-    """Exit code of the first process that ended with an error, 0 when all ended, else None."""
-    codes = [p.poll() for p in processes]
-    failed = [c for c in codes if c not in (None, 0)]
-    if failed:
-        return failed[0]
-    return 0 if all(c == 0 for c in codes) else None

@@ -67,3 +67,18 @@ def test_parse_overrides_reads_toml_values_and_bare_words(tmp_path):
 def test_parse_overrides_rejects_malformed_pairs(pair):
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides([pair])
+
+
+def test_run_dir_defaults_to_dataset_strategy_timestamp(tmp_path):
+    config = RunConfig.from_mapping({"out-dir": str(tmp_path), "dataset": "pkg.mod:load"})
+
+    run_dir = config.run_dir()
+
+    assert run_dir.parent == tmp_path
+    assert run_dir.name.startswith("pkg.mod-load-fedavg-")
+
+
+def test_run_dir_uses_the_run_name(tmp_path):
+    config = RunConfig.from_mapping({"out-dir": str(tmp_path), "run-name": "trial"})
+
+    assert config.run_dir() == tmp_path / "trial"
