@@ -56,6 +56,10 @@ def _execute(launch: Any, **kwargs: Any) -> None:
     except RunFailedError as err:
         console.print(f"[red]run failed:[/red] {err}")
         raise typer.Exit(1) from err
+    except KeyboardInterrupt as err:
+        console.print("[yellow]interrupted[/yellow]: every process of the run was stopped; "
+                      "rounds finished so far are in the run folder")
+        raise typer.Exit(130) from err
     config = summary["config"]
     _report(summary, Path(config["out-dir"]) / config["run-name"])
 

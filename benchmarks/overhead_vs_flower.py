@@ -10,10 +10,11 @@ Method:
     CPU per ClientApp actor, 10 SuperNodes, one partition per smartwatch subject), each in a
     child process started in a ``ProcessGroup`` so Ray goes away with it, ours via
     ``fedmosaic.simulation.launch.run_simulation`` and the baseline via ``run_flower_app``.
-    Both do the same work per round: FedAvg with fraction-train 1.0 (10 clients, one local
-    epoch of ``fedmosaic.models.training.train`` on the same model and data),
-    fraction-evaluate 0.5 (5 clients evaluate locally) and a central evaluation on all
-    subjects' held-out windows. Runs alternate ours, baseline, ours, baseline, ... for
+    Both do the same work per round with the same settings (fedmosaic's defaults from its
+    ``pyproject.toml``, or ``--local-epochs``): FedAvg with fraction-train 1.0 (10 clients,
+    ``local-epochs`` epochs of ``fedmosaic.models.training.train`` on the same model and
+    data), fraction-evaluate 0.5 (5 clients evaluate locally) and a central evaluation on
+    all subjects' held-out windows. Runs alternate ours, baseline, ours, baseline, ... for
     ``--repeats`` pairs of R rounds each.
 
     A round's time is the wall-clock interval between the central evaluations that end
@@ -36,7 +37,8 @@ Target:
     5 rounds; ``--quick``: 1 repeat of 3 rounds (2 timed rounds; indicative only). The
     script measures and reports; it asserts nothing.
 
-Run: ``python benchmarks/overhead_vs_flower.py [--quick] [--repeats N] [--rounds R]``.
+Run: ``python benchmarks/overhead_vs_flower.py [--quick] [--repeats N] [--rounds R]
+[--local-epochs E] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -245,6 +247,8 @@ def main() -> None:
                         help="runs of each app, alternated (default: 3; 1 with --quick)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="server rounds per run, >= 2 (default: 5; 3 with --quick)")
+    parser.add_argument("--local-epochs", type=int, default=None,
+                        help="local epochs per round (default: pyproject's local-epochs)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of all runs (default: pyproject's seed)")
     parser.add_argument("--runs-dir", type=Path, default=None,
@@ -263,12 +267,14 @@ def main() -> None:
         parser.error(f"need --rounds >= 2 and --repeats >= 1, got {rounds} and {repeats}")
     overrides: dict[str, ConfigValue] = {"dataset": "smartwatch", "strategy": "fedavg",
                                          "num-server-rounds": rounds}
+    if args.local_epochs is not None:
+        overrides["local-epochs"] = args.local_epochs
     if args.seed is not None:
         overrides["seed"] = args.seed
     config = RunConfig.from_mapping(overrides)
     runs_dir = common.run_folder(NAME, args.runs_dir)
-    print(f"{NAME}: {repeats} repeat(s) x {rounds} rounds per app, alternated; run folders "
-          f"in {runs_dir}", flush=True)
+    print(f"{NAME}: {repeats} repeat(s) x {rounds} rounds x {config.local_epochs} local "
+          f"epoch(s) per app, alternated; run folders in {runs_dir}", flush=True)
 
     runs: list[dict[str, Any]] = []
     for repeat in range(repeats):
@@ -292,6 +298,7 @@ def main() -> None:
             "round_seconds": figures["baseline_round_seconds"],
         },
         config={"repeats": repeats, "rounds": rounds, "timed_rounds": f"2..{rounds}",
+                "local_epochs": config.local_epochs,
                 "order": "ours, baseline alternated", "poll_seconds": POLL_SECONDS,
                 "run_config": config.to_mapping(),
                 "baseline_run_config": baseline_run_config(config, Path("<run>/rounds.jsonl"))},
