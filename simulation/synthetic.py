@@ -1,26 +1,39 @@
 r"""Synthetic multimodal IoT data: four modalities that each see only part of the label.
 
 A class ``y`` in ``{0, ..., 7}`` is written in three bits ``b_k = floor(y / 2^k) mod 2``
-(``k = 0, 1, 2``) with signs ``s_k = 2 b_k - 1``. Every modality encodes a different subset
+(``k = 0, 1, 2``). Every modality encodes a different subset
 of the bits, so no single modality can exceed about half the accuracy of all of them together:
 
-========= ========================= =========================================
+========= ========================= ===========================================
 modality  bits                      encoding
-========= ========================= =========================================
-camera    ``b0, b1``                spatial patterns in a 1x16x16 frame
-vibration ``b1, b2``                frequency (``b1``) and phase (``b2``) per channel
+========= ========================= ===========================================
+camera    ``b0, b1``                grating orientation (``b0``) and spatial
+                                    frequency (``b1``) in a 1x16x16 frame
+vibration ``b1, b2``                oscillation frequency (``b1``) and presence
+                                    of its second harmonic (``b2``)
 audio     ``b0, b2``                one tone per bit in a 256-sample waveform
 logs      ``b0, b1, b2`` (weakly)   frequencies of 16 device-log event tokens
-========= ========================= =========================================
+========= ========================= ===========================================
+
+Every class signal is translation invariant: each sample draws its own phases, so the label
+lives in orientations, frequencies and token counts (what convolutions with global pooling
+and bag-of-token encoders can see), never in absolute phase or a fixed spatial layout.
 
 Generative model. ``sigma = noise_scale``, ``lambda = site_signature``, every ``epsilon``
-is i.i.d. standard normal and every constant ``c_*``, ``q_*`` is a module constant.
+is i.i.d. standard normal, every ``theta``, ``phi``, ``psi`` is i.i.d. ``U[0, 2 pi)`` and
+drawn afresh for each sample, and every constant ``c_*``, ``q_*``, ``r_v`` is a module
+constant (``r_0 = 2``, ``r_1 = 6`` cycles per frame).
 
-*Shared prototypes* (a function of ``seed`` only, the same for every device): orthonormal
-smooth random fields ``B, P_0, P_1`` (16x16), vibration frequencies ``f_{c,v}`` and phases
-``phi_c`` for channel ``c``, audio tone frequencies ``h_{k,v}`` and phases ``psi_{k,v}``,
-site offsets ``o_z in R^3`` with ``||o_z||_inf <= 1``, log evidence tokens ``E_{k,v,j}``,
-one firmware token ``T_z`` per site and a background token distribution ``beta``.
+*Shared prototypes* (a function of ``seed`` only, the same for every device): a smooth random
+background field ``B`` (16x16, zero mean, unit root-mean-square), vibration frequencies
+``f_0, f_1`` (one from ``{3, ..., 5}``, the other from ``{9, ..., 12}``, in random order, and
+if the larger is twice the smaller it is raised by one, so neither is the other's second
+harmonic), per-axis amplitudes ``a_c ~ U[0.5, 1]`` and phase lags ``phi_c`` for channel ``c``,
+audio tone frequencies ``h_{k,v}`` (``k in {0, 2}``, ``v in {0, 1}``; the two tones of a bit
+are drawn from bands two apart of ``[40, 50], [60, 70], [84, 94], [108, 118]``, i.e.
+``{0, 2}`` or ``{1, 3}``, at random), site offsets ``o_z in R^3`` with
+``||o_z||_inf <= 1``, log evidence tokens ``E_{k,v,j}``, one firmware token ``T_z`` per site
+and a background token distribution ``beta``.
 
 *Device* ``d`` (a function of ``(seed, d)`` only): site ``z ~ U{0, ..., S-1}``; label
 proportions ``pi ~ Dir(alpha 1_8)``; gains ``g_m = exp(0.1 xi_m)``, ``xi_m ~ N(0, 1)``, for
@@ -31,12 +44,14 @@ on, so a modality is missing with probability ``p - p^M / M``. Labels are i.i.d.
 
 *Sample* with label ``y`` on a device with site ``z``:
 
-* camera: ``x = g (c_B B + c_I (s_0 P_0 + s_1 P_1)) + sigma epsilon``;
-* vibration, channel ``c``, ``t = 0, ..., 63``:
-  ``x_c(t) = g c_V sin(2 pi f_{c,b_1} t / 64 + phi_c + b_2 pi / 2) + lambda c_O o_{z,c}
-  + sigma epsilon``;
+* camera, pixel ``(i, j)``, ``i, j = 0, ..., 15``, with ``u = i`` if ``b_0 = 0`` (horizontal
+  stripes) and ``u = j`` if ``b_0 = 1`` (vertical stripes):
+  ``x_{ij} = g (c_B B_{ij} + c_G cos(2 pi r_{b_1} u / 16 + theta)) + sigma epsilon_{ij}``;
+* vibration, channel ``c``, ``t = 0, ..., 63``, with ``phi, phi'`` shared by the channels:
+  ``x_c(t) = g c_V a_c (sin(2 pi f_{b_1} t / 64 + phi + phi_c)
+  + b_2 sin(4 pi f_{b_1} t / 64 + phi' + 2 phi_c)) + lambda c_O o_{z,c} + sigma epsilon``;
 * audio, ``t = 0, ..., 255``:
-  ``x(t) = g c_A sum_{k in {0, 2}} sin(2 pi h_{k,b_k} t / 256 + psi_{k,b_k}) + sigma epsilon``;
+  ``x(t) = g c_A sum_{k in {0, 2}} sin(2 pi h_{k,b_k} t / 256 + psi_k) + sigma epsilon``;
 * logs: length ``L ~ U{8, ..., 16}``; positions ``>= L`` hold padding id 0; every other
   position is ``E_{k,b_k,j}`` with ``k ~ U{0,1,2}``, ``j ~ U{0,1}`` with probability ``q_E``,
   the firmware token ``T_z`` with probability ``lambda q_S``, else a draw from ``beta``.
@@ -80,11 +95,14 @@ _SEQ_LEN, _VOCAB = 16, 64
 _MIN_LOG_LEN = 8
 
 _C_B = 0.5  # camera background amplitude
-_C_I = 0.1  # camera bit-pattern amplitude
-_C_V = 0.24  # vibration oscillation amplitude
+_C_G = 1.2  # camera grating amplitude
+_GRATING_CYCLES = (2, 6)  # r_v: grating cycles per frame for b_1 = v
+_C_V = 1.5  # vibration oscillation amplitude
+_VIB_BANDS = ((3, 5), (9, 12))  # bands of the vibration frequencies f_v (cycles/window)
 _C_O = 0.2  # vibration site-offset amplitude
-_C_A = 0.2  # audio tone amplitude
-_Q_E = 0.12  # probability that a log position is an evidence token
+_C_A = 1.2  # audio tone amplitude
+_AUDIO_BANDS = ((40, 50), (60, 70), (84, 94), (108, 118))  # bands of the tones h_{k,v}
+_Q_E = 0.15  # probability that a log position is an evidence token
 _Q_S = 0.03  # probability (per unit site_signature) that it is the site's firmware token
 _GAIN_SPREAD = 0.1  # standard deviation of the log device gain
 
@@ -180,14 +198,13 @@ class SyntheticDevice:
 
 @dataclass(frozen=True)
 class _Prototypes:
-    """The seed-level patterns shared by all devices (see the module docstring).
+    """The seed-level patterns shared by all devices (see the module docstring)."""
 
-    The three signal modalities are stored as their noise-free, unit-gain class means.
-    """
-
-    camera: np.ndarray  # (8, 16, 16): c_B B + c_I (s_0 P_0 + s_1 P_1)
-    vibration: np.ndarray  # (8, 3, 64): c_V sin(2 pi f_{c,b_1} t / 64 + phi_c + b_2 pi / 2)
-    audio: np.ndarray  # (8, 256): c_A sum_k sin(2 pi h_{k,b_k} t / 256 + psi_{k,b_k})
+    background_field: np.ndarray  # (16, 16): c_B B
+    vib_freqs: np.ndarray  # (2,): f_v
+    vib_amplitudes: np.ndarray  # (3,): a_c
+    vib_phases: np.ndarray  # (3,): phi_c
+    tone_freqs: np.ndarray  # (2, 2): h_{k, v}, rows k = 0 and k = 2
     site_offsets: np.ndarray  # (S, 3): o_z
     evidence_tokens: np.ndarray  # (3, 2, 2): E_{k, v, j}
     site_tokens: np.ndarray  # (S,): T_z
@@ -208,33 +225,27 @@ class _Profile:
 def _prototypes(seed: int, num_sites: int) -> _Prototypes:
     """Draw the shared class and site patterns from ``(seed, _PROTOTYPE_STREAM)``."""
     rng = np.random.default_rng([seed, _PROTOTYPE_STREAM, 0])
-    bits = _bits(np.arange(NUM_CLASSES))
-    signs = 2.0 * bits - 1.0
 
     side = _IMAGE_SIDE
     freq = np.fft.fftfreq(side)
     lowpass = np.exp(-(freq[:, None] ** 2 + freq[None, :] ** 2) / (2 * 0.08**2))
-    fields = np.fft.ifft2(np.fft.fft2(rng.standard_normal((3, side, side))) * lowpass).real
-    basis, _ = np.linalg.qr(fields.reshape(3, -1).T)  # orthonormal columns B, P_0, P_1
-    fields = basis.T.reshape(3, side, side) * side  # unit root-mean-square per pixel
-    camera = _C_B * fields[0] + _C_I * np.einsum("yk,khw->yhw", signs[:, :2], fields[1:])
+    field = np.fft.ifft2(np.fft.fft2(rng.standard_normal((side, side))) * lowpass).real
+    field = (field - field.mean()) / field.std()  # zero mean, unit root-mean-square
+    background_field = _C_B * field
 
-    t_vib = np.arange(_VIB_LEN) / _VIB_LEN
-    vib_freqs = np.stack(
-        [rng.choice(np.arange(2, 16), size=2, replace=False) for _ in range(_VIB_CHANNELS)]
-    )  # (3, 2): f_{c, v}
+    vib_bands = rng.permutation(len(_VIB_BANDS))
+    vib_freqs = np.array([rng.integers(*_VIB_BANDS[b], endpoint=True) for b in vib_bands])
+    if 2 * vib_freqs.min() == vib_freqs.max():  # keep f_1 off f_0's second harmonic
+        vib_freqs[vib_freqs.argmax()] += 1
+    vib_amplitudes = rng.uniform(0.5, 1.0, size=_VIB_CHANNELS)
     vib_phases = rng.uniform(0.0, 2 * np.pi, size=_VIB_CHANNELS)
-    angle = (
-        2 * np.pi * vib_freqs[:, bits[:, 1]].T[..., None] * t_vib
-        + (vib_phases + bits[:, 2, None] * np.pi / 2)[..., None]
-    )
-    vibration = _C_V * np.sin(angle)
 
-    t_audio = np.arange(_AUDIO_LEN) / _AUDIO_LEN
-    tone_freqs = rng.choice(np.arange(8, 96), size=(2, 2), replace=False)  # h_{k, v}
-    tone_phases = rng.uniform(0.0, 2 * np.pi, size=(2, 2))  # psi_{k, v}
-    tones = np.sin(2 * np.pi * tone_freqs[..., None] * t_audio + tone_phases[..., None])
-    audio = _C_A * (tones[0, bits[:, 0]] + tones[1, bits[:, 2]])
+    # Bit k's two tones lie two bands apart: bands (0, 2) and (1, 3) in a random assignment.
+    pairs = rng.permutation(2)[:, None] + np.array([0, 2])
+    pairs = np.where(rng.random(2)[:, None] < 0.5, pairs, pairs[:, ::-1])
+    tone_freqs = np.array(
+        [[rng.integers(*_AUDIO_BANDS[b], endpoint=True) for b in row] for row in pairs]
+    )
 
     token_ids = rng.permutation(np.arange(1, _VOCAB))
     evidence_tokens = token_ids[: 4 * NUM_BITS].reshape(NUM_BITS, 2, 2)
@@ -242,8 +253,17 @@ def _prototypes(seed: int, num_sites: int) -> _Prototypes:
     background = rng.dirichlet(np.ones(_VOCAB - 1))
     site_offsets = rng.uniform(-1.0, 1.0, size=(num_sites, _VIB_CHANNELS))
 
-    means = tuple(array.astype(np.float32) for array in (camera, vibration, audio))
-    arrays = (*means, site_offsets.astype(np.float32), evidence_tokens, site_tokens, background)
+    arrays = (
+        background_field.astype(np.float32),
+        vib_freqs,
+        vib_amplitudes.astype(np.float32),
+        vib_phases,
+        tone_freqs,
+        site_offsets.astype(np.float32),
+        evidence_tokens,
+        site_tokens,
+        background,
+    )
     for array in arrays:
         array.setflags(write=False)
     return _Prototypes(*arrays)
@@ -265,21 +285,42 @@ def _render(
     protos = _prototypes(config.seed, config.num_sites)
     n, sigma = labels.shape[0], np.float32(config.noise_scale)
     g = gains.astype(np.float32)
+    bits = _bits(labels)
 
-    camera = g[:, 0, None, None] * protos.camera[labels]
+    # Camera: a grating along rows (b_0 = 0) or columns (b_0 = 1) with r_{b_1} cycles.
+    theta = rng.uniform(0.0, 2 * np.pi, size=n)
+    coord = np.arange(_IMAGE_SIDE) / _IMAGE_SIDE
+    cycles = np.asarray(_GRATING_CYCLES)[bits[:, 1]]
+    wave = np.cos(2 * np.pi * cycles[:, None] * coord + theta[:, None])  # (N, 16)
+    grating = np.where(bits[:, 0, None, None] == 0, wave[:, :, None], wave[:, None, :])
+    camera = (protos.background_field + _C_G * grating).astype(np.float32)
+    camera = g[:, 0, None, None] * np.broadcast_to(camera, (n, _IMAGE_SIDE, _IMAGE_SIDE))
     camera += sigma * rng.standard_normal(camera.shape, dtype=np.float32)
 
-    vibration = g[:, 1, None, None] * protos.vibration[labels]
+    # Vibration: frequency f_{b_1} on every axis, plus its second harmonic when b_2 = 1.
+    phi = rng.uniform(0.0, 2 * np.pi, size=(n, 2))
+    t_vib = np.arange(_VIB_LEN) / _VIB_LEN
+    f = protos.vib_freqs[bits[:, 1]][:, None, None]
+    fundamental = np.sin(2 * np.pi * f * t_vib + (phi[:, :1] + protos.vib_phases)[..., None])
+    harmonic = np.sin(4 * np.pi * f * t_vib + (phi[:, 1:] + 2 * protos.vib_phases)[..., None])
+    oscillation = fundamental + bits[:, 2, None, None] * harmonic
+    vibration = (_C_V * protos.vib_amplitudes[:, None] * oscillation).astype(np.float32)
+    vibration *= g[:, 1, None, None]
     vibration += np.float32(config.site_signature * _C_O) * protos.site_offsets[sites][..., None]
     vibration += sigma * rng.standard_normal(vibration.shape, dtype=np.float32)
 
-    audio = g[:, 2, None] * protos.audio[labels]
+    # Audio: one tone per bit b_0, b_2, each with its own random phase.
+    psi = rng.uniform(0.0, 2 * np.pi, size=(n, 2))
+    t_audio = np.arange(_AUDIO_LEN) / _AUDIO_LEN
+    h = np.stack([protos.tone_freqs[0, bits[:, 0]], protos.tone_freqs[1, bits[:, 2]]], axis=1)
+    tones = np.sin(2 * np.pi * h[..., None] * t_audio + psi[..., None]).sum(axis=1)
+    audio = (g[:, 2, None] * (_C_A * tones)).astype(np.float32)
     audio += sigma * rng.standard_normal(audio.shape, dtype=np.float32)
 
     u = rng.random((n, _SEQ_LEN))
     k = rng.integers(0, NUM_BITS, size=(n, _SEQ_LEN))
     j = rng.integers(0, 2, size=(n, _SEQ_LEN))
-    evidence = protos.evidence_tokens[k, np.take_along_axis(_bits(labels), k, axis=1), j]
+    evidence = protos.evidence_tokens[k, np.take_along_axis(bits, k, axis=1), j]
     background = 1 + rng.choice(_VOCAB - 1, size=(n, _SEQ_LEN), p=protos.background)
     q_site = config.site_signature * _Q_S
     logs = np.where(u < _Q_E, evidence, background)
