@@ -23,6 +23,9 @@ EMBEDDING_VARIANCE = "embedding-variance"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 
+SERVER_ROUND = "server-round"
+"""Set by Flower's FedAvg family in every message config."""
+
 LEARNING_RATE = "lr"
 PROXIMAL_MU = "proximal-mu"
 """Set by Flower's FedProx in every training message."""

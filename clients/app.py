@@ -40,8 +40,10 @@ def train_locally(msg: Message, context: Context) -> Message:
     learning_rate = float(received.get(records.LEARNING_RATE, config.learning_rate))
     proximal_mu = float(received.get(records.PROXIMAL_MU, 0.0))
     reference = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    server_round = int(received.get(records.SERVER_ROUND, 0))
+    shuffle_seed = hash((config.seed, partition_id, server_round)) & 0x7FFF_FFFF
     loader = make_loader(train_arrays, dataset.specs, config.batch_size, shuffle=True,
-                         seed=config.seed * 100_003 + partition_id)
+                         seed=shuffle_seed)
     result = train(
         model,
         loader,
