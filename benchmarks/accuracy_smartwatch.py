@@ -110,24 +110,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None,
                         help="server rounds (default: pyproject's num-server-rounds; "
                              f"{QUICK_ROUNDS} with --quick)")
-    parser.add_argument("--local-epochs", type=int, default=None,
-                        help="local epochs per round (default: pyproject's local-epochs)")
     parser.add_argument("--proximal-mu", type=float, default=0.01,
                         help="FedProx's mu (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of all runs (default: pyproject's seed)")
-    parser.add_argument("--runs-dir", type=Path, default=None,
-                        help="where the federated run folders go (default: a new folder "
-                             "under benchmarks/results/runs/)")
     args = parser.parse_args()
 
-    base: dict[str, Any] = {}
+    base: dict[str, Any] = common.run_overrides(args)
     if args.rounds is not None or args.quick:
         base["num-server-rounds"] = args.rounds or QUICK_ROUNDS
-    if args.local_epochs is not None:
-        base["local-epochs"] = args.local_epochs
-    if args.seed is not None:
-        base["seed"] = args.seed
     config = RunConfig.from_mapping(base)
     runs_dir = common.run_folder(NAME, args.runs_dir)
     print(f"{NAME}: {config.num_server_rounds} rounds x {config.local_epochs} local epoch(s), "

@@ -24,7 +24,10 @@ RESULTS_DIR = BENCHMARKS_DIR / "results"
 
 
 def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
-    """A parser with the options every benchmark has: ``--quick`` and ``--out``.
+    """A parser with the options every benchmark has.
+
+    ``--quick``, ``--out``, and the run options ``--local-epochs``, ``--seed`` and
+    ``--runs-dir`` (see :func:`run_overrides` and :func:`run_folder`).
 
     Args:
         name: The benchmark's name (its file name without ``.py``); the default output is
@@ -40,7 +43,24 @@ def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
                         help="small settings that finish in a few minutes (CI)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help="where to write the JSON result (default: %(default)s)")
+    parser.add_argument("--local-epochs", type=int, default=None,
+                        help="local epochs per round (default: pyproject's local-epochs)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of all runs (default: pyproject's seed)")
+    parser.add_argument("--runs-dir", type=Path, default=None,
+                        help="where the run folders go (default: a new folder under "
+                             "benchmarks/results/runs/)")
     return parser
+
+
+def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config overrides every benchmark takes from its arguments."""
+    overrides: dict[str, Any] = {}
+    if args.local_epochs is not None:
+        overrides["local-epochs"] = args.local_epochs
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    return overrides
 
 
 def run_folder(name: str, runs_dir: Path | None) -> Path:

@@ -247,13 +247,6 @@ def main() -> None:
                         help="runs of each app, alternated (default: 3; 1 with --quick)")
     parser.add_argument("--rounds", type=int, default=None,
                         help="server rounds per run, >= 2 (default: 5; 3 with --quick)")
-    parser.add_argument("--local-epochs", type=int, default=None,
-                        help="local epochs per round (default: pyproject's local-epochs)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of all runs (default: pyproject's seed)")
-    parser.add_argument("--runs-dir", type=Path, default=None,
-                        help="where the run folders go (default: a new folder under "
-                             "benchmarks/results/runs/)")
     parser.add_argument("--child-baseline", metavar="RUN_CONFIG_JSON",
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -266,11 +259,8 @@ def main() -> None:
     if rounds < 2 or repeats < 1:
         parser.error(f"need --rounds >= 2 and --repeats >= 1, got {rounds} and {repeats}")
     overrides: dict[str, ConfigValue] = {"dataset": "smartwatch", "strategy": "fedavg",
-                                         "num-server-rounds": rounds}
-    if args.local_epochs is not None:
-        overrides["local-epochs"] = args.local_epochs
-    if args.seed is not None:
-        overrides["seed"] = args.seed
+                                         "num-server-rounds": rounds,
+                                         **common.run_overrides(args)}
     config = RunConfig.from_mapping(overrides)
     runs_dir = common.run_folder(NAME, args.runs_dir)
     print(f"{NAME}: {repeats} repeat(s) x {rounds} rounds x {config.local_epochs} local "
