@@ -46,6 +46,7 @@ class RunConfig:
     num_experts: int
     kl_weight: float
     consistency_weight: float
+    gate_balance_weight: float
     dirichlet_alpha: float
     missing_modality_prob: float
     samples_per_client: int
@@ -62,7 +63,7 @@ class RunConfig:
                 raise ValueError(f"{_key(name)} must lie in [0, 1], got {getattr(self, name)}")
         if self.fraction_train == 0.0:
             raise ValueError("fraction-train must be > 0, got 0.0 (no client would train)")
-        for name in ("proximal_mu", "kl_weight", "consistency_weight"):
+        for name in ("proximal_mu", "kl_weight", "consistency_weight", "gate_balance_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_key(name)} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:

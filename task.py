@@ -30,5 +30,6 @@ def build_model(config: RunConfig, dataset: FederatedDataset) -> MultimodalClass
 
 
 def loss_weights(config: RunConfig) -> LossWeights:
-    """Weights of the KL and cross-modal consistency terms of the local loss."""
-    return LossWeights(kl=config.kl_weight, consistency=config.consistency_weight)
+    """Weights of the KL, cross-modal consistency and gate-balance terms of the local loss."""
+    return LossWeights(kl=config.kl_weight, consistency=config.consistency_weight,
+                       balance=config.gate_balance_weight)

@@ -128,6 +128,10 @@ class HierarchicalMoEFusion(nn.Module):
         self.level2_gate = nn.Sequential(
             nn.Linear(2 * embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1)
         )
+        # Start from equal weights over the present modalities (zero logits), so that every
+        # encoder gets its share of the gradient before the gate has learned anything.
+        nn.init.zeros_(self.level2_gate[-1].weight)
+        nn.init.zeros_(self.level2_gate[-1].bias)
 
     def forward(
         self, z: torch.Tensor, logvar: torch.Tensor, mask: torch.Tensor

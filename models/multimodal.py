@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedmosaic.models.balance import gate_balance_loss
 from fedmosaic.models.consistency import cross_modal_consistency
 from fedmosaic.models.encoders import build_encoder
 from fedmosaic.models.fusion import HierarchicalMoEFusion
@@ -26,6 +27,8 @@ class ModelOutput:
         kl: Scalar, mean over samples of the mean KL over that sample's present modalities.
         consistency: Scalar cross-modal consistency loss
             (:func:`~fedmosaic.models.consistency.cross_modal_consistency`).
+        balance: Scalar load-balancing loss of the cross-modal gate
+            (:func:`~fedmosaic.models.balance.gate_balance_loss`).
 
     """
 
@@ -35,6 +38,7 @@ class ModelOutput:
     gate_weights: torch.Tensor
     kl: torch.Tensor
     consistency: torch.Tensor
+    balance: torch.Tensor
 
 
 class MultimodalClassifier(nn.Module):
@@ -162,4 +166,5 @@ class MultimodalClassifier(nn.Module):
             gate_weights=gate_weights,
             kl=kl,
             consistency=cross_modal_consistency(mu_all, mask),
+            balance=gate_balance_loss(gate_weights, mask),
         )

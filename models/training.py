@@ -5,6 +5,7 @@ The local objective is
 .. math::
     \mathcal{L} = \mathrm{CE} + \lambda_{\mathrm{KL}}\, \mathrm{KL}
     + \lambda_{\mathrm{c}}\, \mathcal{L}_{\mathrm{consistency}}
+    + \lambda_{\mathrm{b}}\, \mathcal{L}_{\mathrm{balance}}
     + \frac{\mu}{2} \lVert w - w_{\mathrm{ref}} \rVert^2
 
 where the last, proximal term is FedProx's (Li et al. 2020, "Federated Optimization in
@@ -33,6 +34,8 @@ class LossWeights:
         kl: :math:`\lambda_{\mathrm{KL}} \geq 0`, weight of the KL to the prior.
         consistency: :math:`\lambda_{\mathrm{c}} \geq 0`, weight of the cross-modal
             consistency loss.
+        balance: :math:`\lambda_{\mathrm{b}} \geq 0`, weight of the gate's load-balancing
+            loss (:mod:`fedmosaic.models.balance`).
 
     Raises:
         ValueError: If a weight is negative.
@@ -41,9 +44,10 @@ class LossWeights:
 
     kl: float
     consistency: float
+    balance: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("kl", "consistency"):
+        for name in ("kl", "consistency", "balance"):
             value = getattr(self, name)
             if not value >= 0.0:
                 raise ValueError(f"LossWeights.{name} must be >= 0, got {value}")
@@ -215,6 +219,7 @@ def train(
                 F.cross_entropy(output.logits, labels)
                 + weights.kl * output.kl
                 + weights.consistency * output.consistency
+                + weights.balance * output.balance
             )
             if proximal_mu > 0.0:
                 distance = sum((p - r).pow(2).sum() for p, r in zip(params, reference, strict=True))

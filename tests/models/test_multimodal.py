@@ -36,7 +36,7 @@ def _inputs(batch_size: int) -> dict[str, torch.Tensor]:
 
 
 def _full_loss(output: ModelOutput, labels: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(output.logits, labels) + output.kl + output.consistency
+    return F.cross_entropy(output.logits, labels) + output.kl + output.consistency + output.balance
 
 
 def test_forward_shapes_for_all_four_kinds():
@@ -53,6 +53,7 @@ def test_forward_shapes_for_all_four_kinds():
     assert output.gate_weights.shape == (3, 4)
     assert output.kl.shape == () and output.kl.item() >= 0
     assert output.consistency.shape == ()
+    assert output.balance.shape == ()
     torch.testing.assert_close(output.gate_weights.sum(dim=1), torch.ones(3))
 
 
