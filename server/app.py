@@ -26,8 +26,6 @@ def warn_pointless_settings(config: RunConfig) -> None:
     if config.proximal_mu > 0 and config.strategy != "fedprox":
         log.warning("proximal-mu=%s has no effect with strategy=%s (only fedprox sends it)",
                     config.proximal_mu, config.strategy)
-    if config.dataset == "smartwatch" and config.missing_modality_prob > 0:
-        log.info("missing-modality-prob applies to the synthetic dataset only")
 
 
 @app.main()
