@@ -73,9 +73,11 @@ def follow(
 
 
 def _read_history(path: Path) -> list[dict[str, Any]]:
+    """Rounds recorded so far; a line still being written (no newline yet) is skipped."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]
 
 
 def read_summary(run_dir: Path, log_file: Path, code: int) -> dict[str, Any]:

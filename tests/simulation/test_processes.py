@@ -66,3 +66,4 @@ def test_descendants_in_their_own_session_are_found_by_marker_and_killed(tmp_pat
     group.stop()
 
     assert not alive(detached)
+
