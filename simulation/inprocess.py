@@ -5,8 +5,8 @@ ClientApp directly, with one persistent ``Context`` per virtual node (so ``conte
 e.g. error-feedback residuals or a DP accountant, carries across rounds as it does on a
 SuperNode). Each message is a fresh copy of what the strategy sent, round-tripped through
 Flower's protobuf serialization, and a ClientApp that raises produces an error reply, as on
-Flower's runtimes. The same ``ServerApp`` and
-``ClientApp`` objects run here as under ``fedmosaic run``; only the transport differs.
+Flower's runtimes. The same ``ServerApp`` and ``ClientApp`` objects run here as under
+``fedmosaic run``; only the transport differs.
 
 It exists for benchmarks and tests that need many short runs: Ray's start-up (~15 s here)
 dominates a small run, and sequential execution makes a run's timing easy to attribute.
@@ -52,6 +52,11 @@ class InProcessGrid(Grid):
         run_config: dict[str, ConfigValue],
     ) -> None:
         self._client_app = client_app
+        # Messages created in this process (by the ServerApp and the ClientApps) take their
+        # run and task identity from here, as on a SuperLink.
+        TaskIdentity.run_id = 1
+        TaskIdentity.task_id = 1
+        TaskIdentity.node_id = SUPERLINK_NODE_ID
         self._run = Run.create_empty(run_id=1)
         self._run.override_config = dict(run_config)
         self.contexts: dict[int, Context] = {
@@ -139,9 +144,6 @@ def run_in_process(overrides: dict[str, Any], server_app: ServerApp | None = Non
         {"partition-id": i, "num-partitions": config.num_clients}
         for i in range(config.num_clients)
     ]
-    TaskIdentity.run_id = 1
-    TaskIdentity.task_id = 1
-    TaskIdentity.node_id = SUPERLINK_NODE_ID
     grid = InProcessGrid(client_app or default_client_app, node_configs, run_config)
     server_context = Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={},
                              state=RecordDict(), run_config=dict(run_config))
