@@ -1,0 +1,215 @@
+"""The ClientApp's DP-SGD round: budget, calibration, the refusal rule and the account.
+
+A device's ε budget is, first match wins: the training config's ``dp-epsilon-budget`` (the
+server changes budgets between rounds this way), the node config's ``epsilon``, the
+``privacy-budgets`` file's entry for the partition, the run config's ``epsilon``. Its σ is
+calibrated once, for the budget and the rounds still planned (again only when the budget
+changes). A device whose next round would push its ε past the budget does not train and says
+so (``dp-refused = 1``). After a server restart the training config may carry the device's
+segments from before it (``dp-prior-<partition-id>``, from the server's ledger); a device
+without an account of its own starts from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context
+from torch.utils.data import DataLoader
+
+from fedmosaic import records
+from fedmosaic.config import RunConfig, tomllib
+from fedmosaic.models.multimodal import MultimodalClassifier
+from fedmosaic.models.training import TrainResult
+from fedmosaic.privacy.accounting import Segment, calibrate_noise_multiplier, poisson_plan
+from fedmosaic.privacy.client_account import ClientPrivacyAccount
+from fedmosaic.privacy.dp_sgd import train_private
+from fedmosaic.simulation.modality import ModalitySpec
+from fedmosaic.task import loss_weights
+
+STATE_DIR_KEY = "state-dir"
+"""Node-config key of the directory where a device keeps its privacy account across restarts."""
+
+
+@dataclass(frozen=True)
+class PrivateRound:
+    """Outcome of :func:`train_private_round`.
+
+    Attributes:
+        result: The training result, ``None`` if the device refused to train.
+        metrics: Reply metrics (``records.DP_*`` and ``partition-id``).
+
+    """
+
+    result: TrainResult | None
+    metrics: dict[str, int | float]
+
+
+@functools.lru_cache(maxsize=8)
+def read_budget_file(path: str) -> dict[int, float]:
+    """``partition-id → ε`` from a TOML file of lines ``0 = 3.0`` (``privacy-budgets``).
+
+    Raises:
+        ValueError: If a key is not a partition id or a value not a finite ε > 0.
+
+    """
+    with Path(path).expanduser().open("rb") as handle:
+        table = tomllib.load(handle)
+    budgets: dict[int, float] = {}
+    for key, value in table.items():
+        if not key.isdigit():
+            raise ValueError(f"privacy-budgets file {path}: keys must be partition ids "
+                             f"(0, 1, ...), got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0.0 < value < math.inf):
+            raise ValueError(f"privacy-budgets file {path}: partition {key} needs a finite "
+                             f"epsilon > 0, got {value!r}")
+        budgets[int(key)] = float(value)
+    return budgets
+
+
+def client_budget(config: RunConfig, node_config: Mapping[str, Any], partition_id: int,
+                  received: Mapping[str, Any]) -> float:
+    """The device's ε budget (module docstring for the order of precedence).
+
+    Raises:
+        ValueError: If the chosen budget is not a finite number > 0.
+
+    """
+    if records.DP_EPSILON_BUDGET in received:
+        source, value = "training config", received[records.DP_EPSILON_BUDGET]
+    elif "epsilon" in node_config:
+        source, value = "node config", node_config["epsilon"]
+    elif config.privacy_budgets and partition_id in read_budget_file(config.privacy_budgets):
+        source, value = "privacy-budgets", read_budget_file(config.privacy_budgets)[partition_id]
+    else:
+        source, value = "run config", config.epsilon
+    budget = float(value)
+    if not 0.0 < budget < math.inf:
+        raise ValueError(f"epsilon budget ({source}) must be finite and > 0, got {value!r}")
+    return budget
+
+
+def account_file(config: RunConfig, context: Context, partition_id: int) -> Path | None:
+    """Where the device keeps its account: ``state-dir/<run>/partition-<id>-dp.json``.
+
+    ``None`` without a node-config ``state-dir``; ``<run>`` is the run name, or
+    ``run-<run id>`` if the run has none.
+    """
+    state_dir = context.node_config.get(STATE_DIR_KEY)
+    if not state_dir:
+        return None
+    run_key = config.run_name or f"run-{context.run_id}"
+    return Path(str(state_dir)).expanduser() / run_key / f"partition-{partition_id}-dp.json"
+
+
+def load_account(context: Context, path: Path | None) -> ClientPrivacyAccount:
+    """The account from ``context.state`` or from ``path``, whichever has more history."""
+    in_state = (ClientPrivacyAccount.from_record(context.state[records.DP_ACCOUNT])
+                if records.DP_ACCOUNT in context.state else ClientPrivacyAccount())
+    on_disk = ClientPrivacyAccount.load(path) if path is not None else ClientPrivacyAccount()
+    return on_disk if len(on_disk.history) > len(in_state.history) else in_state
+
+
+def save_account(account: ClientPrivacyAccount, context: Context, path: Path | None) -> None:
+    """Store the account in ``context.state`` and, if given, in ``path``."""
+    context.state[records.DP_ACCOUNT] = account.to_record()
+    if path is not None:
+        account.save(path)
+
+
+def prior_segments(flat: Sequence[float]) -> list[Segment]:
+    """Segments from a ``dp-prior-<id>`` list ``[σ, q, steps, σ, q, steps, ...]``.
+
+    Raises:
+        ValueError: If the length is not a multiple of 3 (or a segment is invalid).
+
+    """
+    if len(flat) % 3:
+        raise ValueError(f"{records.DP_PRIOR_PREFIX}<id> must hold [σ, q, steps] triples, got "
+                         f"{len(flat)} values")
+    return [Segment(float(flat[i]), float(flat[i + 1]), int(flat[i + 2]))
+            for i in range(0, len(flat), 3)]
+
+
+def train_private_round(
+    model: MultimodalClassifier,
+    loader: DataLoader,
+    specs: tuple[ModalitySpec, ...],
+    config: RunConfig,
+    context: Context,
+    partition_id: int,
+    received: Mapping[str, Any],
+    *,
+    learning_rate: float,
+    proximal_mu: float,
+    reference_params: list[torch.Tensor] | None,
+) -> PrivateRound:
+    """One round of DP-SGD, or a refusal if it would exceed the device's budget.
+
+    Args:
+        model: The classifier holding the global weights; trained in place.
+        loader: The device's training loader (batch size ``batch-size``).
+        specs: The modalities, in the mask's column order.
+        config: The run config (``delta``, ``max-grad-norm``, ``dp-accountant``, ...).
+        context: The ClientApp's context (account in ``state``, ``state-dir`` in node config).
+        partition_id: The device's partition.
+        received: The training message's config record (``server-round``, budget).
+        learning_rate: Adam step size.
+        proximal_mu: FedProx coefficient.
+        reference_params: FedProx's reference weights.
+
+    Returns:
+        The :class:`PrivateRound`.
+
+    """
+    path = account_file(config, context, partition_id)
+    account = load_account(context, path)
+    prior = received.get(f"{records.DP_PRIOR_PREFIX}{partition_id}")
+    if not account.history and prior:  # a restarted server's ledger: spend from before
+        account.history = prior_segments(prior)
+    budget = client_budget(config, context.node_config, partition_id, received)
+    sample_rate, steps, _ = poisson_plan(len(loader.dataset), config.batch_size,
+                                         config.local_epochs, 1)
+    server_round = int(received.get(records.SERVER_ROUND, 1))
+    rounds_left = max(1, config.num_server_rounds - server_round + 1)
+    refused = False
+    if account.budget != budget or account.noise_multiplier <= 0.0:
+        try:
+            sigma = calibrate_noise_multiplier(budget, config.delta, sample_rate,
+                                               steps * rounds_left, tuple(account.history),
+                                               config.dp_accountant)
+            account.budget, account.noise_multiplier = budget, sigma
+        except ValueError:  # the history alone exhausts the new budget
+            refused = True
+    segment = (Segment(account.noise_multiplier, sample_rate, steps)
+               if account.noise_multiplier > 0.0 else None)
+    spent_after = (account.spent_after(segment, config.delta, config.dp_accountant)
+                   if segment is not None and not refused else math.inf)
+    result = None
+    if spent_after <= budget:
+        result = train_private(model, loader, specs, epochs=config.local_epochs,
+                               learning_rate=learning_rate, weights=loss_weights(config),
+                               noise_multiplier=account.noise_multiplier,
+                               max_grad_norm=config.max_grad_norm,
+                               grad_sample_mode=config.grad_sample_mode,
+                               proximal_mu=proximal_mu, reference_params=reference_params)
+        account.history.append(segment)  # type: ignore[arg-type]
+    save_account(account, context, path)
+    return PrivateRound(result=result, metrics={
+        records.PARTITION_ID: partition_id,
+        records.DP_EPSILON_SPENT: (spent_after if result is not None
+                                   else account.spent(config.delta, config.dp_accountant)),
+        records.DP_EPSILON_BUDGET: budget,
+        records.DP_DELTA: config.delta,
+        records.DP_NOISE_MULTIPLIER: account.noise_multiplier,
+        records.DP_REFUSED: int(result is None),
+        records.DP_SAMPLE_RATE: sample_rate,
+        records.DP_STEPS: steps if result is not None else 0,
+    })

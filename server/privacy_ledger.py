@@ -1,0 +1,204 @@
+"""The privacy ledger around any strategy: record DP replies, drop refusals, change budgets.
+
+:class:`PrivacyLedgerStrategy` sits outside the strategy (and outside the update validator,
+which would reject a refusal's ``num-examples = 0``). Each round it
+
+* enters every DP-SGD reply into the :class:`~fedmosaic.privacy.ledger.PrivacyLedger` and
+  passes on only the replies of devices that trained;
+* with central DP, accounts the round's noisy release
+  (:mod:`fedmosaic.privacy.central`) in the same ledger;
+* restores the ledger and the global model from a checkpoint (``resume-from``);
+* after a restart, sends every device its segments from before it (``dp-prior-<id>``), so a
+  device that lost its own account still counts them against its budget;
+* sends a device a new ε budget (``dp-epsilon-budget`` in its training config) after
+  :meth:`PrivacyLedgerStrategy.set_budget`, copying the message content FedAvg shares across
+  its messages before editing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmosaic import records
+from fedmosaic.config import RunConfig
+from fedmosaic.privacy.central import central_epsilon, round_noise_multiplier, wrap_central_dp
+from fedmosaic.privacy.ledger import CentralEntry, PrivacyLedger
+
+log = logging.getLogger("fedmosaic")
+
+
+class PrivacyLedgerStrategy(Strategy):
+    """Delegates to ``strategy``; keeps ``ledger`` (module docstring).
+
+    Args:
+        strategy: Any Flower strategy (possibly a central-DP wrapper).
+        ledger: The ledger to update (a fresh one, or one restored from a checkpoint).
+        central: For central DP: ``(mode, noise multiplier z, sampled devices m, δ)``.
+        round_offset: Rounds already run before this run (resumed from a checkpoint); the
+            ledger counts this run's round ``r`` as ``round_offset + r``.
+
+    """
+
+    def __init__(self, strategy: Strategy, ledger: PrivacyLedger,
+                 central: tuple[str, float, int, float] | None = None,
+                 round_offset: int = 0) -> None:
+        self.strategy = strategy
+        self.round_offset = round_offset
+        self.ledger = ledger
+        self.central = central
+        if central is not None and ledger.central is None:
+            ledger.central = CentralEntry(mode=central[0], delta=central[3])
+        self.budgets: dict[int, float] = {}
+        self._restored = {pid: dataclasses.replace(entry, segments=list(entry.segments))
+                          for pid, entry in ledger.devices.items()} if round_offset else {}
+        self._node_partition: dict[int, int] = {}
+
+    def set_budget(self, partition_id: int, epsilon: float) -> None:
+        """Send device ``partition_id`` the budget ``epsilon`` from its next training message.
+
+        Raises:
+            ValueError: If ``epsilon`` is not finite and > 0.
+
+        """
+        if not 0.0 < epsilon < float("inf"):
+            raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
+        self.budgets[partition_id] = float(epsilon)
+
+    def summary(self) -> None:
+        """Log the wrapped strategy's summary."""
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure through ``strategy``; add per-device budgets to copies of the content."""
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        priors = self._prior_segments()
+        for message in messages:
+            partition_id = self._node_partition.get(message.metadata.dst_node_id)
+            budget = self.budgets.get(partition_id) if partition_id is not None else None
+            if budget is None and not priors:
+                continue
+            content = RecordDict(dict(message.content.items()))
+            own_config = ConfigRecord({**content.config_records.get(records.CONFIG, {}),
+                                       **priors})
+            if budget is not None:
+                own_config[records.DP_EPSILON_BUDGET] = budget
+            content[records.CONFIG] = own_config
+            message.content = content
+        return messages
+
+    def _prior_segments(self) -> dict[str, list[float]]:
+        """After a restart: each device's segments from before it (``dp-prior-<id>``)."""
+        if self.round_offset == 0:
+            return {}
+        return {f"{records.DP_PRIOR_PREFIX}{pid}": [float(v) for segment in entry.segments
+                                                     for v in segment]
+                for pid, entry in self._restored.items() if entry.segments}
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Enter the replies, drop refusals, aggregate the rest, account central DP."""
+        trained = []
+        for reply in replies:
+            metrics = (reply.content.metric_records.get(records.METRICS)
+                       if not reply.has_error() else None)
+            if metrics is None or records.DP_EPSILON_SPENT not in metrics:
+                trained.append(reply)
+                continue
+            self._node_partition[reply.metadata.src_node_id] = int(metrics[records.PARTITION_ID])
+            if self.ledger.record_reply(self.round_offset + server_round, metrics):
+                log.info("round %d: partition %s did not train (ε budget %.3g would be "
+                         "exceeded; spent %.3g)", server_round, metrics[records.PARTITION_ID],
+                         metrics[records.DP_EPSILON_BUDGET], metrics[records.DP_EPSILON_SPENT])
+            else:
+                trained.append(reply)
+        if not trained:
+            log.warning("round %d: no device trained; the global model is kept", server_round)
+            return None, None
+        arrays, metrics = self.strategy.aggregate_train(server_round, trained)
+        if arrays is not None and self.central is not None:
+            self._account_central(trained)
+        return arrays, metrics
+
+    def _account_central(self, replies: list[Message]) -> None:
+        _, noise_multiplier, sampled, delta = self.central  # type: ignore[misc]
+        metrics = [r.content.metric_records.get(records.METRICS, {}) for r in replies
+                   if not r.has_error()]
+        weights = [float(m[records.NUM_EXAMPLES]) for m in metrics
+                   if float(m.get(records.NUM_EXAMPLES, 0)) > 0]
+        if not weights:
+            return
+        entry = self.ledger.central
+        entry.round_noise_multipliers.append(  # type: ignore[union-attr]
+            round_noise_multiplier(noise_multiplier, sampled, weights))
+        entry.epsilon_spent = central_epsilon(  # type: ignore[union-attr]
+            entry.round_noise_multipliers, delta)  # type: ignore[union-attr]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+
+def with_privacy(strategy: Strategy, config: RunConfig,
+                 model: torch.nn.Module) -> PrivacyLedgerStrategy:
+    """``strategy`` with central DP (``central-dp``) and the ledger; honours ``resume-from``.
+
+    With ``resume-from=PATH`` (a ``checkpoints/round-NNN.pt`` of an earlier run) the global
+    weights are loaded into ``model`` and the ledger continues from the checkpoint's.
+
+    Raises:
+        ValueError: If the checkpoint is missing, or its model does not fit ``model``.
+
+    """
+    ledger, resumed_round = PrivacyLedger(accountant=config.dp_accountant), 0
+    if config.resume_from:
+        ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
+    sampled = max(1, math.ceil(config.fraction_train * config.num_clients))
+    wrapped = wrap_central_dp(strategy, config.central_dp, config.central_noise_multiplier,
+                              config.central_clipping_norm, sampled)
+    central = (None if config.central_dp == "none" else
+               (config.central_dp, config.central_noise_multiplier, sampled, config.delta))
+    return PrivacyLedgerStrategy(wrapped, ledger, central, round_offset=resumed_round)
+
+
+def resume(checkpoint: Path, model: torch.nn.Module) -> tuple[PrivacyLedger, int]:
+    """Load a checkpoint's global weights into ``model``; return its ledger and round.
+
+    The ledger is empty if the checkpoint has none (a run without privacy state).
+
+    Raises:
+        ValueError: If ``checkpoint`` is not a file or its model state does not fit ``model``.
+
+    """
+    if not checkpoint.is_file():
+        raise ValueError(f"resume-from must name a checkpoint file (runs/<run>/checkpoints/"
+                         f"round-NNN.pt), got {str(checkpoint)!r}, which does not exist")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    try:
+        model.load_state_dict(saved["model_state"])
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"resume-from {checkpoint}: its model state does not fit this run's "
+                         f"model ({err})") from err
+    state = saved.get("server_state", {}).get("privacy")
+    log.info("resuming from %s (round %s)", checkpoint, saved.get("round"))
+    ledger = PrivacyLedger.from_state_dict(state) if state is not None else PrivacyLedger()
+    return ledger, int(saved.get("round", 0))

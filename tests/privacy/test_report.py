@@ -1,0 +1,50 @@
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from fedmosaic import records
+from fedmosaic.cli import app
+from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.privacy.report import load_ledger
+
+
+def ledger():
+    book = PrivacyLedger()
+    book.record_reply(1, {records.PARTITION_ID: 3, records.DP_EPSILON_SPENT: 0.5,
+                          records.DP_EPSILON_BUDGET: 2.0, records.DP_DELTA: 1e-5,
+                          records.DP_NOISE_MULTIPLIER: 1.5, records.DP_SAMPLE_RATE: 0.2,
+                          records.DP_STEPS: 5, records.DP_REFUSED: 0})
+    book.record_reply(2, {records.PARTITION_ID: 3, records.DP_EPSILON_SPENT: 0.5,
+                          records.DP_REFUSED: 1})
+    return book
+
+
+def test_privacy_report_prints_the_summary_ledger(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"privacy": ledger().state_dict()}))
+
+    result = CliRunner().invoke(app, ["privacy-report", str(tmp_path)], terminal_width=200)
+
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "partition 3" in line)
+    cells = [cell.strip() for cell in row.strip().strip("│").split("│")]
+    spent = f"{ledger().devices[3].epsilon_spent:.4f}"
+    # device, ε spent, budget, δ, σ, rounds joined (1), refusals (round 2)
+    assert cells == ["partition 3", spent, "2", "1e-05", "1.5000", "1", "2"]
+
+
+def test_mid_run_the_newest_checkpoint_is_read(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"server_state": {"privacy": PrivacyLedger().state_dict()}},
+               tmp_path / "checkpoints" / "round-001.pt")
+    torch.save({"server_state": {"privacy": ledger().state_dict()}},
+               tmp_path / "checkpoints" / "round-002.pt")
+
+    assert load_ledger(tmp_path) == ledger()
+
+
+def test_a_folder_without_a_run_is_an_error(tmp_path):
+    result = CliRunner().invoke(app, ["privacy-report", str(tmp_path)])
+
+    assert result.exit_code == 2
+    assert "holds no summary.json" in " ".join(result.output.split())

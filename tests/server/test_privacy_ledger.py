@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fedmosaic import records
+from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy
+from fedmosaic.simulation.inprocess import run_in_process
+
+
+class RecordingStrategy:
+    """Stands in for a strategy: hands out one shared content, records what it aggregates."""
+
+    def __init__(self):
+        self.aggregated = None
+        self.shared = RecordDict({records.CONFIG: ConfigRecord({records.LEARNING_RATE: 0.1})})
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return [Message(content=self.shared, dst_node_id=node, message_type="train")
+                for node in (7, 8)]
+
+    def aggregate_train(self, server_round, replies):
+        self.aggregated = list(replies)
+        return "arrays", None
+
+
+def dp_metrics(partition, refused):
+    return {records.NUM_EXAMPLES: 0 if refused else 20, records.PARTITION_ID: partition,
+            records.DP_EPSILON_SPENT: 1.0, records.DP_EPSILON_BUDGET: 2.0,
+            records.DP_DELTA: 1e-5, records.DP_NOISE_MULTIPLIER: 1.0,
+            records.DP_REFUSED: int(refused)}
+
+
+def test_refusals_are_ledgered_and_not_aggregated(train_reply):
+    inner, ledger = RecordingStrategy(), PrivacyLedger()
+    strategy = PrivacyLedgerStrategy(inner, ledger)
+    trained = train_reply({"w": np.ones(2, np.float32)}, dp_metrics(0, False), node=7)
+    refused = train_reply({"w": np.zeros(2, np.float32)}, dp_metrics(1, True), node=8)
+
+    strategy.aggregate_train(1, [trained, refused])
+
+    assert inner.aggregated == [trained]
+    assert ledger.devices[0].rounds_joined == [1] and ledger.devices[1].refusals == [1]
+
+
+def test_only_refusals_keep_the_global_model(train_reply):
+    inner = RecordingStrategy()
+    strategy = PrivacyLedgerStrategy(inner, PrivacyLedger())
+
+    result = strategy.aggregate_train(1, [train_reply({"w": np.zeros(2)}, dp_metrics(1, True))])
+
+    assert result == (None, None) and inner.aggregated is None
+
+
+def test_a_new_budget_reaches_only_its_device(train_reply):
+    inner = RecordingStrategy()
+    strategy = PrivacyLedgerStrategy(inner, PrivacyLedger())
+    strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, dp_metrics(3, False), node=7)])
+
+    strategy.set_budget(3, 0.5)
+    messages = strategy.configure_train(2, None, None, None)
+
+    configs = {m.metadata.dst_node_id: m.content[records.CONFIG] for m in messages}
+    assert configs[7][records.DP_EPSILON_BUDGET] == 0.5
+    assert records.DP_EPSILON_BUDGET not in configs[8]
+    assert records.DP_EPSILON_BUDGET not in inner.shared[records.CONFIG]
+
+
+def test_a_bad_budget_is_rejected():
+    with pytest.raises(ValueError, match="epsilon"):
+        PrivacyLedgerStrategy(RecordingStrategy(), PrivacyLedger()).set_budget(0, -1.0)
+
+
+RUN = {"num-clients": 3, "num-server-rounds": 2, "local-epochs": 1, "dp": True,
+       "epsilon": 2.0, "fraction-evaluate": 0.0}
+
+
+def test_dp_run_ledger_and_resume_from_checkpoint(tmp_path):
+    first = run_in_process({**RUN, "out-dir": str(tmp_path), "run-name": "first"})
+    summary = json.loads((first.run_dir() / "summary.json").read_text())
+    checkpoint = first.run_dir() / "checkpoints" / "round-002.pt"
+
+    devices = summary["privacy"]["devices"]
+    assert sorted(devices) == ["0", "1", "2"]
+    for entry in devices.values():
+        assert 0.0 < entry["epsilon_spent"] <= entry["epsilon_budget"] == 2.0
+        assert entry["epsilon_spent"] == pytest.approx(entry["epsilon_reported"], rel=1e-9)
+        assert entry["rounds_joined"] == [1, 2] and entry["refusals"] == []
+    saved = torch.load(checkpoint, weights_only=False)
+    assert saved["server_state"]["privacy"] == summary["privacy"]
+    board = EventAccumulator(str(first.run_dir() / "tensorboard"))
+    board.Reload()
+    assert "privacy/epsilon_spent/partition_0" in board.Tags()["scalars"]
+
+    resumed = run_in_process({**RUN, "num-server-rounds": 1, "out-dir": str(tmp_path),
+                              "run-name": "resumed", "resume-from": str(checkpoint)})
+    after = json.loads((resumed.run_dir() / "summary.json").read_text())
+
+    assert after["initial_accuracy"] == pytest.approx(summary["final_accuracy"])
+    for pid, entry in after["privacy"]["devices"].items():
+        assert entry["rounds_joined"] == [1, 2, 3]
+        assert len(entry["segments"]) == 3
+        assert entry["epsilon_spent"] > devices[pid]["epsilon_spent"]
+        # the devices got their earlier segments from the ledger and count them, too
+        assert entry["epsilon_reported"] == pytest.approx(entry["epsilon_spent"], rel=1e-9)
+
+
+def test_resume_from_a_missing_checkpoint_is_rejected(tmp_path):
+    with pytest.raises(ValueError, match="resume-from"):
+        run_in_process({**RUN, "out-dir": str(tmp_path), "run-name": "x",
+                        "resume-from": str(tmp_path / "none.pt")})
+
+
+@pytest.mark.parametrize("mode", ["server", "client"])
+def test_central_dp_is_ledgered(tmp_path, mode):
+    config = run_in_process({**RUN, "dp": False, "central-dp": mode,
+                             "central-noise-multiplier": 1.0, "out-dir": str(tmp_path),
+                             "run-name": "central"})
+    central = json.loads((config.run_dir() / "summary.json").read_text())["privacy"]["central"]
+
+    assert central["mode"] == mode and len(central["round_noise_multipliers"]) == 2
+    assert all(0.0 < z <= 1.0 for z in central["round_noise_multipliers"])
+    assert central["epsilon_spent"] > 0.0
