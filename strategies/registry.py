@@ -1,47 +1,148 @@
-"""Map the run config's ``strategy`` name to a configured Flower strategy.
+"""Map the run config's ``strategy`` to a configured strategy, behind the update validator.
 
-``fedavg`` is Flower's ``FedAvg`` (McMahan et al. 2017, arXiv:1602.05629) and ``fedprox`` is
-Flower's ``FedProx`` (Li et al. 2020, arXiv:1812.06127), which sends ``proximal-mu`` to the
-clients; our ClientApp adds the proximal term ``mu/2 * ||w - w_global||^2`` to the local loss.
+Names: ``fedavg`` (McMahan et al. 2017, arXiv:1602.05629), ``fedprox`` (Li et al. 2020,
+arXiv:1812.06127; sends ``proximal-mu``, which our ClientApp adds as ``mu/2 ||w - w_global||^2``),
+every other Flower built-in (``fedavgm``, ``fedadam``, ``fedadagrad``, ``fedyogi``,
+``fedmedian``, ``fedtrimmedavg``, ``krum``, ``multikrum``, ``bulyan``, ``qfedavg``) and ours
+(``trimmed-mean``, ``moe-fusion``, ``moe-fusion-trim``). ``package.module:Class`` loads any
+``flwr.serverapp.strategy.Strategy`` subclass.
+
+Every strategy is built from the same candidate arguments (sampling, record keys, and the
+run config's ``trim-fraction``, ``num-malicious-nodes``, ``proximal-mu``, ``learning-rate``,
+the model's modality prefixes); each class receives only those its constructor accepts (all
+named along its class hierarchy). MultiKrum keeps ``n - f`` of the ``n`` sampled updates.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
-from collections.abc import Callable
 from typing import Any
 
-from flwr.serverapp.strategy import FedAvg, FedProx, Strategy
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    FedYogi,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+    Strategy,
+)
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.server.validation import ValidatingStrategy
+from fedmosaic.simulation.attacks import COLLUDING_ATTACKS, CollusionSimulation
+from fedmosaic.strategies.moe_fusion import MoEFusion
+from fedmosaic.strategies.trimmed_mean import TrimmedMean
+from fedmosaic.task import build_model, cached_dataset
 
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx}
+STRATEGIES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam,
+    "fedadagrad": FedAdagrad, "fedyogi": FedYogi, "fedmedian": FedMedian,
+    "fedtrimmedavg": FedTrimmedAvg, "krum": Krum, "multikrum": MultiKrum, "bulyan": Bulyan,
+    "qfedavg": QFedAvg, "trimmed-mean": TrimmedMean, "moe-fusion": MoEFusion,
+    "moe-fusion-trim": MoEFusion,
+}
+TRIMMING = ("fedtrimmedavg", "trimmed-mean", "moe-fusion-trim")
+"""Names whose ``beta`` is the run config's ``trim-fraction`` (``moe-fusion`` trims nothing)."""
 
 
 def build_strategy(config: RunConfig) -> Strategy:
-    """The strategy named by ``config.strategy`` with sampling set from the run config.
+    """The strategy ``config.strategy``, wrapped by the update validator.
+
+    With ``attack`` ``alie`` or ``ipm`` the simulation's colluding attacker
+    (:class:`~fedmosaic.simulation.attacks.CollusionSimulation`) sits in front of the
+    validator, so the defences see the crafted updates.
+    """
+    strategy: Strategy = ValidatingStrategy(
+        build_aggregator(config), max_norm=config.max_update_norm or math.inf,
+        min_replies=config.min_valid_replies)
+    if config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0:
+        strategy = CollusionSimulation(strategy, config.attack)
+    return strategy
+
+
+def build_aggregator(config: RunConfig) -> Strategy:
+    """The bare strategy ``config.strategy`` with sampling set from the run config.
 
     Every sampled round waits for ``ceil(fraction * num_clients)`` nodes (at least one), so
     round 1 does not start before the SuperNodes have connected.
     """
-    if config.strategy not in STRATEGIES:
-        raise ValueError(
-            f"unknown strategy {config.strategy!r}; expected one of {sorted(STRATEGIES)}"
-        )
-    kwargs: dict[str, Any] = {
+    cls = strategy_class(config.strategy)
+    train_nodes = _nodes(config.fraction_train, config.num_clients)
+    candidates: dict[str, Any] = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": config.fraction_evaluate,
-        "min_train_nodes": _nodes(config.fraction_train, config.num_clients),
+        "min_train_nodes": train_nodes,
         "min_evaluate_nodes": _nodes(config.fraction_evaluate, config.num_clients),
         "min_available_nodes": config.num_clients,
         "weighted_by_key": records.NUM_EXAMPLES,
         "arrayrecord_key": records.ARRAYS,
         "configrecord_key": records.CONFIG,
+        "proximal_mu": config.proximal_mu,
+        "beta": config.trim_fraction if config.strategy in TRIMMING else 0.0,
+        "num_malicious_nodes": config.num_malicious_nodes,
+        "num_nodes_to_select": max(1, train_nodes - config.num_malicious_nodes),
+        "client_learning_rate": config.learning_rate,
     }
-    if config.strategy == "fedprox":
-        kwargs["proximal_mu"] = config.proximal_mu
-    return STRATEGIES[config.strategy](**kwargs)
+    if cls is MoEFusion:
+        candidates["modality_prefixes"] = modality_prefixes(config)
+    return cls(**accepted_kwargs(cls, candidates))
+
+
+def strategy_class(name: str) -> type[Strategy]:
+    """The class a registry name or ``package.module:Class`` path names.
+
+    Raises:
+        ValueError: for an unknown name, a path that does not import, or a class that is not a
+            ``flwr.serverapp.strategy.Strategy``.
+    """
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    module_name, sep, class_name = name.partition(":")
+    if not sep:
+        raise ValueError(f"unknown strategy {name!r}; expected one of {sorted(STRATEGIES)} or "
+                         "'package.module:Class'")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"strategy {name!r} does not load: {error}") from error
+    if not (inspect.isclass(found) and issubclass(found, Strategy)):
+        raise ValueError(f"strategy {name!r} must be a flwr.serverapp.strategy.Strategy "
+                         f"subclass, got {found!r}")
+    return found
+
+
+def accepted_kwargs(cls: type, candidates: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``candidates`` that ``cls``'s constructor names.
+
+    A constructor that forwards ``**kwargs`` to its base class also accepts the base's named
+    parameters, so the names are collected along the method resolution order.
+    """
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        parameters = inspect.signature(klass.__init__).parameters.values()
+        names.update(p.name for p in parameters)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+            break
+    return {k: v for k, v in candidates.items() if k in names}
+
+
+def modality_prefixes(config: RunConfig) -> dict[str, tuple[str, ...]]:
+    """Per modality of the run's dataset, the state-dict prefixes of its expert."""
+    dataset = cached_dataset(config)
+    model = build_model(config, dataset)
+    return {spec.name: model.modality_parameter_prefixes(spec.name) for spec in dataset.specs}
 
 
 def _nodes(fraction: float, num_clients: int) -> int:

@@ -1,12 +1,32 @@
+import json
+from pathlib import Path
+
 import pytest
-from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.serverapp.strategy import (
+    Bulyan,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    MultiKrum,
+    QFedAvg,
+)
 
 from fedmosaic.config import RunConfig
-from fedmosaic.strategies.registry import build_strategy
+from fedmosaic.server.validation import ValidatingStrategy
+from fedmosaic.simulation.attacks import CollusionSimulation
+from fedmosaic.simulation.inprocess import run_in_process
+from fedmosaic.strategies.moe_fusion import MoEFusion
+from fedmosaic.strategies.registry import STRATEGIES, build_aggregator, build_strategy
+from fedmosaic.strategies.trimmed_mean import TrimmedMean
+
+README = Path(__file__).parents[2] / "README.md"
 
 
 def test_fedavg_samples_from_the_run_config():
-    strategy = build_strategy(RunConfig.from_mapping(
+    strategy = build_aggregator(RunConfig.from_mapping(
         {"num-clients": 10, "fraction-train": 0.25, "fraction-evaluate": 0.0}))
 
     assert type(strategy) is FedAvg
@@ -17,13 +37,90 @@ def test_fedavg_samples_from_the_run_config():
 
 
 def test_fedprox_gets_its_mu():
-    strategy = build_strategy(RunConfig.from_mapping({"strategy": "fedprox",
-                                                      "proximal-mu": 0.1}))
+    strategy = build_aggregator(RunConfig.from_mapping({"strategy": "fedprox",
+                                                        "proximal-mu": 0.1}))
 
     assert isinstance(strategy, FedProx)
     assert strategy.proximal_mu == 0.1
 
 
-def test_unknown_strategy_names_the_choices():
-    with pytest.raises(ValueError, match=r"unknown strategy 'krum'; expected one of \['fedavg'"):
-        build_strategy(RunConfig.from_mapping({"strategy": "krum"}))
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_registered_name_builds_with_the_run_config_sampling(name):
+    strategy = build_aggregator(RunConfig.from_mapping({"strategy": name, "num-clients": 10}))
+
+    assert isinstance(strategy, STRATEGIES[name])
+    assert strategy.min_available_nodes == 10
+
+
+@pytest.mark.parametrize(("overrides", "cls", "attribute", "expected"), [
+    ({"strategy": "trimmed-mean", "trim-fraction": 0.3}, TrimmedMean, "beta", 0.3),
+    ({"strategy": "fedtrimmedavg", "trim-fraction": 0.1}, FedTrimmedAvg, "beta", 0.1),
+    ({"strategy": "moe-fusion-trim", "trim-fraction": 0.1}, MoEFusion, "beta", 0.1),
+    ({"strategy": "moe-fusion", "trim-fraction": 0.1}, MoEFusion, "beta", 0.0),
+    ({"strategy": "krum", "num-malicious-nodes": 2}, Krum, "num_malicious_nodes", 2),
+    ({"strategy": "multikrum", "num-malicious-nodes": 3}, MultiKrum, "num_nodes_to_select", 7),
+    ({"strategy": "bulyan", "num-malicious-nodes": 1}, Bulyan, "num_malicious_nodes", 1),
+    ({"strategy": "qfedavg", "learning-rate": 0.01}, QFedAvg, "client_learning_rate", 0.01),
+])
+def test_each_strategy_gets_the_arguments_it_takes(overrides, cls, attribute, expected):
+    strategy = build_aggregator(RunConfig.from_mapping(overrides))
+
+    assert isinstance(strategy, cls)
+    assert getattr(strategy, attribute) == expected
+
+
+def test_moe_fusion_knows_each_modality_expert():
+    strategy = build_aggregator(RunConfig.from_mapping({"strategy": "moe-fusion"}))
+
+    assert list(strategy.modality_prefixes) == ["accelerometer", "gyroscope"]
+    assert strategy.modality_prefixes["gyroscope"] == (
+        "encoders.gyroscope.", "heads.gyroscope.", "fusion.level1.1.")
+
+
+def test_the_run_strategy_sits_behind_the_validator_and_the_collusion_harness():
+    plain = build_strategy(RunConfig.from_mapping({"strategy": "fedmedian",
+                                                   "max-update-norm": 3.0}))
+    attacked = build_strategy(RunConfig.from_mapping({"attack": "alie",
+                                                      "malicious-fraction": 0.2}))
+
+    assert isinstance(plain, ValidatingStrategy) and isinstance(plain.strategy, FedMedian)
+    assert plain.max_norm == 3.0
+    assert isinstance(attacked, CollusionSimulation)
+    assert isinstance(attacked.strategy, ValidatingStrategy)
+
+
+def test_module_path_loads_a_user_strategy():
+    strategy = build_aggregator(RunConfig.from_mapping(
+        {"strategy": "flwr.serverapp.strategy:FedAdam"}))
+
+    assert isinstance(strategy, FedAdam)
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("nosuch", r"unknown strategy 'nosuch'; expected one of \['bulyan'"),
+    ("no_such_module:Thing", "strategy 'no_such_module:Thing' does not load"),
+    ("flwr.serverapp.strategy:Nothing", "does not load"),
+    ("fedmosaic.records:ARRAYS", "must be a flwr.serverapp.strategy.Strategy subclass"),
+])
+def test_unknown_or_unfit_strategies_are_clear_errors(name, message):
+    with pytest.raises(ValueError, match=message):
+        build_aggregator(RunConfig.from_mapping({"strategy": name}))
+
+
+def test_readme_example_is_the_tested_file():
+    example = (Path(__file__).parent / "my_strategies.py").read_text().split("\n", 2)[2]
+
+    assert f"```python\n{example}```" in README.read_text()
+    assert len(example.strip().splitlines()) <= 30
+
+
+def test_readme_example_runs_a_round_by_module_path(tmp_path):
+    config = run_in_process({"strategy": "my_strategies:CoordinateMedian", "num-clients": 3,
+                             "num-server-rounds": 1, "local-epochs": 1, "out-dir": str(tmp_path),
+                             "run-name": "median", "fraction-evaluate": 0.0})
+
+    summary = json.loads((config.run_dir() / "summary.json").read_text())
+    assert summary["rounds"] == 1
+    assert summary["history"][0]["replies"] == 3
+    assert summary["history"][0]["rejected"] == 0
+    assert summary["final_accuracy"] != summary["initial_accuracy"]  # the model was updated

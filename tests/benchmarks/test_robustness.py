@@ -1,0 +1,37 @@
+"""The robustness benchmark runs in quick mode and writes every figure it claims."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_mode_writes_the_figures(tmp_path):
+    out = tmp_path / "robustness.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--quick",
+         "--out", str(out), "--runs-dir", str(tmp_path / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    figures, cells = result["figures"], result["cells"]
+    assert result["quick"] is True
+    assert len(cells) == 10  # sign-flip at 30 % and ALIE at 20 %, five strategies each
+    clean = figures["clean_fedavg_accuracy"]["smartwatch"]
+    best_sign_flip = max(cells[f"smartwatch/sign-flip/0.3/{s}"]["accuracy"]
+                         for s in ("trimmed-mean", "fedmedian", "multikrum", "moe-fusion-trim"))
+    assert figures["worst_gap_points_30pct"] == pytest.approx(100 * (clean - best_sign_flip))
+    assert figures["fedavg_worst_drop_points_30pct"] == pytest.approx(
+        100 * (clean - cells["smartwatch/sign-flip/0.3/fedavg"]["accuracy"]))
+    missing = result["missing_modality"]
+    assert figures["moe_missing_modality_gain_points"] == pytest.approx(
+        100 * (missing["moe-fusion"]["accuracy"] - missing["fedavg"]["accuracy"]))
+    assert all(0.0 <= cell["accuracy"] <= 1.0 for cell in cells.values())

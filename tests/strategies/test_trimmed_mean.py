@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
+from scipy.stats import trim_mean
+
+from fedmosaic.strategies.trimmed_mean import TrimmedMean, weighted_trimmed_mean
+
+
+def replies_from(make_reply, values, seed=0):
+    rng = np.random.default_rng(seed)
+    layers = [rng.normal(size=(len(values), 3, 4)).astype(np.float32),
+              np.asarray(values, dtype=np.float32)[:, None]]
+    return [make_reply({"conv": layers[0][i], "bias": layers[1][i]},
+                       {"num-examples": i + 1, "train-loss": float(i)}, node=i + 1)
+            for i in range(len(values))]
+
+
+def test_hand_computed_trimmed_mean_drops_the_extremes():
+    stack = np.array([[1.0], [2.0], [3.0], [100.0], [-50.0]])
+
+    # beta = 0.2 of 5 cuts one value at each end: mean(1, 2, 3) = 2
+    assert weighted_trimmed_mean(stack, 0.2)[0] == pytest.approx(2.0)
+    # weights 1, 1, 2 on the kept values 1, 2, 3: (1 + 2 + 6) / 4
+    assert weighted_trimmed_mean(stack, 0.2, np.array([1, 1, 2, 9, 9]))[0] == pytest.approx(2.25)
+
+
+def test_unweighted_equals_scipy():
+    stack = np.random.default_rng(1).normal(size=(9, 5, 2))
+
+    np.testing.assert_allclose(weighted_trimmed_mean(stack, 0.3), trim_mean(stack, 0.3, axis=0))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.2, 0.4])
+def test_equals_flowers_fedtrimmedavg_on_identical_replies(train_reply, beta):
+    values = [0.5, -2.0, 7.0, 1.0, 300.0, 0.0, 2.0]
+
+    ours, our_metrics = TrimmedMean(beta=beta).aggregate_train(1, replies_from(train_reply, values))
+    flower, flower_metrics = FedTrimmedAvg(beta=beta).aggregate_train(
+        1, replies_from(train_reply, values))
+
+    for key in ("conv", "bias"):
+        np.testing.assert_allclose(ours[key].numpy(), flower[key].numpy(), rtol=1e-6)
+    assert dict(our_metrics) == pytest.approx(dict(flower_metrics))
+
+
+def test_largest_trim_of_an_odd_count_equals_flowers_fedmedian(train_reply):
+    values = [0.5, -2.0, 7.0, 1.0, 300.0]  # beta 0.4 of 5 keeps only the middle value
+
+    ours, _ = TrimmedMean(beta=0.4).aggregate_train(1, replies_from(train_reply, values))
+    median, _ = FedMedian().aggregate_train(1, replies_from(train_reply, values))
+
+    np.testing.assert_allclose(ours["conv"].numpy(), median["conv"].numpy(), rtol=1e-6)
+    assert ours["bias"].numpy()[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: TrimmedMean(beta=0.5), r"beta must lie in \[0, 0.5\), got 0.5"),
+    (lambda: TrimmedMean(beta=-0.1), r"beta must lie in \[0, 0.5\), got -0.1"),
+    (lambda: weighted_trimmed_mean(np.ones((2, 1)), 0.7), r"beta must lie in \[0, 0.5\)"),
+    (lambda: weighted_trimmed_mean(np.ones((2, 1)), 0.1, np.array([1.0, 0.0])),
+     "weights must be 2 values > 0"),
+    (lambda: weighted_trimmed_mean(np.ones((2, 1)), 0.1, np.array([1.0])),
+     "weights must be 2 values > 0"),
+])
+def test_bad_settings_are_refused(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
