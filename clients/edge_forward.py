@@ -1,0 +1,54 @@
+"""The cloud run's ClientApp on an edge SuperNode: hand the round to the edge, reply upward.
+
+An edge machine joins the cloud federation as a SuperNode with node config
+``edge-id=E edge-spool=DIR``. When the cloud sends it a training message, :func:`forward_to_edge`
+writes the global weights and train config to the spool, waits for the edge's sub-round server
+(``server/edge/edge_server.py``) to aggregate its devices, and replies to the cloud with the
+edge's compressed aggregate, exactly the reply the simulated edge tier builds.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context, Message, MetricRecord, RecordDict
+
+from fedmosaic import records
+from fedmosaic.clients.compression import payload_to_record
+from fedmosaic.server.edge.messages import arrays_of
+from fedmosaic.server.edge.spool import EdgeRequest, EdgeSpool
+from fedmosaic.server.edge.topology import EDGE_ID
+
+EDGE_SPOOL = "edge-spool"
+"""Node-config key of an edge SuperNode: the spool directory it shares with its edge run."""
+REPLY_TIMEOUT_SECONDS = 1800.0
+"""How long the edge SuperNode waits for its sub-round to finish."""
+
+
+def is_edge_node(context: Context) -> bool:
+    """Whether this SuperNode is an edge (its node config names a spool)."""
+    return EDGE_SPOOL in context.node_config
+
+
+def forward_to_edge(msg: Message, context: Context) -> Message:
+    """Run the cloud's training round on this edge's devices; reply with the aggregate.
+
+    Raises:
+        ValueError: if the node config lacks ``edge-id`` or the message lacks ``server-round``.
+        RuntimeError: if the edge accepted no device update this round.
+    """
+    if EDGE_ID not in context.node_config:
+        raise ValueError(f"an edge SuperNode needs node config '{EDGE_ID}', got keys "
+                         f"{sorted(context.node_config)}")
+    config = dict(msg.content.config_records.get(records.CONFIG, {}))
+    if records.SERVER_ROUND not in config:
+        raise ValueError(f"expected '{records.SERVER_ROUND}' in the train config, got "
+                         f"{sorted(config)}")
+    edge_id, server_round = int(context.node_config[EDGE_ID]), int(config[records.SERVER_ROUND])
+    spool = EdgeSpool(str(context.node_config[EDGE_SPOOL]))
+    spool.put_request(EdgeRequest(edge_id, server_round, arrays_of(msg.content[records.ARRAYS]),
+                                  config))
+    reply = spool.take_reply(server_round, REPLY_TIMEOUT_SECONDS)
+    if not reply.payload:
+        raise RuntimeError(f"edge {edge_id} accepted no device update in round {server_round}")
+    content = RecordDict({records.COMPRESSED_DELTA: payload_to_record(reply.payload),
+                          records.METRICS: MetricRecord(reply.metrics)})
+    return Message(content=content, reply_to=msg)

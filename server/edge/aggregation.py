@@ -1,0 +1,185 @@
+"""What an edge aggregator does with its devices' updates, in simulation and in deployment.
+
+Hierarchical FedAvg (Liu et al. 2020, "Client-Edge-Cloud Hierarchical Federated Learning",
+arXiv:1905.06641) with compressed hops. Devices ``i = 1..m`` of an edge send compressed deltas
+``Δ_i = w_i − w_global`` with example counts ``n_i``. The edge decodes and validates each one
+(a payload that does not decode or an update that fails validation is rejected, logged and
+counted; the others go on), forms the weighted partial average
+
+    Δ_edge = Σ_i n_i Δ_i / N_edge,    N_edge = Σ_i n_i,
+
+and sends one payload ``C(Δ_edge + r)`` to the cloud with weight ``N_edge``, keeping the error
+feedback residual ``r ← Δ_edge + r − D(C(Δ_edge + r))`` across rounds (Stich et al. 2018,
+"Sparsified SGD with Memory", arXiv:1809.07599). With lossless hops, the cloud's FedAvg over
+edges gives ``w_global + Σ_e N_e Δ_e / Σ_e N_e = Σ_i n_i w_i / Σ_i n_i``: flat FedAvg.
+
+:class:`EdgeAggregator` is the same object in the simulation (one per edge, inside
+:class:`~fedmosaic.server.edge.hierarchy.HierarchicalStrategy`) and on an edge machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedmosaic.clients.compression import CompressionSpec, compress, decode
+
+log = logging.getLogger("fedmosaic")
+
+Arrays = dict[str, np.ndarray]
+UpdateValidator = Callable[[Arrays, Arrays, int], None]
+"""``validate(update, reference, num_examples)`` raises ``ValueError`` if ``update`` (full
+weights ``w_global + Δ``) is not an acceptable update of ``reference`` (``w_global``)."""
+
+
+@dataclass(frozen=True)
+class DeviceUpdate:
+    """One device's reply as an edge receives it.
+
+    Attributes:
+        device: a label for logs (node ID or partition).
+        payload: the codec's payload of ``w_device − w_global``.
+        num_examples: training examples the update is based on (its weight).
+        metrics: the device's other scalar metrics (``train-loss``, ...).
+    """
+
+    device: str
+    payload: bytes
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EdgeAggregate:
+    """What an edge sends to the cloud for one round.
+
+    Attributes:
+        edge_id: the edge.
+        payload: the codec's payload of the edge's weighted average delta (plus residual).
+        num_examples: ``N_edge``, the accepted devices' examples (the cloud's weight).
+        metrics: examples-weighted means of the accepted devices' metrics.
+        accepted: devices averaged.
+        rejected: devices whose payload did not decode or whose update failed validation.
+    """
+
+    edge_id: int
+    payload: bytes
+    num_examples: int
+    metrics: dict[str, float]
+    accepted: int
+    rejected: int
+
+
+def weighted_average(deltas: Sequence[Arrays], weights: Sequence[int]) -> Arrays:
+    """``Σ_i w_i Δ_i / Σ_i w_i`` per array, accumulated in float64, cast to each array's dtype.
+
+    Raises:
+        ValueError: if there are no deltas, lengths differ, a weight is not positive, or the
+            deltas do not share names and shapes.
+    """
+    if not deltas:
+        raise ValueError("weighted_average needs at least one delta, got none")
+    if len(deltas) != len(weights):
+        raise ValueError(f"expected one weight per delta, got {len(weights)} weights for "
+                         f"{len(deltas)} deltas")
+    if any(w <= 0 for w in weights):
+        raise ValueError(f"weights must be > 0, got {list(weights)}")
+    total = float(sum(weights))
+    names = list(deltas[0])
+    for delta in deltas[1:]:
+        if list(delta) != names:
+            raise ValueError(f"deltas must share array names; expected {names}, got "
+                             f"{list(delta)}")
+    return {
+        name: (sum(np.asarray(d[name], dtype=np.float64) * w for d, w in
+                   zip(deltas, weights, strict=True)) / total).astype(deltas[0][name].dtype)
+        for name in names
+    }
+
+
+def weighted_metrics(updates: Sequence[DeviceUpdate]) -> dict[str, float]:
+    """Examples-weighted mean of every metric all ``updates`` report."""
+    if not updates:
+        return {}
+    shared = set(updates[0].metrics).intersection(*(u.metrics for u in updates[1:]))
+    total = sum(u.num_examples for u in updates)
+    return {key: sum(u.metrics[key] * u.num_examples for u in updates) / total
+            for key in sorted(shared)}
+
+
+class EdgeAggregator:
+    """One edge: validate, decode, partially average, re-compress with its own residual.
+
+    Args:
+        edge_id: this edge's ID.
+        spec: compression of the edge→cloud hop.
+        validate: checks one decoded update against the global weights (raises ValueError).
+        seed: seeds the stochastic rounding (``[seed, edge_id, round]`` per round).
+    """
+
+    def __init__(self, edge_id: int, spec: CompressionSpec, validate: UpdateValidator,
+                 seed: int = 0) -> None:
+        self.edge_id = edge_id
+        self.spec = spec
+        self.validate = validate
+        self.seed = seed
+        self.residual: Arrays | None = None
+
+    def decode_valid(self, update: DeviceUpdate, reference: Arrays) -> Arrays:
+        """The delta ``update`` carries, if its payload decodes and the update is valid.
+
+        Raises:
+            ValueError: (``WireFormatError`` included) saying why the update is rejected.
+        """
+        if update.num_examples <= 0:
+            raise ValueError(f"num-examples must be > 0, got {update.num_examples}")
+        delta = decode(update.payload)
+        if list(delta) != list(reference) or any(
+            delta[k].shape != reference[k].shape for k in reference
+        ):
+            expected = [(k, v.shape) for k, v in reference.items()]
+            raise ValueError(f"expected a delta of the global arrays {expected}, got "
+                             f"{[(k, v.shape) for k, v in delta.items()]}")
+        self.validate({k: reference[k] + delta[k] for k in reference}, reference,
+                      update.num_examples)
+        return delta
+
+    def aggregate(self, updates: Sequence[DeviceUpdate], reference: Arrays,
+                  server_round: int) -> EdgeAggregate | None:
+        """Aggregate one round of device updates; ``None`` if none was accepted.
+
+        Args:
+            updates: the devices' replies.
+            reference: the global weights the devices trained from (``w_global``).
+            server_round: the cloud's round (seeds the stochastic rounding).
+        """
+        accepted: list[DeviceUpdate] = []
+        deltas: list[Arrays] = []
+        for update in updates:
+            try:
+                deltas.append(self.decode_valid(update, reference))
+            except ValueError as error:
+                log.warning("edge %d: rejected the update of device %s in round %d: %s: %s",
+                            self.edge_id, update.device, server_round, type(error).__name__,
+                            error)
+                continue
+            accepted.append(update)
+        rejected = len(updates) - len(accepted)
+        if not accepted:
+            log.warning("edge %d: no acceptable update in round %d (%d rejected)",
+                        self.edge_id, server_round, rejected)
+            return None
+        average = weighted_average(deltas, [u.num_examples for u in accepted])
+        rng = np.random.default_rng([self.seed, self.edge_id, server_round])
+        payload, self.residual = compress(average, self.spec, self.residual, rng)
+        return EdgeAggregate(
+            edge_id=self.edge_id,
+            payload=payload,
+            num_examples=sum(u.num_examples for u in accepted),
+            metrics=weighted_metrics(accepted),
+            accepted=len(accepted),
+            rejected=rejected,
+        )

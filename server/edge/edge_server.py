@@ -1,0 +1,92 @@
+"""An edge's sub-round server: the ServerApp of a long-lived run on the edge's own SuperLink.
+
+In deployment each edge machine runs a SuperLink for its devices. The app is submitted there
+once with ``edge-role=edge`` and ``edge-spool=DIR``; :func:`serve_edge` then, for each of the
+``num-server-rounds`` cloud rounds: waits for the cloud's request in the spool (written by the
+cloud run's ClientApp on the edge's SuperNode, see ``clients/edge_forward.py``), waits for the
+edge's devices, sends them the global weights and the cloud's train config, aggregates their
+compressed deltas with :class:`~fedmosaic.server.edge.aggregation.EdgeAggregator` (the same
+code the simulation runs) and writes the compressed aggregate back to the spool. Because the
+run lives as long as the federation, the devices' Contexts (error-feedback residuals) and the
+edge's own residual persist across rounds. No device update ever leaves the edge.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedmosaic import records
+from fedmosaic.clients.compression import CompressionSpec
+from fedmosaic.config import RunConfig
+from fedmosaic.server.edge.aggregation import EdgeAggregator
+from fedmosaic.server.edge.messages import (
+    arrays_record,
+    edge_aggregate_content,
+    receive_device_replies,
+)
+from fedmosaic.server.edge.spool import EdgeReply, EdgeSpool
+from fedmosaic.server.edge.topology import edge_of
+from fedmosaic.server.validation import update_validator
+
+log = logging.getLogger("fedmosaic")
+
+REQUEST_TIMEOUT_SECONDS = 1800.0
+"""How long the edge waits for the cloud's next request."""
+DEVICE_TIMEOUT_SECONDS = 600.0
+"""How long the edge waits for its devices to connect, and for their replies."""
+
+
+def expected_devices(edge_id: int, num_clients: int, num_edges: int) -> int:
+    """Devices the topology puts under ``edge_id``: ``#{p : edge_of(p, N, E) = edge_id}``."""
+    return sum(edge_of(p, num_clients, num_edges) == edge_id for p in range(num_clients))
+
+
+def wait_for_devices(grid: Grid, count: int, timeout: float) -> list[int]:
+    """Node IDs of the edge's devices once ``count`` are connected.
+
+    Raises:
+        TimeoutError: if fewer than ``count`` connect within ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while len(nodes := sorted(grid.get_node_ids())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"expected {count} devices on this edge's SuperLink within "
+                               f"{timeout:.0f} s, {len(nodes)} connected")
+        time.sleep(1.0)
+    return nodes
+
+
+def serve_edge(grid: Grid, config: RunConfig) -> None:
+    """Serve ``num-server-rounds`` cloud rounds from the spool ``config.edge_spool``."""
+    spool = EdgeSpool(config.edge_spool)
+    spec = CompressionSpec(topk_ratio=config.edge_topk, bits=config.edge_bits)
+    aggregator: EdgeAggregator | None = None
+    for server_round in range(1, config.num_server_rounds + 1):
+        request = spool.take_request(server_round, REQUEST_TIMEOUT_SECONDS)
+        if aggregator is None:
+            aggregator = EdgeAggregator(request.edge_id, spec, update_validator(config),
+                                        config.seed)
+        devices = wait_for_devices(
+            grid, expected_devices(request.edge_id, config.num_clients, config.num_edges),
+            DEVICE_TIMEOUT_SECONDS)
+        content = RecordDict({records.ARRAYS: arrays_record(request.arrays),
+                              records.CONFIG: ConfigRecord(request.config)})
+        messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
+                            group_id=str(server_round)) for node in devices]
+        replies = grid.send_and_receive(messages, timeout=DEVICE_TIMEOUT_SECONDS)
+        received = receive_device_replies(replies, config.num_edges, server_round)
+        updates = received.by_edge.get(request.edge_id, [])
+        aggregate = aggregator.aggregate(updates, request.arrays, server_round)
+        if aggregate is None:
+            spool.put_reply(server_round, EdgeReply(b"", {}))
+            continue
+        sent = edge_aggregate_content(aggregate, sum(received.bytes_by_edge.values()),
+                                      malformed=received.rejected)
+        spool.put_reply(server_round, EdgeReply(aggregate.payload,
+                                                dict(sent[records.METRICS])))  # type: ignore[arg-type]
+        log.info("edge %d, round %d: %d devices averaged, %d rejected", request.edge_id,
+                 server_round, aggregate.accepted, aggregate.rejected + received.rejected)

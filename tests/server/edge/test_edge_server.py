@@ -1,0 +1,57 @@
+import threading
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from fedmosaic import records
+from fedmosaic.clients.app import app as client_app
+from fedmosaic.clients.compression import decode, payload_from_record
+from fedmosaic.clients.edge_forward import EDGE_SPOOL, forward_to_edge
+from fedmosaic.config import RunConfig, default_run_config
+from fedmosaic.server.edge.edge_server import expected_devices, serve_edge
+from fedmosaic.server.edge.messages import EDGE_ACCEPTED, arrays_record
+from fedmosaic.server.edge.topology import EDGE_ID
+from fedmosaic.simulation.inprocess import InProcessGrid
+from fedmosaic.task import build_model, cached_dataset
+
+
+def test_devices_per_edge_follow_the_topology():
+    # floor(p * 3 / 7) = [0, 0, 0, 1, 1, 2, 2]
+    assert [expected_devices(e, 7, 3) for e in range(3)] == [3, 2, 2]
+
+
+def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
+    spool = tmp_path / "spool"
+    config = RunConfig.from_mapping({"num-clients": 4, "num-edges": 2, "num-server-rounds": 2,
+                                     "local-epochs": 1, "edge-role": "edge",
+                                     "edge-spool": str(spool)})
+    run_config = {**default_run_config(), **config.to_mapping()}
+    devices = [{"partition-id": p, "num-partitions": 4, EDGE_ID: 0} for p in (0, 1)]
+    grid = InProcessGrid(client_app, devices, run_config)
+    edge_context = Context(run_id=1, node_id=99, state=RecordDict(), run_config=run_config,
+                           node_config={EDGE_ID: 0, EDGE_SPOOL: str(spool)})
+    dataset = cached_dataset(config)
+    global_arrays = {k: v.numpy() for k, v in build_model(config, dataset).state_dict().items()}
+    served = threading.Thread(target=serve_edge, args=(grid, config), daemon=True)
+    served.start()
+    examples = sum(len(dataset.partition(p)[0]) for p in (0, 1))
+
+    replies = []
+    for server_round in (1, 2):
+        content = RecordDict({records.ARRAYS: arrays_record(global_arrays),
+                              records.CONFIG: ConfigRecord({records.SERVER_ROUND: server_round,
+                                                            records.LEARNING_RATE: 0.003})})
+        instruction = Message(content, dst_node_id=99, message_type="train")
+        replies.append(forward_to_edge(instruction, edge_context))
+    served.join(timeout=30)
+
+    assert not served.is_alive()
+    for reply in replies:
+        metrics = reply.content[records.METRICS]
+        assert metrics[records.NUM_EXAMPLES] == examples
+        assert metrics[EDGE_ACCEPTED] == 2
+        delta = decode(payload_from_record(reply.content[records.COMPRESSED_DELTA]))
+        assert list(delta) == list(global_arrays)
+        assert any(np.abs(d).max() > 0 for d in delta.values())
+    assert all(records.DEVICE_RESIDUAL in c.state for c in grid.contexts.values())
+

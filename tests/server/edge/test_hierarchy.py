@@ -1,0 +1,170 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.serverapp.strategy import Strategy
+
+from fedmosaic import records
+from fedmosaic.clients.compression import CompressionSpec, compress, payload_to_record
+from fedmosaic.server.edge.aggregation import EdgeAggregate
+from fedmosaic.server.edge.hierarchy import HierarchicalStrategy, edge_traffic
+from fedmosaic.server.edge.messages import arrays_of, arrays_record, edge_aggregate_content
+from fedmosaic.server.edge.topology import EDGE_ID
+from fedmosaic.server.traffic import MeteredStrategy, message_bytes
+from fedmosaic.simulation.inprocess import run_in_process
+
+LOSSLESS = CompressionSpec()
+GLOBAL = {"w": np.array([1.0, -1.0, 0.5], np.float32)}
+
+
+class Recording(Strategy):
+    """A cloud strategy that keeps the replies it is asked to aggregate."""
+
+    def __init__(self):
+        self.replies = []
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return []
+
+    def aggregate_train(self, server_round, replies):
+        self.replies = list(replies)
+        return None, None
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return []
+
+    def aggregate_evaluate(self, server_round, replies):
+        return None
+
+    def summary(self):
+        pass
+
+
+def accept_all(update, reference, num_examples):
+    pass
+
+
+def reply(delta, num_examples, edge_id):
+    payload, _ = compress(delta, LOSSLESS, None, np.random.default_rng(0))
+    content = RecordDict({
+        records.COMPRESSED_DELTA: payload_to_record(payload),
+        records.METRICS: MetricRecord({records.NUM_EXAMPLES: num_examples, EDGE_ID: edge_id,
+                                       records.TRAIN_LOSS: float(num_examples)}),
+    })
+    return as_reply(content)
+
+
+def as_reply(content):
+    metadata = Metadata(run_id=1, message_id="m", src_node_id=7, dst_node_id=0,
+                        reply_to_message_id="i", group_id="1", created_at=0.0, ttl=60.0,
+                        message_type="train")
+    return Message(content=content, metadata=metadata)
+
+
+def run_round(strategy, replies):
+    strategy.configure_train(1, arrays_record(GLOBAL), ConfigRecord(), grid=None)
+    return strategy.aggregate_train(1, replies)
+
+
+def test_the_cloud_strategy_sees_one_reply_per_edge_with_the_edge_weights():
+    cloud = Recording()
+    hierarchy = HierarchicalStrategy(cloud, 2, LOSSLESS, accept_all)
+    replies = [reply({"w": np.array([1.0, 0.0, 0.0], np.float32)}, 1, 0),
+               reply({"w": np.array([4.0, 0.0, 0.0], np.float32)}, 3, 0),
+               reply({"w": np.array([0.0, 2.0, 0.0], np.float32)}, 2, 1)]
+
+    run_round(hierarchy, replies)
+
+    assert len(cloud.replies) == 2
+    edge0, edge1 = (r.content for r in cloud.replies)
+    # edge 0: w_global + (1*1 + 3*4) / 4 = 1 + 3.25 on the first entry
+    np.testing.assert_allclose(arrays_of(edge0[records.ARRAYS])["w"], [4.25, -1.0, 0.5])
+    np.testing.assert_allclose(arrays_of(edge1[records.ARRAYS])["w"], [1.0, 1.0, 0.5])
+    assert edge0[records.METRICS][records.NUM_EXAMPLES] == 4
+    assert edge0[records.METRICS][records.TRAIN_LOSS] == pytest.approx((1 * 1 + 3 * 3) / 4)
+    assert edge1[records.METRICS][records.NUM_EXAMPLES] == 2
+
+
+def test_bytes_are_counted_per_hop_from_the_serialized_messages():
+    hierarchy = HierarchicalStrategy(Recording(), 1, LOSSLESS, accept_all)
+    replies = [reply({"w": np.ones(3, np.float32)}, 1, 0), reply({"w": np.ones(3, np.float32)},
+                                                                   1, 0)]
+
+    run_round(hierarchy, replies)
+
+    traffic = edge_traffic(MeteredStrategy(hierarchy), 1)
+    assert traffic["bytes_device_to_edge"] == sum(message_bytes(r) for r in replies)
+    # one edge message, carrying the same kind of payload as one device reply
+    assert 0 < traffic["bytes_edge_to_cloud"] < traffic["bytes_device_to_edge"]
+    assert traffic["edge_rejected_updates"] == 0
+
+
+def test_malformed_device_replies_are_rejected_and_counted():
+    cloud = Recording()
+    hierarchy = HierarchicalStrategy(cloud, 2, LOSSLESS, accept_all)
+    good = reply({"w": np.ones(3, np.float32)}, 1, 1)
+    no_payload = as_reply(RecordDict({records.METRICS: MetricRecord({records.NUM_EXAMPLES: 1,
+                                                                      EDGE_ID: 0})}))
+    no_edge = as_reply(RecordDict({
+        records.COMPRESSED_DELTA: good.content[records.COMPRESSED_DELTA],
+        records.METRICS: MetricRecord({records.NUM_EXAMPLES: 1})}))
+    unknown_edge = reply({"w": np.ones(3, np.float32)}, 1, 5)
+
+    run_round(hierarchy, [good, no_payload, no_edge, unknown_edge])
+
+    assert len(cloud.replies) == 1
+    assert hierarchy.hops[1].rejected_updates == 3
+    assert hierarchy.hops[1].accepted_updates == 1
+
+
+def test_replies_of_deployed_edges_are_taken_as_sent():
+    cloud = Recording()
+    hierarchy = HierarchicalStrategy(cloud, 2, LOSSLESS, accept_all)
+    payload, _ = compress({"w": np.array([2.0, 0.0, 0.0], np.float32)}, LOSSLESS, None,
+                          np.random.default_rng(0))
+    aggregate = EdgeAggregate(edge_id=1, payload=payload, num_examples=5,
+                              metrics={records.TRAIN_LOSS: 0.5}, accepted=2, rejected=1)
+    from_edge = as_reply(edge_aggregate_content(aggregate, bytes_device_to_edge=1234))
+
+    run_round(hierarchy, [from_edge])
+
+    (seen,) = cloud.replies
+    np.testing.assert_allclose(arrays_of(seen.content[records.ARRAYS])["w"], [3.0, -1.0, 0.5])
+    assert dict(seen.content[records.METRICS]) == {records.TRAIN_LOSS: 0.5,
+                                                   records.NUM_EXAMPLES: 5}
+    hops = hierarchy.hops[1]
+    assert (hops.bytes_device_to_edge, hops.accepted_updates, hops.rejected_updates) == (
+        1234, 2, 1)
+    assert hops.bytes_edge_to_cloud == message_bytes(from_edge)
+
+
+def test_without_an_edge_tier_there_is_no_edge_traffic():
+    assert edge_traffic(MeteredStrategy(Recording()), 1) == {}
+
+
+RUN = {"num-clients": 4, "num-server-rounds": 1, "local-epochs": 1, "fraction-evaluate": 0.0,
+       "dataset": "smartwatch"}
+
+
+def _final_weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "round-001.pt")["model_state"]
+
+
+def test_with_compression_off_the_hierarchy_equals_flat_fedavg(tmp_path):
+    flat = run_in_process({**RUN, "out-dir": str(tmp_path), "run-name": "flat"})
+    tiered = run_in_process({**RUN, "out-dir": str(tmp_path), "run-name": "tiered",
+                             "num-edges": 2})
+
+    flat_weights, tiered_weights = _final_weights(flat.run_dir()), _final_weights(
+        tiered.run_dir())
+    assert list(flat_weights) == list(tiered_weights)
+    for name, value in flat_weights.items():
+        torch.testing.assert_close(tiered_weights[name], value, rtol=1e-5, atol=1e-6)
+    history = json.loads((tiered.run_dir() / "summary.json").read_text())["history"]
+    assert history[0]["bytes_device_to_edge"] == history[0]["bytes_up"]
+    assert 0 < history[0]["bytes_edge_to_cloud"] < history[0]["bytes_device_to_edge"]
+    assert history[0]["edge_rejected_updates"] == 0
+    flat_history = json.loads((flat.run_dir() / "summary.json").read_text())["history"]
+    assert flat_history[0]["bytes_device_to_edge"] is None
