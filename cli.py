@@ -1,4 +1,4 @@
-"""The ``fedmosaic`` command line: ``run`` (Ray simulation) and ``deploy-local``."""
+"""The ``fedmosaic`` command line: ``run`` (Ray), ``deploy-local`` and ``privacy-report``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,9 @@ def run(run_config: ConfigPairs = None, config: ConfigFile = None, out: OutDir =
 @app.command("deploy-local")
 def deploy_local(
     supernodes: Annotated[int, typer.Option(min=1, help="SuperNodes (devices) to start.")] = 2,
+    edges: Annotated[int, typer.Option(
+        min=0, help="Edge aggregators between devices and cloud, each with its own SuperLink "
+                    "(0: devices connect to the cloud).")] = 0,
     run_config: ConfigPairs = None, config: ConfigFile = None, out: OutDir = None,
     quiet: Quiet = False,
 ) -> None:
@@ -82,7 +85,22 @@ def deploy_local(
     from fedmosaic.simulation.deployment import deploy_locally
 
     _execute(deploy_locally, overrides=_overrides(run_config, config), supernodes=supernodes,
-             out=out, show_progress=not quiet)
+             edges=edges, out=out, show_progress=not quiet)
+
+
+@app.command("privacy-report")
+def privacy_report(
+    run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
+                                            help="A run folder (runs/<run-name>).")],
+) -> None:
+    """Print a run's privacy ledger: ε spent, budget, rounds and refusals per device."""
+    from fedmosaic.privacy.report import ledger_table, load_ledger
+
+    try:
+        console.print(ledger_table(load_ledger(run_dir)))
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
 
 
 def main() -> None:

@@ -23,6 +23,14 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ConfigValue = bool | int | float | str
+COMPRESSION_BITS = (4, 8, 32)
+"""Bits per transmitted value an update hop may use (32: float32, no quantization)."""
+EDGE_ROLES = ("simulated", "cloud", "edge")
+"""``simulated``: the cloud run simulates its edges; ``cloud``: its nodes are edge SuperNodes;
+``edge``: the run is one edge's sub-round server (see ``server/edge/``)."""
+ATTACKS = ("none", "label-flip", "sign-flip", "gaussian", "scale-10", "scale-100", "alie", "ipm",
+           "nan")
+"""Behaviours of simulated malicious clients (see ``simulation/attacks.py``)."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,12 @@ class RunConfig:
     num_server_rounds: int
     strategy: str
     proximal_mu: float
+    trim_fraction: float
+    max_update_norm: float
+    min_valid_replies: int
+    num_malicious_nodes: int
+    attack: str
+    malicious_fraction: float
     fraction_train: float
     fraction_evaluate: float
     local_epochs: int
@@ -51,6 +65,28 @@ class RunConfig:
     missing_modality_prob: float
     samples_per_client: int
     window_seconds: float
+    num_edges: int
+    device_topk: float
+    device_bits: int
+    edge_topk: float
+    edge_bits: int
+    edge_role: str
+    edge_spool: str
+    telemetry: bool
+    telemetry_epsilon: float
+    telemetry_budget: float
+    telemetry_bound: float
+    dp: bool
+    epsilon: float
+    delta: float
+    max_grad_norm: float
+    dp_accountant: str
+    grad_sample_mode: str
+    privacy_budgets: str
+    central_dp: str
+    central_noise_multiplier: float
+    central_clipping_norm: float
+    resume_from: str
 
     def __post_init__(self) -> None:
         positive_ints = ("num_clients", "num_server_rounds", "local_epochs", "batch_size",
@@ -61,6 +97,7 @@ class RunConfig:
         for name in ("fraction_train", "fraction_evaluate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{_key(name)} must lie in [0, 1], got {getattr(self, name)}")
+        _check_robustness(self)
         if self.fraction_train == 0.0:
             raise ValueError("fraction-train must be > 0, got 0.0 (no client would train)")
         for name in ("proximal_mu", "kl_weight", "consistency_weight", "gate_balance_weight"):
@@ -76,6 +113,41 @@ class RunConfig:
             )
         if self.window_seconds <= 0:
             raise ValueError(f"window-seconds must be > 0, got {self.window_seconds}")
+        if not 0 <= self.num_edges <= self.num_clients:
+            raise ValueError(
+                f"num-edges must lie in [0, num-clients={self.num_clients}] (0: no edge tier), "
+                f"got {self.num_edges}"
+            )
+        for name in ("device_topk", "edge_topk"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{_key(name)} must lie in (0, 1], got {getattr(self, name)}")
+        for name in ("device_bits", "edge_bits"):
+            if getattr(self, name) not in COMPRESSION_BITS:
+                raise ValueError(
+                    f"{_key(name)} must be one of {COMPRESSION_BITS}, got {getattr(self, name)}"
+                )
+        if self.edge_role not in EDGE_ROLES:
+            raise ValueError(f"edge-role must be one of {EDGE_ROLES}, got {self.edge_role!r}")
+        if self.edge_role != "simulated" and self.num_edges == 0:
+            raise ValueError(f"edge-role={self.edge_role!r} needs num-edges >= 1, got 0")
+        if self.edge_role == "edge" and not self.edge_spool:
+            raise ValueError("edge-role='edge' needs edge-spool, the edge's spool directory; "
+                             "got ''")
+        if self.num_edges and (self.dp or self.central_dp != "none"):
+            raise ValueError(
+                f"dp={self.dp} / central-dp={self.central_dp!r} need num-edges=0, got "
+                f"num-edges={self.num_edges}: the privacy ledger accounts per device, and an "
+                "edge tier hands the cloud per-edge aggregates"
+            )
+        for name in ("telemetry_epsilon", "telemetry_bound"):
+            if not 0.0 < getattr(self, name) < float("inf"):
+                raise ValueError(f"{_key(name)} must be finite and > 0, got {getattr(self, name)}")
+        if not self.telemetry_epsilon <= self.telemetry_budget < float("inf"):
+            raise ValueError(
+                f"telemetry-budget must be finite and >= telemetry-epsilon="
+                f"{self.telemetry_epsilon}, got {self.telemetry_budget}"
+            )
+        _check_privacy(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -111,6 +183,34 @@ class RunConfig:
     def to_mapping(self) -> dict[str, ConfigValue]:
         """The flat run config this object was built from (round-trips ``from_mapping``)."""
         return {_key(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+def _check_robustness(config: RunConfig) -> None:
+    """Range checks of the strategy, validation and attack settings."""
+    if not 0.0 <= config.trim_fraction < 0.5:
+        raise ValueError(f"trim-fraction must lie in [0, 0.5), got {config.trim_fraction}")
+    if not 0.0 <= config.max_update_norm < float("inf"):
+        raise ValueError(
+            f"max-update-norm must be finite and >= 0 (0: no bound), got {config.max_update_norm}"
+        )
+    if config.min_valid_replies < 1:
+        raise ValueError(f"min-valid-replies must be >= 1, got {config.min_valid_replies}")
+    if not 0 <= config.num_malicious_nodes < config.num_clients:
+        raise ValueError(f"num-malicious-nodes must lie in [0, num-clients={config.num_clients}), "
+                         f"got {config.num_malicious_nodes}")
+    if config.attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {config.attack!r}")
+    if not 0.0 <= config.malicious_fraction < 1.0:
+        raise ValueError(
+            f"malicious-fraction must lie in [0, 1), got {config.malicious_fraction}"
+        )
+
+
+def _check_privacy(config: RunConfig) -> None:
+    """Validate the DP-SGD, central-DP and resume keys (``fedmosaic.privacy``)."""
+    from fedmosaic.privacy.settings import check_privacy_settings
+
+    check_privacy_settings(config)
 
 
 def _key(field_name: str) -> str:

@@ -161,6 +161,7 @@ def train(
     weights: LossWeights,
     proximal_mu: float = 0.0,
     reference_params: list[torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> TrainResult:
     r"""Train ``model`` in place with Adam on the local objective (module docstring).
 
@@ -176,6 +177,8 @@ def train(
         proximal_mu: FedProx coefficient :math:`\mu \geq 0`.
         reference_params: :math:`w_{\mathrm{ref}}`, one tensor per ``model.parameters()``
             entry in order; required when ``proximal_mu > 0``.
+        optimizer: The optimiser to step (e.g. Opacus's DP wrapper around Adam); by default
+            Adam over ``model.parameters()`` at ``learning_rate``.
 
     Returns:
         The :class:`TrainResult`.
@@ -205,7 +208,8 @@ def train(
     if len(loader.dataset) == 0:
         raise ValueError("train got a loader with no data (0 examples)")
     reference = [r.detach() for r in reference_params] if proximal_mu > 0.0 else []
-    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(params, lr=learning_rate)
     model.train()
     steps = 0
     for _ in range(epochs):

@@ -12,8 +12,12 @@ from flwr.serverapp import Grid, ServerApp
 from fedmosaic import records
 from fedmosaic.config import RunConfig
 from fedmosaic.models.training import evaluate, make_loader
+from fedmosaic.server.edge.edge_server import serve_edge
+from fedmosaic.server.edge.hierarchy import cloud_config, edge_traffic, with_edge_tier
+from fedmosaic.server.privacy_ledger import with_privacy
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
 from fedmosaic.server.traffic import MeteredStrategy
+from fedmosaic.server.validation import rejected_updates
 from fedmosaic.strategies.registry import build_strategy
 from fedmosaic.task import build_model, cached_dataset
 
@@ -26,12 +30,19 @@ def warn_pointless_settings(config: RunConfig) -> None:
     if config.proximal_mu > 0 and config.strategy != "fedprox":
         log.warning("proximal-mu=%s has no effect with strategy=%s (only fedprox sends it)",
                     config.proximal_mu, config.strategy)
+    compression = (config.device_topk, config.device_bits, config.edge_topk, config.edge_bits)
+    if config.num_edges == 0 and compression != (1.0, 32, 1.0, 32):
+        log.warning("device-/edge- compression settings have no effect with num-edges=0 "
+                    "(no edge tier; devices send float32 weights to the cloud)")
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds and write the run folder."""
     config = RunConfig.from_mapping(context.run_config)
+    if config.edge_role == "edge":
+        serve_edge(grid, config)
+        return
     run_dir = config.run_dir()
     log.info("fedmosaic run %s: %s", run_dir, config.to_mapping())
     warn_pointless_settings(config)
@@ -39,7 +50,8 @@ def main(grid: Grid, context: Context) -> None:
     dataset = cached_dataset(config)
     model = build_model(config, dataset)
     test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
-    strategy = MeteredStrategy(build_strategy(config))
+    private = with_privacy(build_strategy(cloud_config(config)), config, model)  # ledger, DP
+    strategy = MeteredStrategy(with_edge_tier(config, private))
     recorder = RunRecorder(run_dir, config.to_mapping())
     round_started = time.time()
 
@@ -67,12 +79,16 @@ def main(grid: Grid, context: Context) -> None:
             federated_loss=_metric(eval_metrics, records.EVAL_LOSS),
             replies=traffic.replies_up,
             failed_replies=traffic.failed_replies,
+            rejected=rejected_updates(strategy, server_round),
+            **edge_traffic(strategy, server_round),
         ))
         recorder.checkpoint(server_round, model.state_dict(), {
             "round": server_round,
             "strategy": config.strategy,
             "traffic": {r: vars(t) for r, t in strategy.rounds.items()},
+            "privacy": private.ledger.state_dict(),
         })
+        recorder.add_scalars(private.ledger.scalars(), server_round)
         round_started = time.time()
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
@@ -83,7 +99,7 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
         evaluate_fn=evaluate_and_record,
     )
-    summary = recorder.finish()
+    summary = recorder.finish({"privacy": private.ledger.state_dict()})
     log.info("final accuracy %.4f after %d rounds; outputs in %s",
              summary["final_accuracy"], summary["rounds"], run_dir)
 

@@ -45,6 +45,14 @@ class RoundRecord:
     federated_loss: float | None = None
     replies: int = 0
     failed_replies: int = 0
+    bytes_device_to_edge: int | None = None
+    """Training replies devices sent to their edges (``None`` without an edge tier)."""
+    bytes_edge_to_cloud: int | None = None
+    """Edge aggregates the edges sent to the cloud (``None`` without an edge tier)."""
+    edge_rejected_updates: int | None = None
+    """Device updates the edges rejected (malformed payload or failed validation)."""
+    rejected: int | None = None
+    """Training replies the cloud's update validation rejected (``server/validation.py``)."""
 
 
 @dataclass
@@ -72,6 +80,12 @@ class RunRecorder:
         self._writer.flush()
         with (self.run_dir / HISTORY_FILE).open("a") as handle:
             handle.write(json.dumps(asdict(record)) + "\n")
+
+    def add_scalars(self, scalars: dict[str, float], server_round: int) -> None:
+        """Write extra TensorBoard scalars (``tag → value``) for ``server_round``."""
+        for tag, value in scalars.items():
+            self._writer.add_scalar(tag, value, server_round)
+        self._writer.flush()
 
     def checkpoint(self, server_round: int, model_state: dict[str, torch.Tensor],
                    server_state: dict[str, Any]) -> Path:

@@ -59,19 +59,30 @@ def superlink_command(port: int) -> list[str]:
 
 
 def supernode_command(superlink_port: int, port: int, partition_id: int,
-                      num_partitions: int) -> list[str]:
-    """SuperNode ``partition_id``, serving its ClientApps on ``port``."""
+                      num_partitions: int, edge_id: int | None = None) -> list[str]:
+    """SuperNode ``partition_id``, serving its ClientApps on ``port`` (below ``edge_id``)."""
+    node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+    if edge_id is not None:
+        node_config += f" edge-id={edge_id}"
     return ["flower-supernode", "--insecure", "--superlink", f"{HOST}:{superlink_port}",
-            "--host", HOST, "--port", str(port),
-            "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"]
+            "--host", HOST, "--port", str(port), "--node-config", node_config]
 
 
 def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path | None = None,
-                   show_progress: bool = True, startup_timeout: float = 60.0) -> dict[str, Any]:
-    """Run the app through a loopback SuperLink and ``supernodes`` SuperNodes."""
+                   show_progress: bool = True, startup_timeout: float = 60.0,
+                   edges: int = 0) -> dict[str, Any]:
+    """Run the app through a loopback SuperLink and ``supernodes`` SuperNodes.
+
+    With ``edges > 0`` the SuperNodes are devices below ``edges`` edge aggregators, each with
+    its own SuperLink (``simulation/edge_deployment.py``); the cloud SuperLink sees only the
+    edges.
+    """
     if supernodes < 1:
         raise ValueError(f"supernodes must be >= 1, got {supernodes}")
-    config, run_dir = resolve_run({**overrides, "num-clients": supernodes}, out)
+    if not 0 <= edges <= supernodes:
+        raise ValueError(f"edges must lie in [0, supernodes={supernodes}], got {edges}")
+    tier = {"num-edges": edges, "edge-role": "cloud"} if edges else {}
+    config, run_dir = resolve_run({**overrides, "num-clients": supernodes, **tier}, out)
     logs = run_dir / "logs"
     env = flower_environment(run_dir)
     flwr_home = Path(env["FLWR_HOME"])
@@ -87,9 +98,16 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
     with ProcessGroup(env=env) as group:
         link = group.start(superlink_command(link_port), logs / "superlink.log")
         wait_for_port(link_port, startup_timeout, lambda: link.poll() is None)
-        for partition_id in range(supernodes):
-            group.start(supernode_command(link_port, free_port(), partition_id, supernodes),
-                        logs / f"supernode-{partition_id}.log")
+        edge_runs = []
+        if edges:
+            from fedmosaic.simulation.edge_deployment import start_edge_tier  # imports this
+
+            edge_runs = start_edge_tier(group, config, link_port, run_dir, flwr_home,
+                                        startup_timeout)
+        else:
+            for partition_id in range(supernodes):
+                group.start(supernode_command(link_port, free_port(), partition_id,
+                                              supernodes), logs / f"supernode-{partition_id}.log")
         submit = group.start(
             ["flwr", "run", str(PROJECT_DIR), FEDERATION, "--run-config",
              str(run_config_file), "--stream"],
@@ -98,7 +116,9 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
 
         def finished() -> int | None:
             for process in group.processes:
-                if process is not submit and process.poll() is not None:
+                if process is submit or process.poll() is None:
+                    continue
+                if process not in edge_runs or process.returncode != 0:
                     return process.returncode or 1
             return submit.poll()
 

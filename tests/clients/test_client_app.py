@@ -7,6 +7,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmosaic import records
 from fedmosaic.clients.app import evaluate_locally, train_locally
 from fedmosaic.config import RunConfig
+from fedmosaic.simulation.attacks import malicious_partitions
 from fedmosaic.task import build_model, cached_dataset
 
 RUN_CONFIG = {"local-epochs": 1, "num-clients": 10}
@@ -77,3 +78,27 @@ def test_missing_partition_id_is_a_clear_error():
 
     with pytest.raises(ValueError, match="node config needs 'partition-id'"):
         train_locally(message("train"), bad)
+
+
+def test_train_reply_declares_dataset_size_and_held_modalities():
+    reply = train_locally(message("train", {records.SERVER_ROUND: 1}), context())
+
+    metrics = reply.content[records.METRICS]
+    assert metrics[records.DATASET_SIZE] == metrics[records.NUM_EXAMPLES]
+    assert metrics[records.MODALITIES_HELD] == [1, 1]  # smartwatch: both sensors everywhere
+
+
+def test_a_malicious_device_sends_the_sign_flipped_update():
+    attacked = {**RUN_CONFIG, "attack": "sign-flip", "malicious-fraction": 0.1}
+    (partition,) = malicious_partitions(10, 0.1, seed=0)
+    honest_context, bad_context = context(partition), context(partition)
+    bad_context.run_config.update(RunConfig.from_mapping(attacked).to_mapping())
+
+    honest = train_locally(message("train", {records.SERVER_ROUND: 1}), honest_context)
+    flipped = train_locally(message("train", {records.SERVER_ROUND: 1}), bad_context)
+
+    sent = global_arrays().to_torch_state_dict()
+    honest_w = honest.content[records.ARRAYS].to_torch_state_dict()
+    flipped_w = flipped.content[records.ARRAYS].to_torch_state_dict()
+    for key in sent:
+        torch.testing.assert_close(flipped_w[key], 2 * sent[key] - honest_w[key])
