@@ -32,11 +32,12 @@ from fedmosaic import records
 from fedmosaic.config import RunConfig
 from fedmosaic.privacy.central import central_epsilon, round_noise_multiplier, wrap_central_dp
 from fedmosaic.privacy.ledger import CentralEntry, PrivacyLedger
+from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
 
 
-class PrivacyLedgerStrategy(Strategy):
+class PrivacyLedgerStrategy(StrategyWrapper):
     """Delegates to ``strategy``; keeps ``ledger`` (module docstring).
 
     Args:
@@ -51,7 +52,7 @@ class PrivacyLedgerStrategy(Strategy):
     def __init__(self, strategy: Strategy, ledger: PrivacyLedger,
                  central: tuple[str, float, int, float] | None = None,
                  round_offset: int = 0) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.round_offset = round_offset
         self.ledger = ledger
         self.central = central
@@ -73,9 +74,6 @@ class PrivacyLedgerStrategy(Strategy):
             raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
         self.budgets[partition_id] = float(epsilon)
 
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -144,18 +142,6 @@ class PrivacyLedgerStrategy(Strategy):
             round_noise_multiplier(noise_multiplier, sampled, weights))
         entry.epsilon_spent = central_epsilon(  # type: ignore[union-attr]
             entry.round_noise_multipliers, delta)  # type: ignore[union-attr]
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def with_privacy(strategy: Strategy, config: RunConfig,

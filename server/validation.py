@@ -39,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
+from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
 
@@ -165,7 +166,7 @@ def check_reply(reply: Message, reference: Arrays, declared: Mapping[int, int],
                     max_norm=max_norm)
 
 
-class ValidatingStrategy(Strategy):
+class ValidatingStrategy(StrategyWrapper):
     """Delegates to ``strategy`` after dropping training replies that fail validation.
 
     Each node's ``dataset-size`` metric (the training examples it holds), pinned at the first
@@ -183,7 +184,7 @@ class ValidatingStrategy(Strategy):
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
         if not max_norm > 0:
             raise ValueError(f"max_norm must be > 0 (inf: no bound), got {max_norm}")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.max_norm = max_norm
         self.min_replies = min_replies
         self.rejected: dict[int, int] = defaultdict(int)
@@ -191,9 +192,6 @@ class ValidatingStrategy(Strategy):
         self.declared: dict[int, int] = {}
         self._reference: dict[int, dict[str, np.ndarray]] = {}
 
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -236,18 +234,6 @@ class ValidatingStrategy(Strategy):
         node = reply.metadata.src_node_id
         if node not in self.declared and isinstance(size, int) and size > 0:
             self.declared[node] = size
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Configure federated evaluation through the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Aggregate evaluation metrics through the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def rejected_updates(strategy: Strategy, server_round: int) -> int | None:

@@ -50,6 +50,7 @@ from scipy.stats import norm
 from fedmosaic import records
 from fedmosaic.config import RunConfig
 from fedmosaic.simulation.modality import MultimodalArrays
+from fedmosaic.strategies.wrapper import StrategyWrapper
 
 GAUSSIAN_STD = 1.0
 """σ of the ``gaussian`` attack's replacement update (per coordinate)."""
@@ -154,7 +155,7 @@ def ipm_update(honest: np.ndarray, reference: np.ndarray, epsilon: float) -> np.
     return reference - epsilon * (honest.mean(axis=0) - reference)
 
 
-class CollusionSimulation(Strategy):
+class CollusionSimulation(StrategyWrapper):
     """Simulation-only: replace the tagged attackers' replies by ALIE or IPM updates.
 
     Args:
@@ -165,13 +166,10 @@ class CollusionSimulation(Strategy):
     def __init__(self, strategy: Strategy, attack: str) -> None:
         if attack not in COLLUDING_ATTACKS:
             raise ValueError(f"attack must be one of {COLLUDING_ATTACKS}, got {attack!r}")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.attack = attack
         self._reference: dict[str, np.ndarray] = {}
 
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -210,14 +208,4 @@ class CollusionSimulation(Strategy):
                 crafted[name] = ipm_update(stacked, reference, IPM_EPSILON).astype(reference.dtype)
         return crafted
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Configure federated evaluation through the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Aggregate evaluation metrics through the wrapped strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)

@@ -45,6 +45,7 @@ from fedmosaic.server.edge.messages import (
 )
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import update_validator
+from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
 
@@ -59,7 +60,7 @@ class HopTraffic:
     rejected_updates: int = 0
 
 
-class HierarchicalStrategy(Strategy):
+class HierarchicalStrategy(StrategyWrapper):
     """Edge aggregators between the devices and ``strategy`` (the cloud).
 
     Args:
@@ -74,7 +75,7 @@ class HierarchicalStrategy(Strategy):
                  validate: UpdateValidator, seed: int = 0) -> None:
         if num_edges < 1:
             raise ValueError(f"num_edges must be >= 1, got {num_edges}")
-        self.strategy = strategy
+        super().__init__(strategy)
         self.edges = [EdgeAggregator(e, edge_spec, validate, seed) for e in range(num_edges)]
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
         self._global: dict[int, Arrays] = {}
@@ -127,16 +128,6 @@ class HierarchicalStrategy(Strategy):
             except ValueError as error:
                 log.warning("round %d: rejected an edge aggregate: %s", server_round, error)
         return self.strategy.aggregate_train(server_round, cloud_replies)
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        """Federated evaluation goes to the devices unchanged."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
-        """Evaluation metrics are aggregated by the cloud strategy."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
 
 
 def as_weights(sent: Message, reference: Arrays) -> Message:
