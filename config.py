@@ -26,6 +26,8 @@ ConfigValue = bool | int | float | str
 COMPRESSION_BITS = (4, 8, 32)
 """Bits per transmitted value an update hop may use (32: float32, no quantization)."""
 EDGE_ROLES = ("simulated", "cloud", "edge")
+SENSOR_ENCODERS = ("tcn", "features")
+"""Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
 """``simulated``: the cloud run simulates its edges; ``cloud``: its nodes are edge SuperNodes;
 ``edge``: the run is one edge's sub-round server (see ``server/edge/``)."""
 ATTACKS = ("none", "label-flip", "sign-flip", "gaussian", "scale-10", "scale-100", "alie", "ipm",
@@ -58,6 +60,8 @@ class RunConfig:
     learning_rate: float
     embed_dim: int
     num_experts: int
+    hidden_dim: int
+    sensor_encoder: str
     kl_weight: float
     consistency_weight: float
     gate_balance_weight: float
@@ -90,7 +94,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         positive_ints = ("num_clients", "num_server_rounds", "local_epochs", "batch_size",
-                         "embed_dim", "num_experts", "samples_per_client")
+                         "embed_dim", "num_experts", "hidden_dim", "samples_per_client")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
@@ -111,6 +115,9 @@ class RunConfig:
             raise ValueError(
                 f"missing-modality-prob must lie in [0, 1), got {self.missing_modality_prob}"
             )
+        if self.sensor_encoder not in SENSOR_ENCODERS:
+            raise ValueError(f"sensor-encoder must be one of {SENSOR_ENCODERS}, got "
+                             f"{self.sensor_encoder!r}")
         if self.window_seconds <= 0:
             raise ValueError(f"window-seconds must be > 0, got {self.window_seconds}")
         if not 0 <= self.num_edges <= self.num_clients:

@@ -26,6 +26,8 @@ def build_model(config: RunConfig, dataset: FederatedDataset) -> MultimodalClass
         num_classes=dataset.num_classes,
         embed_dim=config.embed_dim,
         num_experts=config.num_experts,
+        hidden_dim=config.hidden_dim,
+        sensor_encoder=config.sensor_encoder,
     )
 
 

@@ -10,6 +10,7 @@ from fedmosaic.models.encoders import (
     AudioEncoder,
     ImageEncoder,
     SensorEncoder,
+    SensorFeatureEncoder,
     TokenEncoder,
     build_encoder,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "MultimodalClassifier",
     "ProbabilisticHead",
     "SensorEncoder",
+    "SensorFeatureEncoder",
     "TokenEncoder",
     "TrainResult",
     "build_encoder",

@@ -11,6 +11,7 @@ from fedmosaic.models.balance import gate_balance_loss
 from fedmosaic.models.consistency import cross_modal_consistency
 from fedmosaic.models.encoders import build_encoder
 from fedmosaic.models.fusion import HierarchicalMoEFusion
+from fedmosaic.models.initialisation import he_initialise
 from fedmosaic.models.probabilistic import ProbabilisticHead, gaussian_kl
 from fedmosaic.simulation.modality import ModalitySpec
 
@@ -70,6 +71,8 @@ class MultimodalClassifier(nn.Module):
         embed_dim: Embedding size ``D``, ``>= 1``.
         num_experts: Level-1 experts per modality, ``>= 1``.
         hidden_dim: Encoder feature size, ``>= 1``.
+        sensor_encoder: Encoder of sensor modalities, ``"tcn"`` or ``"features"``
+            (:func:`~fedmosaic.models.encoders.build_encoder`).
 
     Raises:
         ValueError: If ``specs`` is empty or has duplicate names, or a size is out of range.
@@ -83,6 +86,7 @@ class MultimodalClassifier(nn.Module):
         embed_dim: int = 32,
         num_experts: int = 2,
         hidden_dim: int = 64,
+        sensor_encoder: str = "tcn",
     ) -> None:
         super().__init__()
         names = [spec.name for spec in specs]
@@ -93,7 +97,9 @@ class MultimodalClassifier(nn.Module):
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.specs = tuple(specs)
-        self.encoders = nn.ModuleDict({s.name: build_encoder(s, hidden_dim) for s in specs})
+        self.encoders = nn.ModuleDict(
+            {s.name: build_encoder(s, hidden_dim, sensor_encoder) for s in specs}
+        )
         self.heads = nn.ModuleDict(
             {s.name: ProbabilisticHead(hidden_dim, embed_dim) for s in specs}
         )
@@ -101,6 +107,10 @@ class MultimodalClassifier(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, num_classes)
         )
+        # He-normal linear layers (models/initialisation.py), except the level-2 gate's
+        # output layer, which starts at zero so the modalities start equally weighted.
+        he_initialise(self.encoders, self.heads, self.fusion.level1, self.fusion.level2_gate[0],
+                      self.classifier)
 
     def modality_parameter_prefixes(self, modality_name: str) -> tuple[str, str, str]:
         """Return the ``state_dict`` key prefixes of the parameters of one modality.
