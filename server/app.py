@@ -50,7 +50,8 @@ def main(grid: Grid, context: Context) -> None:
     dataset = cached_dataset(config)
     model = build_model(config, dataset)
     test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
-    private = with_privacy(build_strategy(cloud_config(config)), config, model)  # ledger, DP
+    private = with_privacy(config, model, lambda around_aggregator: build_strategy(
+        cloud_config(config), around_aggregator))  # ledger; central DP inside validation
     strategy = MeteredStrategy(with_edge_tier(config, private))
     recorder = RunRecorder(run_dir, config.to_mapping())
     round_started = time.time()

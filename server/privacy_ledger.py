@@ -1,12 +1,20 @@
 """The privacy ledger around any strategy: record DP replies, drop refusals, change budgets.
 
-:class:`PrivacyLedgerStrategy` sits outside the strategy (and outside the update validator,
-which would reject a refusal's ``num-examples = 0``). Each round it
+The chain :func:`with_privacy` builds, outermost first::
+
+    PrivacyLedgerStrategy -> [colluding attackers] -> ValidatingStrategy
+        -> CentralDPAccounting -> Flower's central-DP wrapper -> aggregator
+
+:class:`PrivacyLedgerStrategy` sits outside the update validator (which would reject a
+refusal's ``num-examples = 0``), so every device that trained has its spend entered, also
+when its update is then rejected: it spent the budget all the same. Central DP's clipping
+and noise sit inside the validator, so they only ever see validated updates (Flower's
+wrapper would clip a wrong-shaped update by broadcasting, and skips the whole round when one
+reply is an error), and :class:`CentralDPAccounting` accounts the round from exactly the
+replies that were aggregated. Each round the ledger strategy
 
 * enters every DP-SGD reply into the :class:`~fedmosaic.privacy.ledger.PrivacyLedger` and
   passes on only the replies of devices that trained;
-* with central DP, accounts the round's noisy release
-  (:mod:`fedmosaic.privacy.central`) in the same ledger;
 * restores the ledger and the global model from a checkpoint (``resume-from``);
 * after a restart, sends every device its segments from before it (``dp-prior-<id>``), so a
   device that lost its own account still counts them against its budget;
@@ -20,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -41,23 +49,17 @@ class PrivacyLedgerStrategy(StrategyWrapper):
     """Delegates to ``strategy``; keeps ``ledger`` (module docstring).
 
     Args:
-        strategy: Any Flower strategy (possibly a central-DP wrapper).
+        strategy: Any Flower strategy (in a run, the validated chain of the module docstring).
         ledger: The ledger to update (a fresh one, or one restored from a checkpoint).
-        central: For central DP: ``(mode, noise multiplier z, sampled devices m, δ)``.
         round_offset: Rounds already run before this run (resumed from a checkpoint); the
             ledger counts this run's round ``r`` as ``round_offset + r``.
 
     """
 
-    def __init__(self, strategy: Strategy, ledger: PrivacyLedger,
-                 central: tuple[str, float, int, float] | None = None,
-                 round_offset: int = 0) -> None:
+    def __init__(self, strategy: Strategy, ledger: PrivacyLedger, round_offset: int = 0) -> None:
         super().__init__(strategy)
         self.round_offset = round_offset
         self.ledger = ledger
-        self.central = central
-        if central is not None and ledger.central is None:
-            ledger.central = CentralEntry(mode=central[0], delta=central[3])
         self.budgets: dict[int, float] = {}
         self._restored = {pid: dataclasses.replace(entry, segments=list(entry.segments))
                           for pid, entry in ledger.devices.items()} if round_offset else {}
@@ -106,7 +108,7 @@ class PrivacyLedgerStrategy(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Enter the replies, drop refusals, aggregate the rest, account central DP."""
+        """Enter the replies, drop refusals, aggregate the rest."""
         trained = []
         for reply in replies:
             metrics = (reply.content.metric_records.get(records.METRICS)
@@ -124,31 +126,63 @@ class PrivacyLedgerStrategy(StrategyWrapper):
         if not trained:
             log.warning("round %d: no device trained; the global model is kept", server_round)
             return None, None
-        arrays, metrics = self.strategy.aggregate_train(server_round, trained)
-        if arrays is not None and self.central is not None:
-            self._account_central(trained)
+        return self.strategy.aggregate_train(server_round, trained)
+
+
+class CentralDPAccounting(StrategyWrapper):
+    r"""Accounts each central-DP release in the ledger, from the replies it aggregated.
+
+    Wraps Flower's central-DP wrapper (:func:`~fedmosaic.privacy.central.wrap_central_dp`).
+    A round whose aggregate comes back is a Gaussian mechanism with effective noise
+    multiplier :func:`~fedmosaic.privacy.central.round_noise_multiplier` of ``z``, the
+    sampled count ``m`` and the aggregated replies' weights; the spend over all rounds is
+    :func:`~fedmosaic.privacy.central.central_epsilon`.
+
+    Args:
+        strategy: The central-DP wrapper.
+        ledger: The run's ledger; its ``central`` entry is created if absent.
+        mode: ``central-dp`` (``server`` or ``client``).
+        noise_multiplier: ``z``.
+        sampled: ``m``, devices sampled per round.
+        delta: δ of the reported ε.
+
+    """
+
+    def __init__(self, strategy: Strategy, ledger: PrivacyLedger, mode: str,
+                 noise_multiplier: float, sampled: int, delta: float) -> None:
+        super().__init__(strategy)
+        self.ledger = ledger
+        self.noise_multiplier, self.sampled, self.delta = noise_multiplier, sampled, delta
+        if ledger.central is None:
+            ledger.central = CentralEntry(mode=mode, delta=delta)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate through the central-DP wrapper; account the release if there is one."""
+        replies = list(replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        weights = [float(m[records.NUM_EXAMPLES]) for r in replies if not r.has_error()
+                   and (m := r.content.metric_records.get(records.METRICS)) is not None
+                   and float(m.get(records.NUM_EXAMPLES, 0)) > 0]
+        if arrays is not None and weights:
+            entry = self.ledger.central
+            entry.round_noise_multipliers.append(  # type: ignore[union-attr]
+                round_noise_multiplier(self.noise_multiplier, self.sampled, weights))
+            entry.epsilon_spent = central_epsilon(  # type: ignore[union-attr]
+                entry.round_noise_multipliers, self.delta)  # type: ignore[union-attr]
         return arrays, metrics
 
-    def _account_central(self, replies: list[Message]) -> None:
-        _, noise_multiplier, sampled, delta = self.central  # type: ignore[misc]
-        metrics = [r.content.metric_records.get(records.METRICS, {}) for r in replies
-                   if not r.has_error()]
-        weights = [float(m[records.NUM_EXAMPLES]) for m in metrics
-                   if float(m.get(records.NUM_EXAMPLES, 0)) > 0]
-        if not weights:
-            return
-        entry = self.ledger.central
-        entry.round_noise_multipliers.append(  # type: ignore[union-attr]
-            round_noise_multiplier(noise_multiplier, sampled, weights))
-        entry.epsilon_spent = central_epsilon(  # type: ignore[union-attr]
-            entry.round_noise_multipliers, delta)  # type: ignore[union-attr]
 
+def with_privacy(config: RunConfig, model: torch.nn.Module,
+                 build: Callable[[Callable[[Strategy], Strategy]], Strategy]
+                 ) -> PrivacyLedgerStrategy:
+    """The ledger around ``build(around_aggregator)``; honours ``resume-from``.
 
-def with_privacy(strategy: Strategy, config: RunConfig,
-                 model: torch.nn.Module) -> PrivacyLedgerStrategy:
-    """``strategy`` with central DP (``central-dp``) and the ledger; honours ``resume-from``.
-
-    With ``resume-from=PATH`` (a ``checkpoints/round-NNN.pt`` of an earlier run) the global
+    ``build`` makes the validated strategy and applies ``around_aggregator`` to its bare
+    aggregator (:func:`~fedmosaic.strategies.registry.build_strategy`); with ``central-dp``
+    that puts central DP and its accounting inside validation (module docstring). With
+    ``resume-from=PATH`` (a ``checkpoints/round-NNN.pt`` of an earlier run) the global
     weights are loaded into ``model`` and the ledger continues from the checkpoint's.
 
     Raises:
@@ -159,11 +193,17 @@ def with_privacy(strategy: Strategy, config: RunConfig,
     if config.resume_from:
         ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
     sampled = max(1, math.ceil(config.fraction_train * config.num_clients))
-    wrapped = wrap_central_dp(strategy, config.central_dp, config.central_noise_multiplier,
-                              config.central_clipping_norm, sampled)
-    central = (None if config.central_dp == "none" else
-               (config.central_dp, config.central_noise_multiplier, sampled, config.delta))
-    return PrivacyLedgerStrategy(wrapped, ledger, central, round_offset=resumed_round)
+
+    def around_aggregator(aggregator: Strategy) -> Strategy:
+        if config.central_dp == "none":
+            return aggregator
+        wrapped = wrap_central_dp(aggregator, config.central_dp,
+                                  config.central_noise_multiplier,
+                                  config.central_clipping_norm, sampled)
+        return CentralDPAccounting(wrapped, ledger, config.central_dp,
+                                   config.central_noise_multiplier, sampled, config.delta)
+
+    return PrivacyLedgerStrategy(build(around_aggregator), ledger, round_offset=resumed_round)
 
 
 def resume(checkpoint: Path, model: torch.nn.Module) -> tuple[PrivacyLedger, int]:

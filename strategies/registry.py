@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 from flwr.serverapp.strategy import (
@@ -55,15 +56,21 @@ TRIMMING = ("fedtrimmedavg", "trimmed-mean", "moe-fusion-trim")
 """Names whose ``beta`` is the run config's ``trim-fraction`` (``moe-fusion`` trims nothing)."""
 
 
-def build_strategy(config: RunConfig) -> Strategy:
+def build_strategy(config: RunConfig,
+                   around_aggregator: Callable[[Strategy], Strategy] | None = None) -> Strategy:
     """The strategy ``config.strategy``, wrapped by the update validator.
 
-    With ``attack`` ``alie`` or ``ipm`` the simulation's colluding attacker
+    ``around_aggregator`` wraps the bare aggregator inside the validator, so whatever it adds
+    (central DP: :func:`~fedmosaic.server.privacy_ledger.with_privacy`) only sees validated
+    updates. With ``attack`` ``alie`` or ``ipm`` the simulation's colluding attacker
     (:class:`~fedmosaic.simulation.attacks.CollusionSimulation`) sits in front of the
     validator, so the defences see the crafted updates.
     """
+    aggregator = build_aggregator(config)
+    if around_aggregator is not None:
+        aggregator = around_aggregator(aggregator)
     strategy: Strategy = ValidatingStrategy(
-        build_aggregator(config), max_norm=config.max_update_norm or math.inf,
+        aggregator, max_norm=config.max_update_norm or math.inf,
         min_replies=config.min_valid_replies)
     if config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0:
         strategy = CollusionSimulation(strategy, config.attack)

@@ -7,9 +7,12 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedmosaic import records
+from fedmosaic.privacy.central import round_noise_multiplier
 from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy
+from fedmosaic.simulation.attacks import malicious_partitions
 from fedmosaic.simulation.inprocess import run_in_process
+from fedmosaic.task import cached_dataset
 
 
 class RecordingStrategy:
@@ -125,3 +128,24 @@ def test_central_dp_is_ledgered(tmp_path, mode):
     assert central["mode"] == mode and len(central["round_noise_multipliers"]) == 2
     assert all(0.0 < z <= 1.0 for z in central["round_noise_multipliers"])
     assert central["epsilon_spent"] > 0.0
+
+
+def test_central_dp_sees_only_validated_updates_and_accounts_the_aggregated_ones(tmp_path):
+    # Two of ten devices send NaN. The validator, outside central DP, rejects them; the
+    # round's noise multiplier is accounted from the eight updates that were aggregated.
+    config = run_in_process({**RUN, "num-clients": 10, "dp": False, "central-dp": "server",
+                             "central-noise-multiplier": 1.0, "attack": "nan",
+                             "malicious-fraction": 0.2, "out-dir": str(tmp_path),
+                             "run-name": "central-validated"})
+    summary = json.loads((config.run_dir() / "summary.json").read_text())
+    dataset = cached_dataset(config)
+    attackers = malicious_partitions(config.num_clients, config.malicious_fraction, config.seed)
+    honest = [len(dataset.partition(p)[0]) for p in range(config.num_clients)
+              if p not in attackers]
+    expected = round_noise_multiplier(1.0, config.num_clients, honest)
+
+    assert len(attackers) == 2
+    assert [row["rejected"] for row in summary["history"]] == [2, 2]
+    assert np.isfinite(summary["final_accuracy"])
+    np.testing.assert_allclose(summary["privacy"]["central"]["round_noise_multipliers"],
+                               [expected, expected])
