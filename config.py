@@ -26,6 +26,7 @@ ConfigValue = bool | int | float | str
 COMPRESSION_BITS = (4, 8, 32)
 """Bits per transmitted value an update hop may use (32: float32, no quantization)."""
 EDGE_ROLES = ("simulated", "cloud", "edge")
+EDGE_AGGREGATIONS = ("mean", "trimmed-mean", "median")
 SENSOR_ENCODERS = ("tcn", "features")
 """Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
 """``simulated``: the cloud run simulates its edges; ``cloud``: its nodes are edge SuperNodes;
@@ -75,6 +76,7 @@ class RunConfig:
     edge_topk: float
     edge_bits: int
     edge_role: str
+    edge_aggregation: str
     edge_spool: str
     telemetry: bool
     telemetry_epsilon: float
@@ -133,6 +135,9 @@ class RunConfig:
                 raise ValueError(
                     f"{_key(name)} must be one of {COMPRESSION_BITS}, got {getattr(self, name)}"
                 )
+        if self.edge_aggregation not in EDGE_AGGREGATIONS:
+            raise ValueError(f"edge-aggregation must be one of {EDGE_AGGREGATIONS}, got "
+                             f"{self.edge_aggregation!r}")
         if self.edge_role not in EDGE_ROLES:
             raise ValueError(f"edge-role must be one of {EDGE_ROLES}, got {self.edge_role!r}")
         if self.edge_role != "simulated" and self.num_edges == 0:

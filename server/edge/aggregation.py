@@ -118,14 +118,19 @@ class EdgeAggregator:
         spec: compression of the edge→cloud hop.
         validate: checks one decoded update against the global weights (raises ValueError).
         seed: seeds the stochastic rounding (``[seed, edge_id, round]`` per round).
+        combine: ``combine(deltas, num_examples)`` of the accepted devices; the weighted
+            average (default), or a robust rule from :mod:`fedmosaic.server.edge.robust`.
     """
 
     def __init__(self, edge_id: int, spec: CompressionSpec, validate: UpdateValidator,
-                 seed: int = 0) -> None:
+                 seed: int = 0,
+                 combine: Callable[[Sequence[Arrays], Sequence[int]], Arrays] | None = None
+                 ) -> None:
         self.edge_id = edge_id
         self.spec = spec
         self.validate = validate
         self.seed = seed
+        self.combine = combine or weighted_average
         self.residual: Arrays | None = None
 
     def decode_valid(self, update: DeviceUpdate, reference: Arrays) -> Arrays:
@@ -172,7 +177,7 @@ class EdgeAggregator:
             log.warning("edge %d: no acceptable update in round %d (%d rejected)",
                         self.edge_id, server_round, rejected)
             return None
-        average = weighted_average(deltas, [u.num_examples for u in accepted])
+        average = self.combine(deltas, [u.num_examples for u in accepted])
         rng = np.random.default_rng([self.seed, self.edge_id, server_round])
         payload, self.residual = compress(average, self.spec, self.residual, rng)
         return EdgeAggregate(

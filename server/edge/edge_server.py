@@ -28,6 +28,7 @@ from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
     receive_device_replies,
 )
+from fedmosaic.server.edge.robust import edge_combiner
 from fedmosaic.server.edge.spool import EdgeReply, EdgeSpool
 from fedmosaic.server.edge.topology import edge_of
 from fedmosaic.server.validation import update_validator
@@ -68,8 +69,9 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
     for server_round in range(1, config.num_server_rounds + 1):
         request = spool.take_request(server_round, REQUEST_TIMEOUT_SECONDS)
         if aggregator is None:
-            aggregator = EdgeAggregator(request.edge_id, spec, update_validator(config),
-                                        config.seed)
+            aggregator = EdgeAggregator(
+                request.edge_id, spec, update_validator(config), config.seed,
+                edge_combiner(config.edge_aggregation, config.trim_fraction))
         devices = wait_for_devices(
             grid, expected_devices(request.edge_id, config.num_clients, config.num_edges),
             DEVICE_TIMEOUT_SECONDS)

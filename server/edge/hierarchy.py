@@ -43,6 +43,7 @@ from fedmosaic.server.edge.messages import (
     is_edge_aggregate,
     receive_device_replies,
 )
+from fedmosaic.server.edge.robust import Combiner, edge_combiner
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import update_validator
 from fedmosaic.strategies.wrapper import StrategyWrapper
@@ -69,14 +70,18 @@ class HierarchicalStrategy(StrategyWrapper):
         edge_spec: compression of the edge→cloud hop.
         validate: validator each edge applies to every decoded device update.
         seed: seeds the edges' stochastic rounding.
+        combine: how each edge combines its accepted deltas (default: weighted average;
+            :func:`~fedmosaic.server.edge.robust.edge_combiner`).
     """
 
     def __init__(self, strategy: Strategy, num_edges: int, edge_spec: CompressionSpec,
-                 validate: UpdateValidator, seed: int = 0) -> None:
+                 validate: UpdateValidator, seed: int = 0,
+                 combine: Combiner | None = None) -> None:
         if num_edges < 1:
             raise ValueError(f"num_edges must be >= 1, got {num_edges}")
         super().__init__(strategy)
-        self.edges = [EdgeAggregator(e, edge_spec, validate, seed) for e in range(num_edges)]
+        self.edges = [EdgeAggregator(e, edge_spec, validate, seed, combine)
+                      for e in range(num_edges)]
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
         self._global: dict[int, Arrays] = {}
 
@@ -171,6 +176,7 @@ def with_edge_tier(config: RunConfig, strategy: Strategy) -> Strategy:
         strategy, config.num_edges,
         CompressionSpec(topk_ratio=config.edge_topk, bits=config.edge_bits),
         update_validator(config), seed=config.seed,
+        combine=edge_combiner(config.edge_aggregation, config.trim_fraction),
     )
 
 
