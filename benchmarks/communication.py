@@ -10,7 +10,8 @@ Method (edge tier):
     Every run is fedmosaic's real ServerApp and ClientApp in this process
     (``fedmosaic.simulation.inprocess.run_in_process``, no Ray), federated evaluation off,
     one seed. Per dataset: flat FedAvg with float32 weights (``num-edges=0``), then the edge
-    tier at every top-k ratio in {1, 0.1, 0.01} x bits in {32, 8, 4}, the same setting on
+    tier at every top-k ratio in {1, 0.1, 0.01} x bits in {32, 8, 4}, plus the dense
+    top-k settings 0.5 and 0.3 at 4 bits (:data:`EXTRA_SETTINGS`), the same setting on
     both hops: smartwatch (10 subjects, 2 edges, all devices every round, 1 local epoch,
     12 rounds) and synthetic (50 devices, 5 edges, 10 sampled per round, 3 local epochs,
     learning rate 0.01, Dirichlet alpha 10, all modalities present, 10 rounds). Bytes are
@@ -75,6 +76,9 @@ NAME = "communication"
 # --- edge tier: accuracy and bytes per hop over the compression sweep ---------------------
 
 SWEEP_TOPK = (1.0, 0.1, 0.01)
+EXTRA_SETTINGS = ((0.5, 4), (0.3, 4))
+"""Dense top-k at 4 bits: with index bitmaps about 3 and 2.2 bits per parameter, i.e. past
+10x on the device hop while keeping far more of each update than top-k 0.1."""
 SWEEP_BITS = (32, 8, 4)
 WITHIN_POINTS = 1.0
 TARGET_EDGE_TO_CLOUD = 50.0
@@ -101,7 +105,7 @@ def sweep_settings(quick: bool) -> list[tuple[float, int]]:
     """(top-k ratio, bits) of the sweep, applied to both hops; ``--quick``: two corners."""
     if quick:
         return list(QUICK_SETTINGS)
-    return [(topk, bits) for topk in SWEEP_TOPK for bits in SWEEP_BITS]
+    return [(topk, bits) for topk in SWEEP_TOPK for bits in SWEEP_BITS] + list(EXTRA_SETTINGS)
 
 
 def setting(text: str) -> tuple[float, int]:

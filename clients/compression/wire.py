@@ -7,21 +7,25 @@ Layout (all integers little-endian)::
 
     table = zlib-deflated concatenation, one entry per tensor, of
             name length u16 | name (UTF-8) | dtype length u8 | dtype (NumPy ``dtype.str``)
-            | ndim u8 | shape (u32 each) | mode u8 | sparse u8
+            | ndim u8 | shape (u32 each) | mode u8 | index encoding u8
             | if sparse: kept count k u32 | index bytes u32 | if INT8/INT4: block size u32
-    data  = per tensor, in table order: if sparse: position gaps as varints
+    data  = per tensor, in table order: if sparse: the positions (gaps or bitmap)
             | if INT8/INT4: scales (float32, one per block)
             | values: RAW: the array's bytes; FLOAT32: float32 each;
                       INT8: int8 each; INT4: two 4-bit codes per byte
 
 The table (names, shapes, counts: repetitive text) is deflated, the data (already dense
-codes) is not. A sparse tensor sends its kept positions ``p_1 < ... < p_k`` as varint gaps
-``p_1, p_2 − p_1, ...`` (:mod:`~fedmosaic.clients.compression.packing`) and its values in
-that order; a dense tensor sends all ``n`` values in C order. Non-floating arrays (integer
-counters, masks) are sent RAW, dense and exact. The decoder checks the magic and version, the
-checksum (``zlib.crc32``), every length, that positions are strictly increasing and below
-``n``, that scales are finite and non-negative and codes in range; anything else raises
-:class:`WireFormatError`.
+codes) is not. A sparse tensor sends its kept positions ``p_1 < ... < p_k`` in whichever of
+two encodings is shorter (:class:`IndexEncoding`): varint gaps ``p_1, p_2 − p_1, ...``
+(:mod:`~fedmosaic.clients.compression.packing`), about one byte per kept entry when the
+gaps are below 128, or a bitmap of ``⌈n/8⌉`` bytes (bit ``i`` of the little-endian bit
+order set iff position ``i`` is kept, padding bits zero), which wins once more than about
+one entry in eight is kept; then its values in that order. A dense tensor sends all ``n``
+values in C order. Non-floating arrays (integer counters, masks) are sent RAW, dense and
+exact. The decoder checks the magic and version, the checksum (``zlib.crc32``), every length,
+that positions are strictly increasing and below ``n`` (a bitmap: exactly ``k`` bits set, no
+padding bit set), that scales are finite and non-negative and codes in range; anything else
+raises :class:`WireFormatError`.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from fedmosaic.clients.compression.packing import (
 from fedmosaic.clients.compression.quantize import dequantize
 
 MAGIC = b"FMZC"
-VERSION = 1
+VERSION = 2
+"""2: the index encoding (varint gaps or bitmap); 1 had varint gaps only."""
 MAX_ELEMENTS = 1 << 28
 """Largest tensor (entries) a payload may declare, so a tiny payload cannot claim gigabytes."""
 MAX_NDIM = 32
@@ -75,6 +80,17 @@ class ValueMode(IntEnum):
     def bits(self) -> int:
         """Bits of a quantized mode's codes."""
         return {ValueMode.INT8: 8, ValueMode.INT4: 4}[self]
+
+
+class IndexEncoding(IntEnum):
+    """How a tensor's kept positions are stored."""
+
+    DENSE = 0
+    """All ``n`` entries are sent; no positions."""
+    GAPS = 1
+    """Varint gaps between successive positions."""
+    BITMAP = 2
+    """One bit per entry, ``⌈n/8⌉`` bytes."""
 
 
 @dataclass(frozen=True)
@@ -161,12 +177,14 @@ def _encode_tensor(tensor: EncodedTensor) -> tuple[bytes, list[bytes]]:
                          f"{MAX_ELEMENTS} entries, got shape {tensor.shape}")
     entry = [struct.pack("<H", len(name)), name, struct.pack("<B", len(dtype)), dtype,
              struct.pack(f"<B{len(tensor.shape)}I", len(tensor.shape), *tensor.shape),
-             struct.pack("<BB", tensor.mode, tensor.indices is not None)]
+             ]
     data: list[bytes] = []
-    if tensor.indices is not None:
-        gaps = np.diff(tensor.indices, prepend=np.int64(0))  # p_1, p_2 - p_1, ...
-        index_bytes = encode_varints(gaps)
-        entry.append(struct.pack("<II", tensor.indices.size, len(index_bytes)))
+    if tensor.indices is None:
+        entry.append(struct.pack("<BB", tensor.mode, IndexEncoding.DENSE))
+    else:
+        encoding, index_bytes = _encode_positions(tensor.indices, tensor.size)
+        entry.append(struct.pack("<BBII", tensor.mode, encoding, tensor.indices.size,
+                                 len(index_bytes)))
         data.append(index_bytes)
     if tensor.scales is not None:
         entry.append(struct.pack("<I", tensor.block_size))
@@ -179,6 +197,16 @@ def _encode_tensor(tensor: EncodedTensor) -> tuple[bytes, list[bytes]]:
     else:
         data.append(np.ascontiguousarray(tensor.values).tobytes())
     return b"".join(entry), data
+
+
+def _encode_positions(indices: np.ndarray, size: int) -> tuple[IndexEncoding, bytes]:
+    """The shorter of the varint-gap and bitmap encodings of ``indices`` (gaps on a tie)."""
+    gaps = encode_varints(np.diff(indices, prepend=np.int64(0)))  # p_1, p_2 - p_1, ...
+    if -(-size // 8) >= len(gaps):
+        return IndexEncoding.GAPS, gaps
+    bits = np.zeros(size, dtype=bool)
+    bits[indices] = True
+    return IndexEncoding.BITMAP, np.packbits(bits, bitorder="little").tobytes()
 
 
 class _Reader:
@@ -239,19 +267,21 @@ class _TensorParser:
         size = math.prod(shape)
         if size > MAX_ELEMENTS:
             raise self.fail(f"expected at most {MAX_ELEMENTS} entries, shape {shape} has {size}")
-        mode_code, sparse = table.unpack("<BB", "the mode")
+        mode_code, encoding = table.unpack("<BB", "the mode and index encoding")
         if mode_code not in ValueMode._value2member_map_:
             raise self.fail(f"unknown value mode {mode_code}; expected one of "
                             f"{[int(m) for m in ValueMode]}")
         mode = ValueMode(mode_code)
-        if sparse not in (0, 1):
-            raise self.fail(f"sparse flag must be 0 or 1, got {sparse}")
+        if encoding not in IndexEncoding._value2member_map_:
+            raise self.fail(f"unknown index encoding {encoding}; expected one of "
+                            f"{[int(e) for e in IndexEncoding]}")
+        sparse = encoding != IndexEncoding.DENSE
         if (mode is ValueMode.RAW) != (dtype.kind != "f"):
             raise self.fail(f"mode {mode.name} does not fit dtype {dtype.str}: RAW is for "
                             "non-floating dtypes, the other modes for floating ones")
         if mode is ValueMode.RAW and sparse:
             raise self.fail("RAW tensors are always dense, got a sparse one")
-        indices = self.parse_indices(size) if sparse else None
+        indices = self.parse_indices(size, IndexEncoding(encoding)) if sparse else None
         count = size if indices is None else indices.size
         if mode is ValueMode.RAW:
             values = np.frombuffer(self.data.take(count * dtype.itemsize, f"{count} values"),
@@ -271,10 +301,12 @@ class _TensorParser:
                             f"such as '<f4', '<i8' or '|b1', got {text!r}")
         return np.dtype(text.decode("ascii"))
 
-    def parse_indices(self, size: int) -> np.ndarray:
+    def parse_indices(self, size: int, encoding: IndexEncoding) -> np.ndarray:
         count, length = self.table.unpack("<II", "the kept count and index length")
         if count > size:
             raise self.fail(f"expected at most {size} kept entries, got {count}")
+        if encoding is IndexEncoding.BITMAP:
+            return self.parse_bitmap(size, count, length)
         try:
             gaps = decode_varints(self.data.take(length, "the index gaps"), count)
         except WireFormatError as error:
@@ -285,6 +317,19 @@ class _TensorParser:
         indices = np.cumsum(gaps)
         if count and indices[-1] >= size:
             raise self.fail(f"index {int(indices[-1])} out of range for {size} entries")
+        return indices
+
+    def parse_bitmap(self, size: int, count: int, length: int) -> np.ndarray:
+        if length != -(-size // 8):
+            raise self.fail(f"a bitmap of {size} entries has {-(-size // 8)} bytes, got "
+                            f"{length}")
+        packed = np.frombuffer(self.data.take(length, "the index bitmap"), dtype=np.uint8)
+        bits = np.unpackbits(packed, bitorder="little")
+        if bits[size:].any():
+            raise self.fail("index bitmap: padding bits after the last entry must be 0")
+        indices = np.flatnonzero(bits[:size])
+        if indices.size != count:
+            raise self.fail(f"index bitmap: expected {count} set bits, got {indices.size}")
         return indices
 
     def parse_scales(self, count: int) -> tuple[int, np.ndarray]:

@@ -33,12 +33,12 @@ def test_bytes_to_reach_sums_each_hop_up_to_the_first_round_at_target(communicat
                                                       "edge_to_cloud": None}
 
 
-def test_the_full_sweep_is_top_k_times_bits(communication):
+def test_the_full_sweep_is_top_k_times_bits_and_the_dense_top_k_extras(communication):
     settings = communication.sweep_settings(quick=False)
 
-    assert len(settings) == 9
-    assert {t for t, _ in settings} == {1.0, 0.1, 0.01}
-    assert {b for _, b in settings} == {32, 8, 4}
+    grid = {(t, b) for t in (1.0, 0.1, 0.01) for b in (32, 8, 4)}
+    assert len(settings) == 11
+    assert set(settings) == grid | {(0.5, 4), (0.3, 4)}
 
 
 def test_quick_mode_sweeps_both_datasets_and_derives_the_figures(tmp_path):

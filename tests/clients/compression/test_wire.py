@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from fedmosaic.clients.compression import CompressionSpec, WireFormatError, compress, decode
-from fedmosaic.clients.compression.wire import MAX_ELEMENTS, EncodedTensor, ValueMode, encode
+from fedmosaic.clients.compression.wire import (
+    MAX_ELEMENTS,
+    VERSION,
+    EncodedTensor,
+    IndexEncoding,
+    ValueMode,
+    encode,
+)
 
 F4 = np.dtype("<f4")
 
@@ -29,8 +36,8 @@ def sealed_body(table: bytes, data: bytes, count: int = 1,
                 deflated: bytes | None = None) -> bytes:
     """A payload of ``count`` tensors with this (inflated) table and data, correctly sealed."""
     deflated = zlib.compress(table, 9) if deflated is None else deflated
-    return reseal(b"FMZC" + bytes([1]) + struct.pack("<II", count, len(deflated)) + deflated
-                  + data)
+    return reseal(b"FMZC" + bytes([VERSION]) + struct.pack("<II", count, len(deflated))
+                  + deflated + data)
 
 
 def test_hand_computed_dense_float32_payload():
@@ -42,17 +49,51 @@ def test_hand_computed_dense_float32_payload():
     assert payload == expected
 
 
-def test_hand_computed_sparse_payload():
-    update = {"w": np.array([0.0, 5.0, 0.0, -3.0, 1.0], dtype=np.float32)}
-    # k = ceil(0.4 * 5) = 2: positions 1, 3 -> gaps 1, 2 -> varint bytes 01 02
-    expected = sealed_body(tensor_header(b"w", b"<f4", (5,), 1, 1) + struct.pack("<II", 2, 2),
-                           b"\x01\x02" + np.array([5.0, -3.0], np.float32).tobytes())
+def test_hand_computed_sparse_payload_with_index_gaps():
+    update = {"w": np.zeros(40, dtype=np.float32)}
+    update["w"][[1, 30]] = [5.0, -3.0]
+    # k = ceil(0.05 * 40) = 2: positions 1, 30 -> gaps 1, 29 -> varint bytes 01 1d, shorter
+    # than the 5-byte bitmap
+    expected = sealed_body(tensor_header(b"w", b"<f4", (40,), 1, 1) + struct.pack("<II", 2, 2),
+                           b"\x01\x1d" + np.array([5.0, -3.0], np.float32).tobytes())
 
-    payload, _ = compress(update, CompressionSpec(topk_ratio=0.4), None,
+    payload, _ = compress(update, CompressionSpec(topk_ratio=0.05), None,
                           np.random.default_rng(0))
 
     assert payload == expected
-    assert decode(payload)["w"].tolist() == [0.0, 5.0, 0.0, -3.0, 0.0]
+    assert np.flatnonzero(decode(payload)["w"]).tolist() == [1, 30]
+
+
+def test_hand_computed_sparse_payload_with_an_index_bitmap():
+    update = {"w": np.array([0.0, 5.0, 0.0, -3.0, 1.0, 0.0, 0.0, 0.0, 0.0, 2.0],
+                            dtype=np.float32)}
+    # k = ceil(0.3 * 10) = 3: positions 1, 3, 9; gaps take 3 bytes, the bitmap 2:
+    # bits 1 and 3 -> 0b00001010 = 0x0a, bit 9 -> 0b00000010 = 0x02
+    expected = sealed_body(tensor_header(b"w", b"<f4", (10,), 1, 2) + struct.pack("<II", 3, 2),
+                           b"\x0a\x02" + np.array([5.0, -3.0, 2.0], np.float32).tobytes())
+
+    payload, _ = compress(update, CompressionSpec(topk_ratio=0.3), None,
+                          np.random.default_rng(0))
+
+    assert payload == expected
+    assert decode(payload)["w"].tolist() == [0.0, 5.0, 0.0, -3.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0]
+
+
+@pytest.mark.parametrize(("ratio", "encoding"), [(0.01, IndexEncoding.GAPS),
+                                                 (0.5, IndexEncoding.BITMAP)])
+def test_the_shorter_index_encoding_is_chosen(ratio, encoding):
+    from fedmosaic.clients.compression.wire import parse
+
+    update = {"w": np.random.default_rng(0).normal(size=4000).astype(np.float32)}
+    payload, _ = compress(update, CompressionSpec(topk_ratio=ratio, bits=4), None,
+                          np.random.default_rng(0))
+    table = zlib.decompress(payload[13: 13 + struct.unpack("<I", payload[9:13])[0]])
+    kept = parse(payload)[0].indices
+
+    # the encoding byte follows name, dtype and shape: 2 + 1 + 1 + 3 + 1 + 4 bytes, then mode
+    assert table[13] == encoding
+    assert kept.size == int(np.ceil(ratio * 4000))
+    np.testing.assert_array_equal(np.flatnonzero(decode(payload)["w"]), kept)
 
 
 def mixed_update(seed: int = 0) -> dict[str, np.ndarray]:
@@ -130,7 +171,7 @@ def test_every_flipped_bit_is_rejected(small_payload):
 
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda p: b"XXXX" + p[4:], "expected magic b'FMZC'"),
-    (lambda p: p[:4] + bytes([2]) + p[5:], "expected 1, got 2"),
+    (lambda p: p[:4] + bytes([1]) + p[5:], "expected 2, got 1"),
     (lambda p: p + b"\x00", "checksum mismatch"),
     (lambda p: p[:-1] + bytes([p[-1] ^ 0xFF]), "checksum mismatch"),
     (lambda p: p[:6], "expected at least 17 bytes"),
@@ -168,8 +209,16 @@ ONE = np.ones(1, np.float32).tobytes()
 
 
 @pytest.mark.parametrize(("payload", "message"), [
-    (sealed(float_tensor([1, 9], [1, 2])), "index 9 out of range for 4 entries"),
-    (sealed(float_tensor([2, 2], [1, 2])), "strictly increasing"),
+    (one_tensor_body(tensor_header(b"w", b"<f4", (4,), 1, 1), struct.pack("<II", 2, 2),
+                     b"\x01\x08" + ONE * 2), "index 9 out of range for 4 entries"),
+    (one_tensor_body(tensor_header(b"w", b"<f4", (4,), 1, 1), struct.pack("<II", 2, 2),
+                     b"\x02\x00" + ONE * 2), "strictly increasing"),
+    (one_tensor_body(tensor_header(b"w", b"<f4", (12,), 1, 2), struct.pack("<II", 1, 1),
+                     b"\x01" + ONE), "a bitmap of 12 entries has 2 bytes, got 1"),
+    (one_tensor_body(tensor_header(b"w", b"<f4", (12,), 1, 2), struct.pack("<II", 1, 2),
+                     b"\x03\x00" + ONE), "expected 1 set bits, got 2"),
+    (one_tensor_body(tensor_header(b"w", b"<f4", (12,), 1, 2), struct.pack("<II", 1, 2),
+                     b"\x00\x10" + ONE), "padding bits"),
     (sealed(float_tensor(None, [1, 2, 3, 4]), float_tensor(None, [1, 2, 3, 4])), "twice"),
     (sealed(EncodedTensor("q", F4, (2,), ValueMode.INT8, None, np.array([-128, 1], np.int8),
                           np.ones(1, np.float32), 2)), "-128"),
@@ -178,7 +227,8 @@ ONE = np.ones(1, np.float32).tobytes()
     (sealed(EncodedTensor("q", F4, (2,), ValueMode.INT8, None, np.array([1, 1], np.int8),
                           np.array([np.nan], np.float32), 2)), "scales must be finite"),
     (one_tensor_body(tensor_header(b"w", b"<f4", (4,), 9, 0), b"", b""), "unknown value mode 9"),
-    (one_tensor_body(tensor_header(b"w", b"<f4", (4,), 1, 2), b"", b""), "sparse flag"),
+    (one_tensor_body(tensor_header(b"w", b"<f4", (4,), 1, 3), b"", b""),
+     "unknown index encoding 3"),
     (one_tensor_body(tensor_header(b"w", b"O", (1,), 0, 0), b"", b""), "dtype"),
     (one_tensor_body(tensor_header(b"w", b">f4", (1,), 1, 0), b"", ONE), "little-endian"),
     (one_tensor_body(tensor_header(b"w", b"zz", (1,), 1, 0), b"", b""), "dtype string"),
@@ -254,9 +304,11 @@ def mixed_payload_parts():
     """(table, data) of a payload with every mode, dense and sparse tensors."""
     rng = np.random.default_rng(7)
     update = {"dense": rng.normal(size=(5, 3)).astype(np.float32),
+              "long": rng.normal(size=300).astype(np.float32),
               "count": np.array([9], np.int64)}
+    # index bitmaps at top-k 0.4 and 0.3, index gaps at 0.02
     tensors = [wire_tensor for spec in (CompressionSpec(), CompressionSpec(0.4, 8, 2),
-                                        CompressionSpec(0.3, 4, 3))
+                                        CompressionSpec(0.3, 4, 3), CompressionSpec(0.02, 4, 3))
                for wire_tensor in parse_renamed(update, spec, rng)]
     payload = encode(tensors)
     table_length = struct.unpack("<I", payload[9:13])[0]
