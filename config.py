@@ -69,6 +69,7 @@ class RunConfig:
     dirichlet_alpha: float
     missing_modality_prob: float
     samples_per_client: int
+    synthetic_noise: float
     window_seconds: float
     num_edges: int
     device_topk: float
@@ -120,6 +121,8 @@ class RunConfig:
         if self.sensor_encoder not in SENSOR_ENCODERS:
             raise ValueError(f"sensor-encoder must be one of {SENSOR_ENCODERS}, got "
                              f"{self.sensor_encoder!r}")
+        if not 0.0 < self.synthetic_noise < float("inf"):
+            raise ValueError(f"synthetic-noise must be finite and > 0, got {self.synthetic_noise}")
         if self.window_seconds <= 0:
             raise ValueError(f"window-seconds must be > 0, got {self.window_seconds}")
         if not 0 <= self.num_edges <= self.num_clients:

@@ -448,13 +448,14 @@ class SyntheticIoTDataset(FederatedDataset):
 
 @register_dataset("synthetic")
 def synthetic_dataset(config: RunConfig) -> SyntheticIoTDataset:
-    """Build the synthetic dataset from a run config's client, skew and missingness keys."""
+    """Build the synthetic dataset from a run config's client, skew, missingness and noise keys."""
     return SyntheticIoTDataset(
         SyntheticConfig(
             num_devices=config.num_clients,
             samples_per_device=config.samples_per_client,
             dirichlet_alpha=config.dirichlet_alpha,
             missing_modality_prob=config.missing_modality_prob,
+            noise_scale=config.synthetic_noise,
             seed=config.seed,
         )
     )

@@ -29,6 +29,10 @@ def test_round_trip():
     ("overrides", "message"),
     [
         ({"num-clients": 0}, "num-clients must be >= 1"),
+        ({"synthetic-noise": 0.0}, "synthetic-noise must be finite and > 0, got 0.0"),
+        ({"sensor-encoder": "wavelets"}, "sensor-encoder must be one of"),
+        ({"edge-aggregation": "mode"}, "edge-aggregation must be one of"),
+        ({"hidden-dim": 0}, "hidden-dim must be >= 1"),
         ({"trim-fraction": 0.5}, r"trim-fraction must lie in \[0, 0.5\), got 0.5"),
         ({"max-update-norm": -1.0}, "max-update-norm must be finite and >= 0"),
         ({"min-valid-replies": 0}, "min-valid-replies must be >= 1, got 0"),

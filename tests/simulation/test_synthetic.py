@@ -254,3 +254,14 @@ def test_fedmosaic_model_learns_the_task_centrally(torch_seed):
         torch.set_num_threads(threads)
 
     assert accuracy >= 0.75
+
+
+def test_synthetic_noise_key_sets_the_sensor_noise():
+    quiet, noisy = (load_dataset(RunConfig.from_mapping(
+        {"dataset": "synthetic", "num-clients": 2, "samples-per-client": 64,
+         "synthetic-noise": noise})) for noise in (1.0, 4.0))
+
+    # the same seed draws the same signals; only the noise term sigma * epsilon is scaled
+    difference = (noisy.partition(0)[0].inputs["vibration"]
+                  - quiet.partition(0)[0].inputs["vibration"])
+    assert 2.5 < float(difference.std()) < 3.5  # (4 - 1) * std(epsilon) = 3
