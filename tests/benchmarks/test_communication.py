@@ -60,8 +60,8 @@ def test_quick_mode_sweeps_both_datasets_and_derives_the_figures(tmp_path):
         lossless, compressed = details["settings"]
         assert (lossless["topk"], lossless["bits"], compressed["topk"], compressed["bits"]) == (
             1.0, 32, 0.01, 4)
-        # with compression off the hierarchy is flat FedAvg: same accuracy
-        assert lossless["final_accuracy"] == pytest.approx(flat["final_accuracy"], abs=0.005)
+        # (that the lossless hierarchy computes flat FedAvg's weights is tested on the weights,
+        # tests/server/edge/test_hierarchy.py; final accuracies can differ by float rounding)
         # one aggregate per edge reaches the cloud, and compression shrinks both hops
         assert lossless["mean_bytes_edge_to_cloud"] < flat["mean_bytes_edge_to_cloud"]
         assert compressed["mean_bytes_device_to_edge"] < lossless["mean_bytes_device_to_edge"]
