@@ -10,11 +10,13 @@ Method (edge tier):
     Every run is fedmosaic's real ServerApp and ClientApp in this process
     (``fedmosaic.simulation.inprocess.run_in_process``, no Ray), federated evaluation off,
     one seed. Per dataset: flat FedAvg with float32 weights (``num-edges=0``), then the edge
-    tier at every top-k ratio in {1, 0.1, 0.01} x bits in {32, 8, 4}, plus the dense
-    top-k settings 0.5 and 0.3 at 4 bits (:data:`EXTRA_SETTINGS`), the same setting on
-    both hops: smartwatch (10 subjects, 2 edges, all devices every round, 1 local epoch,
-    12 rounds) and synthetic (50 devices, 5 edges, 10 sampled per round, 3 local epochs,
-    learning rate 0.01, Dirichlet alpha 10, all modalities present, 10 rounds). Bytes are
+    tier at every top-k ratio in {1, 0.1, 0.01} x bits in {32, 8, 4}, the same setting on
+    both hops, plus the dense top-k settings 0.5 and 0.3 at 4 bits on both hops
+    (:data:`EXTRA_SETTINGS`) and three with a sparser edge hop than device hop
+    (:data:`PER_HOP_SETTINGS`): smartwatch (10 subjects, 2 edges, all devices every round,
+    1 local epoch, 12 rounds) and synthetic (50 devices, 5 edges, 25 sampled per round,
+    2 local epochs, learning rate 0.01, Dirichlet alpha 10, all modalities present,
+    15 rounds). Bytes are
     the serialized messages (``bytes_device_to_edge``, ``bytes_edge_to_cloud`` of the run's
     history; a flat run's training replies count for both hops: what devices send and what
     the cloud receives).
@@ -49,7 +51,8 @@ Method and baseline (codec):
     a real update (the model's delta after one local epoch on smartwatch subject 0), with the
     relative L2 error of each setting under ``codec.compression``.
 
-Run: ``python benchmarks/communication.py [--quick] [--local-epochs E] [--seed S] [--out FILE]``.
+Run: ``python benchmarks/communication.py [--quick] [--datasets D ...] [--settings S ...]
+[--part all|codec|sweep] [--local-epochs E] [--seed S] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,35 +91,81 @@ SWEEP_DATASETS: dict[str, dict[str, Any]] = {
     # the 10 smartwatch subjects under 2 edges; every device trains every round
     "smartwatch": {"dataset": "smartwatch", "num-clients": 10, "num-edges": 2,
                    "local-epochs": 1},
-    # 50 synthetic devices under 5 edges, 10 sampled per round; weak label skew and every
-    # modality present, the setting in which this model learns within the round budget
+    # 50 synthetic devices under 5 edges, half of them (about 5 per edge) sampled per round;
+    # weak label skew and every modality present, the setting in which this model learns
+    # within the round budget
     "synthetic": {"dataset": "synthetic", "num-clients": 50, "num-edges": 5,
-                  "fraction-train": 0.2, "local-epochs": 3, "learning-rate": 0.01,
+                  "fraction-train": 0.5, "local-epochs": 2, "learning-rate": 0.01,
                   "dirichlet-alpha": 10.0, "missing-modality-prob": 0.0},
 }
 SWEEP_FIGURES = {"edge_to_cloud_reduction": min, "device_to_edge_reduction": min,
                  "accuracy_delta_points": max}
 """Figures of the sweep; unprefixed, each is the weaker of the two datasets' values."""
-SWEEP_ROUNDS = {"smartwatch": 12, "synthetic": 10}
+SWEEP_ROUNDS = {"smartwatch": 12, "synthetic": 15}
 QUICK_ROUNDS = {"smartwatch": 2, "synthetic": 1}
 QUICK_SETTINGS = ((1.0, 32), (0.01, 4))
 
 
-def sweep_settings(quick: bool) -> list[tuple[float, int]]:
-    """(top-k ratio, bits) of the sweep, applied to both hops; ``--quick``: two corners."""
+@dataclass(frozen=True)
+class HopSetting:
+    """Compression of one sweep run: top-k ratio and bits on each hop.
+
+    ``device_*`` is what devices send their edge, ``edge_*`` what edges send the cloud.
+    """
+
+    device_topk: float
+    device_bits: int
+    edge_topk: float
+    edge_bits: int
+
+    @classmethod
+    def both(cls, topk: float, bits: int) -> HopSetting:
+        """The same top-k ratio and bits on both hops."""
+        return cls(topk, bits, topk, bits)
+
+    @property
+    def label(self) -> str:
+        """``topk0.1-bits8`` for one setting on both hops, else ``device…_edge…``."""
+        device = f"topk{self.device_topk:g}-bits{self.device_bits}"
+        edge = f"topk{self.edge_topk:g}-bits{self.edge_bits}"
+        return device if device == edge else f"device-{device}_edge-{edge}"
+
+    def overrides(self) -> dict[str, Any]:
+        """The run-config keys of this setting."""
+        return {"device-topk": self.device_topk, "device-bits": self.device_bits,
+                "edge-topk": self.edge_topk, "edge-bits": self.edge_bits}
+
+
+PER_HOP_SETTINGS = (HopSetting(0.3, 4, 0.1, 8), HopSetting(0.3, 4, 0.1, 4),
+                    HopSetting(0.5, 4, 0.1, 8))
+"""Dense top-k on the device hop, sparser on the edge hop, which carries the cloud's share of
+the bytes; the edge's error feedback returns in later rounds what its top-k drops."""
+
+
+def sweep_settings(quick: bool) -> list[HopSetting]:
+    """The sweep's settings: top-k x bits on both hops, the extras; ``--quick``: two corners."""
     if quick:
-        return list(QUICK_SETTINGS)
-    return [(topk, bits) for topk in SWEEP_TOPK for bits in SWEEP_BITS] + list(EXTRA_SETTINGS)
+        return [HopSetting.both(*pair) for pair in QUICK_SETTINGS]
+    grid = [HopSetting.both(topk, bits) for topk in SWEEP_TOPK for bits in SWEEP_BITS]
+    return grid + [HopSetting.both(*pair) for pair in EXTRA_SETTINGS] + list(PER_HOP_SETTINGS)
 
 
-def setting(text: str) -> tuple[float, int]:
-    """Parse ``TOPK:BITS`` (e.g. ``0.1:8``)."""
+def _hop(text: str, whole: str) -> tuple[float, int]:
+    """Parse one hop's ``TOPK:BITS``; ``whole`` is the argument, for the error message."""
     topk, _, bits = text.partition(":")
     try:
         return float(topk), int(bits)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected TOPK:BITS such as 0.1:8, got {text!r}"
-                                         ) from error
+        raise argparse.ArgumentTypeError(
+            f"expected TOPK:BITS (both hops) or TOPK:BITS/TOPK:BITS (device hop/edge hop) "
+            f"such as 0.1:8 or 0.3:4/0.1:8, got {whole!r}") from error
+
+
+def setting(text: str) -> HopSetting:
+    """Parse ``TOPK:BITS`` (both hops, e.g. ``0.1:8``) or ``TOPK:BITS/TOPK:BITS`` (per hop)."""
+    device, slash, edge = text.partition("/")
+    device_hop = _hop(device, text)
+    return HopSetting(*device_hop, *(_hop(edge, text) if slash else device_hop))
 
 
 def run_once(overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -155,7 +205,7 @@ def bytes_to_reach(run: dict[str, Any], target_accuracy: float) -> dict[str, int
     return {"rounds": None, "device_to_edge": None, "edge_to_cloud": None}
 
 
-def sweep_dataset(name: str, base: dict[str, Any], settings: list[tuple[float, int]],
+def sweep_dataset(name: str, base: dict[str, Any], settings: list[HopSetting],
                   runs_dir: Path) -> dict[str, Any]:
     """Flat FedAvg with float32 updates, then the edge tier at every setting, on one dataset.
 
@@ -169,13 +219,11 @@ def sweep_dataset(name: str, base: dict[str, Any], settings: list[tuple[float, i
     target = flat["final_accuracy"] - WITHIN_POINTS / 100.0
     flat["bytes_to_target"] = bytes_to_reach(flat, target)
     rows = []
-    for topk, bits in settings:
-        label = f"topk{topk:g}-bits{bits}"
-        print(f"{name}: {base['num-edges']} edges, {label} ...", flush=True)
-        run = run_once({**base, "device-topk": topk, "device-bits": bits, "edge-topk": topk,
-                        "edge-bits": bits}, runs_dir / f"{name}-{label}")
+    for hops in settings:
+        print(f"{name}: {base['num-edges']} edges, {hops.label} ...", flush=True)
+        run = run_once({**base, **hops.overrides()}, runs_dir / f"{name}-{hops.label}")
         rows.append({
-            "topk": topk, "bits": bits, **run,
+            "setting": hops.label, **asdict(hops), **run,
             "accuracy_delta_points": 100.0 * (flat["final_accuracy"] - run["final_accuracy"]),
             "device_to_edge_reduction": common.ratio(flat["mean_bytes_device_to_edge"],
                                                      run["mean_bytes_device_to_edge"]),
@@ -203,8 +251,7 @@ def hierarchy_sweep(args: argparse.Namespace, runs_dir: Path) -> tuple[dict[str,
         details[name] = {"rounds": rounds, **result}
         best = result["best"]
         figures[f"{name}_flat_accuracy"] = result["flat"]["final_accuracy"]
-        figures[f"{name}_best_setting"] = (
-            None if best is None else f"topk={best['topk']:g} bits={best['bits']}")
+        figures[f"{name}_best_setting"] = None if best is None else best["setting"]
         for figure in SWEEP_FIGURES:
             figures[f"{name}_{figure}"] = None if best is None else best[figure]
     for figure, weaker in SWEEP_FIGURES.items():
@@ -369,9 +416,10 @@ def main() -> None:
                         help="datasets of the sweep (default: both); unprefixed figures are "
                              "the weaker over those run")
     parser.add_argument("--settings", nargs="+", type=setting, default=None,
-                        metavar="TOPK:BITS",
-                        help="sweep only these settings, e.g. 1:32 0.1:8 (default: the full "
-                             "grid, or its two corners with --quick)")
+                        metavar="TOPK:BITS[/TOPK:BITS]",
+                        help="sweep only these settings, e.g. 1:32 0.1:8 0.3:4/0.1:8 (one "
+                             "setting for both hops, or device hop/edge hop; default: the "
+                             "full grid, or its two corners with --quick)")
     parser.add_argument("--part", choices=("all", "codec", "sweep"), default="all",
                         help="run only the codec measurements or only the sweep "
                              "(default: %(default)s)")
@@ -388,7 +436,7 @@ def main() -> None:
                   **{name: details["flat"] for name, details in sweep.items()},
                   "codec": codec["baseline"]},
         config={"datasets": SWEEP_DATASETS,
-                "settings": args.settings or sweep_settings(args.quick),
+                "settings": [asdict(s) for s in args.settings or sweep_settings(args.quick)],
                 "rounds": {name: details["rounds"] for name, details in sweep.items()},
                 "within_points": WITHIN_POINTS, "part": args.part,
                 **common.run_overrides(args)},
@@ -398,8 +446,8 @@ def main() -> None:
     common.print_table(NAME, [(name, value) for name, value in figures.items()])
     for name, details in sweep.items():
         print(f"\n{name}: setting, final accuracy, bytes/round device->edge, edge->cloud")
-        for row in [{"topk": "flat", "bits": 32, **details["flat"]}, *details["settings"]]:
-            print(f"  topk={row['topk']} bits={row['bits']}: {row['final_accuracy']:.4f} "
+        for row in [{"setting": "flat float32", **details["flat"]}, *details["settings"]]:
+            print(f"  {row['setting']}: {row['final_accuracy']:.4f} "
                   f"{row['mean_bytes_device_to_edge']:.0f} {row['mean_bytes_edge_to_cloud']:.0f}")
     print(f"wrote {path}")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import time
 
 import torch
@@ -40,6 +41,7 @@ def warn_pointless_settings(config: RunConfig) -> None:
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` rounds and write the run folder."""
     config = RunConfig.from_mapping(context.run_config)
+    random.seed(config.seed)  # Flower's strategies sample nodes with the global ``random``
     if config.edge_role == "edge":
         serve_edge(grid, config)
         return

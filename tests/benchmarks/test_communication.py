@@ -33,12 +33,29 @@ def test_bytes_to_reach_sums_each_hop_up_to_the_first_round_at_target(communicat
                                                       "edge_to_cloud": None}
 
 
-def test_the_full_sweep_is_top_k_times_bits_and_the_dense_top_k_extras(communication):
+def test_the_full_sweep_is_top_k_times_bits_and_the_extras(communication):
+    hop = communication.HopSetting
     settings = communication.sweep_settings(quick=False)
 
-    grid = {(t, b) for t in (1.0, 0.1, 0.01) for b in (32, 8, 4)}
-    assert len(settings) == 11
-    assert set(settings) == grid | {(0.5, 4), (0.3, 4)}
+    grid = {hop(t, b, t, b) for t in (1.0, 0.1, 0.01) for b in (32, 8, 4)}
+    extras = {hop(0.5, 4, 0.5, 4), hop(0.3, 4, 0.3, 4), hop(0.3, 4, 0.1, 8),
+              hop(0.3, 4, 0.1, 4), hop(0.5, 4, 0.1, 8)}
+    assert len(settings) == 14
+    assert set(settings) == grid | extras
+
+
+def test_a_setting_names_both_hops_or_each_hop(communication):
+    hop = communication.HopSetting
+
+    assert communication.setting("0.1:8") == hop(0.1, 8, 0.1, 8)
+    assert communication.setting("0.3:4/0.1:8") == hop(0.3, 4, 0.1, 8)
+    assert hop(0.1, 8, 0.1, 8).label == "topk0.1-bits8"
+    assert hop(0.3, 4, 0.1, 8).label == "device-topk0.3-bits4_edge-topk0.1-bits8"
+    assert hop(0.3, 4, 0.1, 8).overrides() == {"device-topk": 0.3, "device-bits": 4,
+                                               "edge-topk": 0.1, "edge-bits": 8}
+    for malformed in ("0.1", "a:8", "0.1:8/", "0.1:8/0.2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="TOPK:BITS/TOPK:BITS"):
+            communication.setting(malformed)
 
 
 def test_quick_mode_sweeps_both_datasets_and_derives_the_figures(tmp_path):
@@ -58,8 +75,8 @@ def test_quick_mode_sweeps_both_datasets_and_derives_the_figures(tmp_path):
     for name, details in sweep.items():
         flat = details["flat"]
         lossless, compressed = details["settings"]
-        assert (lossless["topk"], lossless["bits"], compressed["topk"], compressed["bits"]) == (
-            1.0, 32, 0.01, 4)
+        assert (lossless["setting"], compressed["setting"]) == ("topk1-bits32", "topk0.01-bits4")
+        assert (compressed["device_topk"], compressed["edge_bits"]) == (0.01, 4)
         # (that the lossless hierarchy computes flat FedAvg's weights is tested on the weights,
         # tests/server/edge/test_hierarchy.py; final accuracies can differ by float rounding)
         # one aggregate per edge reaches the cloud, and compression shrinks both hops

@@ -22,6 +22,21 @@ def test_run_writes_the_usual_run_folder(tmp_path):
     assert (config.run_dir() / "checkpoints" / "round-002.pt").exists()
 
 
+def test_a_seeded_run_samples_the_same_devices_and_repeats_exactly(tmp_path):
+    sampled = {**SMALL_RUN, "num-clients": 4, "fraction-train": 0.5, "seed": 3,
+               "out-dir": str(tmp_path)}
+
+    histories = []
+    for name in ("first", "second"):
+        config = run_in_process({**sampled, "run-name": name})
+        summary = json.loads((config.run_dir() / "summary.json").read_text())
+        histories.append([(r["replies"], r["train_loss"], r["accuracy"])
+                          for r in summary["history"]])
+
+    assert [replies for replies, *_ in histories[0]] == [2, 2]
+    assert histories[0] == histories[1]
+
+
 def test_a_failing_client_becomes_an_error_reply_and_the_round_goes_on(tmp_path):
     failing = ClientApp()
 
