@@ -20,12 +20,14 @@ Method:
     Grids: ``--grid figures`` (default) runs only the cells the three figures need, on the
     smartwatch data (10 clients); ``--grid full`` runs every attack x fraction {0.1, 0.2,
     0.3} x strategy on smartwatch and on synthetic data (``--synthetic-clients``, >= 50).
+    ``--datasets`` names the datasets a grid attacks instead (a worst gap is the largest
+    over the datasets run).
     ``--grid modality`` runs only the missing-modality comparison, which every grid runs:
     synthetic data with ``missing-modality-prob = 1 - 0.5^(1/4)`` (so half the devices lack
     at least one of the four modalities) and ``synthetic-noise`` :data:`MODALITY_NOISE`,
     FedAvg against ``moe-fusion``, without attackers, for ``--modality-seeds`` seeds (from
-    ``--seed``); the figure is the mean over seeds of MoEFusion's final accuracy minus
-    FedAvg's, and every seed's pair is reported.
+    ``--seed``; ``--modality-seeds 0`` skips it); the figure is the mean over seeds of
+    MoEFusion's final accuracy minus FedAvg's, and every seed's pair is reported.
 
 Baseline:
     Clean FedAvg (no attacker) of the same dataset, in the same invocation.
@@ -34,8 +36,9 @@ Quick mode:
     5 smartwatch clients, 2 rounds, 1 local epoch, sign-flip at 30 % and ALIE at 20 %, and a
     10-device synthetic comparison: checks that everything runs; its figures mean nothing.
 
-Run: ``python benchmarks/robustness.py [--quick] [--grid figures|full|modality] [--rounds R]
-[--local-epochs E] [--synthetic-clients N] [--modality-seeds K] [--seed S] [--out FILE]``.
+Run: ``python benchmarks/robustness.py [--quick] [--grid figures|full|modality]
+[--datasets D ...] [--rounds R] [--local-epochs E] [--synthetic-clients N]
+[--modality-seeds K] [--seed S] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -77,17 +80,27 @@ def defence(strategy: str, fraction: float, num_clients: int) -> dict[str, Any]:
             "num-malicious-nodes": round(fraction * num_clients)}
 
 
-def grid_cells(grid: str, quick: bool) -> list[tuple[str, str, float, str]]:
-    """``(dataset, attack, fraction, strategy)`` of every attacked run to make."""
+GRID_DATASETS = {"figures": ("smartwatch",), "full": ("smartwatch", "synthetic"),
+                 "modality": ()}
+"""The datasets each grid attacks unless ``--datasets`` names others."""
+
+
+def grid_cells(grid: str, quick: bool, datasets: tuple[str, ...] | None = None,
+               ) -> list[tuple[str, str, float, str]]:
+    """``(dataset, attack, fraction, strategy)`` of every attacked run to make.
+
+    ``datasets`` defaults to the grid's own (:data:`GRID_DATASETS`); quick mode attacks
+    smartwatch only.
+    """
     if grid == "modality":
         return []
     if quick:
         plan = [("smartwatch", "sign-flip", 0.3), ("smartwatch", "alie", 0.2)]
     elif grid == "figures":
-        plan = [("smartwatch", a, 0.3) for a in ATTACKS_30PCT]
-        plan += [("smartwatch", a, 0.2) for a in ATTACKS_20PCT]
+        plan = [(d, a, 0.3) for d in datasets or GRID_DATASETS[grid] for a in ATTACKS_30PCT]
+        plan += [(d, a, 0.2) for d in datasets or GRID_DATASETS[grid] for a in ATTACKS_20PCT]
     else:
-        plan = [(d, a, f) for d in ("smartwatch", "synthetic") for a in ALL_ATTACKS
+        plan = [(d, a, f) for d in datasets or GRID_DATASETS[grid] for a in ALL_ATTACKS
                 for f in FRACTIONS]
     return [(d, a, f, s) for d, a, f in plan for s in STRATEGIES]
 
@@ -132,13 +145,19 @@ def main() -> None:
                         help=f"server rounds (default: {DEFAULT_ROUNDS}; 2 with --quick)")
     parser.add_argument("--synthetic-clients", type=int, default=50,
                         help="devices of the synthetic runs (default: %(default)s)")
+    parser.add_argument("--datasets", nargs="+", choices=("smartwatch", "synthetic"),
+                        default=None,
+                        help="datasets of the attacked grid (default: smartwatch for "
+                             "figures, both for full)")
     parser.add_argument("--modality-seeds", type=int, default=None,
-                        help="seeds of the missing-modality comparison (default: 3; 1 with "
-                             "--quick)")
+                        help="seeds of the missing-modality comparison, 0 to skip it "
+                             "(default: 3; 1 with --quick)")
     args = parser.parse_args()
-    modality_seeds = args.modality_seeds or (1 if args.quick else 3)
-    if modality_seeds < 1:
-        parser.error(f"--modality-seeds must be >= 1, got {modality_seeds}")
+    modality_seeds = (args.modality_seeds if args.modality_seeds is not None
+                      else 1 if args.quick else 3)
+    if modality_seeds < (1 if args.grid == "modality" else 0):
+        parser.error(f"--modality-seeds must be >= 1 with --grid modality and >= 0 "
+                     f"otherwise, got {modality_seeds}")
     if args.synthetic_clients < 1:
         parser.error(f"--synthetic-clients must be >= 1, got {args.synthetic_clients}")
 
@@ -153,7 +172,7 @@ def main() -> None:
                     "synthetic": {"dataset": "synthetic", "num-clients": 10,
                                   "samples-per-client": 50}}
     runs_dir = common.run_folder(NAME, args.runs_dir)
-    cells_plan = grid_cells(args.grid, args.quick)
+    cells_plan = grid_cells(args.grid, args.quick, args.datasets and tuple(args.datasets))
     print(f"{NAME}: {len(cells_plan)} attacked runs, {base['num-server-rounds']} rounds x "
           f"{base['local-epochs']} epoch(s); run folders in {runs_dir}", flush=True)
 
@@ -190,7 +209,7 @@ def main() -> None:
                                                     ("fedavg",), best=False),
         "fedavg_worst_drop_points_alie_ipm_20pct": worst_gap(clean, cells, ATTACKS_20PCT, 0.2,
                                                              ("fedavg",), best=False),
-        "moe_missing_modality_gain_points": float(np.mean(gains)),
+        "moe_missing_modality_gain_points": float(np.mean(gains)) if gains else None,
         "moe_missing_modality_gain_points_per_seed": gains,
         "targets": TARGETS,
     }

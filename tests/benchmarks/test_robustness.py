@@ -36,3 +36,27 @@ def test_quick_mode_writes_the_figures(tmp_path):
     assert figures["moe_missing_modality_gain_points"] == pytest.approx(gain)
     assert figures["moe_missing_modality_gain_points_per_seed"] == pytest.approx([gain])
     assert all(0.0 <= cell["accuracy"] <= 1.0 for cell in cells.values())
+
+
+@pytest.fixture(scope="module")
+def robustness():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import robustness
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return robustness
+
+
+def test_each_grid_attacks_its_datasets_unless_told_others(robustness):
+    figures = robustness.grid_cells("figures", quick=False)
+    on_synthetic = robustness.grid_cells("figures", quick=False, datasets=("synthetic",))
+    full = robustness.grid_cells("full", quick=False)
+    full_smartwatch = robustness.grid_cells("full", quick=False, datasets=("smartwatch",))
+
+    assert {d for d, *_ in figures} == {"smartwatch"} and len(figures) == 6 * 5
+    assert [cell[1:] for cell in on_synthetic] == [cell[1:] for cell in figures]
+    assert {d for d, *_ in on_synthetic} == {"synthetic"}
+    assert len(full) == 2 * 8 * 3 * 5
+    assert full_smartwatch == [cell for cell in full if cell[0] == "smartwatch"]
+    assert robustness.grid_cells("modality", quick=False, datasets=("synthetic",)) == []
