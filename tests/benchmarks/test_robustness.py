@@ -60,3 +60,19 @@ def test_each_grid_attacks_its_datasets_unless_told_others(robustness):
     assert len(full) == 2 * 8 * 3 * 5
     assert full_smartwatch == [cell for cell in full if cell[0] == "smartwatch"]
     assert robustness.grid_cells("modality", quick=False, datasets=("synthetic",)) == []
+
+
+def test_speed_figures_average_the_curves_and_find_the_first_round_at_90pct(robustness):
+    def run(curve):
+        return {"accuracy_per_round": curve}
+
+    runs = {"seed-0": {"fedavg": run([0.2, 0.5, 0.9]), "moe-fusion": run([0.4, 0.9, 0.95])},
+            "seed-1": {"fedavg": run([0.3, 0.6, 0.8]), "moe-fusion": run([0.3, 0.6, 0.8])}}
+
+    figures = robustness.speed_figures(runs)
+
+    assert figures["moe_missing_modality_mean_accuracy_gain_points"] == pytest.approx(
+        (100 * (0.75 - 1.6 / 3) + 0.0) / 2)
+    assert figures["moe_missing_modality_rounds_to_90pct"] == {"fedavg": [3, None],
+                                                               "moe-fusion": [2, None]}
+    assert robustness.speed_figures({})["moe_missing_modality_mean_accuracy_gain_points"] is None
