@@ -12,16 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def communication():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import communication
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return communication
-
-
 def test_bytes_to_reach_sums_each_hop_up_to_the_first_round_at_target(communication):
     run = {"accuracy_per_round": [0.2, 0.5, 0.4, 0.6],
            "bytes_device_to_edge_per_round": [10, 20, 30, 40],

@@ -38,16 +38,6 @@ def test_quick_mode_writes_the_figures(tmp_path):
     assert all(0.0 <= cell["accuracy"] <= 1.0 for cell in cells.values())
 
 
-@pytest.fixture(scope="module")
-def robustness():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import robustness
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return robustness
-
-
 def test_each_grid_attacks_its_datasets_unless_told_others(robustness):
     figures = robustness.grid_cells("figures", quick=False)
     on_synthetic = robustness.grid_cells("figures", quick=False, datasets=("synthetic",))
