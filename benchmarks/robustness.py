@@ -21,7 +21,8 @@ Method:
     smartwatch data (10 clients); ``--grid full`` runs every attack x fraction {0.1, 0.2,
     0.3} x strategy on smartwatch and on synthetic data (``--synthetic-clients``, >= 50).
     ``--datasets`` names the datasets a grid attacks instead (a worst gap is the largest
-    over the datasets run).
+    over the datasets run); ``--attacks`` keeps only the cells of the attacks it names (a
+    worst gap is then over those attacks).
     ``--grid modality`` runs only the missing-modality comparison, which every grid runs:
     synthetic data with ``missing-modality-prob = 1 - 0.5^(1/4)`` (so half the devices lack
     at least one of the four modalities) and ``synthetic-noise`` :data:`MODALITY_NOISE`,
@@ -40,7 +41,7 @@ Quick mode:
     10-device synthetic comparison: checks that everything runs; its figures mean nothing.
 
 Run: ``python benchmarks/robustness.py [--quick] [--grid figures|full|modality]
-[--datasets D ...] [--rounds R] [--local-epochs E] [--synthetic-clients N]
+[--datasets D ...] [--attacks A ...] [--rounds R] [--local-epochs E] [--synthetic-clients N]
 [--modality-seeds K] [--seed S] [--out FILE]``.
 """
 
@@ -91,11 +92,11 @@ GRID_DATASETS = {"figures": ("smartwatch",), "full": ("smartwatch", "synthetic")
 
 
 def grid_cells(grid: str, quick: bool, datasets: tuple[str, ...] | None = None,
-               ) -> list[tuple[str, str, float, str]]:
+               attacks: tuple[str, ...] | None = None) -> list[tuple[str, str, float, str]]:
     """``(dataset, attack, fraction, strategy)`` of every attacked run to make.
 
     ``datasets`` defaults to the grid's own (:data:`GRID_DATASETS`); quick mode attacks
-    smartwatch only.
+    smartwatch only. ``attacks``, if given, keeps only the grid's cells of those attacks.
     """
     if grid == "modality":
         return []
@@ -107,7 +108,8 @@ def grid_cells(grid: str, quick: bool, datasets: tuple[str, ...] | None = None,
     else:
         plan = [(d, a, f) for d in datasets or GRID_DATASETS[grid] for a in ALL_ATTACKS
                 for f in FRACTIONS]
-    return [(d, a, f, s) for d, a, f in plan for s in STRATEGIES]
+    return [(d, a, f, s) for d, a, f in plan if attacks is None or a in attacks
+            for s in STRATEGIES]
 
 
 def run_cell(base: dict[str, Any], overrides: dict[str, Any], runs_dir: Path,
@@ -180,6 +182,9 @@ def main() -> None:
                         default=None,
                         help="datasets of the attacked grid (default: smartwatch for "
                              "figures, both for full)")
+    parser.add_argument("--attacks", nargs="+", choices=ALL_ATTACKS, default=None,
+                        help="run only the grid's cells of these attacks, e.g. to split a "
+                             "grid over processes (default: all of the grid's)")
     parser.add_argument("--modality-seeds", type=int, default=None,
                         help="seeds of the missing-modality comparison, 0 to skip it "
                              "(default: 3; 1 with --quick)")
@@ -203,7 +208,8 @@ def main() -> None:
                     "synthetic": {"dataset": "synthetic", "num-clients": 10,
                                   "samples-per-client": 50}}
     runs_dir = common.run_folder(NAME, args.runs_dir)
-    cells_plan = grid_cells(args.grid, args.quick, args.datasets and tuple(args.datasets))
+    cells_plan = grid_cells(args.grid, args.quick, args.datasets and tuple(args.datasets),
+                            args.attacks and tuple(args.attacks))
     print(f"{NAME}: {len(cells_plan)} attacked runs, {base['num-server-rounds']} rounds x "
           f"{base['local-epochs']} epoch(s); run folders in {runs_dir}", flush=True)
 

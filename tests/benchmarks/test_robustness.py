@@ -52,6 +52,16 @@ def test_each_grid_attacks_its_datasets_unless_told_others(robustness):
     assert robustness.grid_cells("modality", quick=False, datasets=("synthetic",)) == []
 
 
+def test_attacks_keep_only_their_cells_of_the_grid(robustness):
+    figures = robustness.grid_cells("figures", quick=False)
+    split = [robustness.grid_cells("figures", quick=False, attacks=half)
+             for half in (("sign-flip", "gaussian", "scale-10"), ("scale-100", "alie", "ipm"))]
+
+    assert sorted(split[0] + split[1]) == sorted(figures)
+    assert {attack for _, attack, *_ in split[0]} == {"sign-flip", "gaussian", "scale-10"}
+    assert robustness.grid_cells("figures", quick=False, attacks=("nan",)) == []
+
+
 def test_speed_figures_average_the_curves_and_find_the_first_round_at_90pct(robustness):
     def run(curve):
         return {"accuracy_per_round": curve}
