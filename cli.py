@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from fedmosaic.config import ConfigValue, parse_overrides
-from fedmosaic.simulation.launch import RunFailedError, run_simulation
+from fedmosaic.launch.runs import RunFailedError, run_simulation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Privacy-preserving federated multimodal learning for IoT, on Flower.")
@@ -82,7 +82,7 @@ def deploy_local(
     quiet: Quiet = False,
 ) -> None:
     """Start a SuperLink and SuperNodes on 127.0.0.1, run the app, shut everything down."""
-    from fedmosaic.simulation.deployment import deploy_locally
+    from fedmosaic.launch.deployment import deploy_locally
 
     _execute(deploy_locally, overrides=_overrides(run_config, config), supernodes=supernodes,
              edges=edges, out=out, show_progress=not quiet)

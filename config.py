@@ -3,11 +3,17 @@
 Defaults live in ``pyproject.toml`` under ``[tool.flwr.app.config]`` (Flower's convention);
 this module parses and checks the flat ``{key: value}`` mapping Flower hands to both the
 ServerApp and the ClientApp, so every component sees the same validated values.
+
+Every key is documented once, here: each field of :class:`RunConfig` carries its meaning and,
+for a key with a fixed set of values, those values (:func:`setting`). The README's
+configuration table is generated from them (``python -m fedmosaic.config``), and a test
+checks that the README, ``pyproject.toml`` and this class agree.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -26,76 +32,188 @@ ConfigValue = bool | int | float | str
 COMPRESSION_BITS = (4, 8, 32)
 """Bits per transmitted value an update hop may use (32: float32, no quantization)."""
 EDGE_ROLES = ("simulated", "cloud", "edge")
-EDGE_AGGREGATIONS = ("mean", "trimmed-mean", "median")
-SENSOR_ENCODERS = ("tcn", "features")
-"""Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
 """``simulated``: the cloud run simulates its edges; ``cloud``: its nodes are edge SuperNodes;
 ``edge``: the run is one edge's sub-round server (see ``server/edge/``)."""
-ATTACKS = ("none", "label-flip", "sign-flip", "gaussian", "scale-10", "scale-100", "alie", "ipm",
-           "nan")
-"""Behaviours of simulated malicious clients (see ``simulation/attacks.py``)."""
+EDGE_AGGREGATIONS = ("mean", "trimmed-mean", "median")
+"""How an edge combines its devices' deltas (``server/edge/robust.py``)."""
+SENSOR_ENCODERS = ("tcn", "features")
+"""Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
+DATA_POISONING_ATTACKS = ("label-flip",)
+"""Attacks a malicious device makes on its own data (``clients/poisoning.py``)."""
+MODEL_POISONING_ATTACKS = ("sign-flip", "gaussian", "scale-10", "scale-100", "nan")
+"""Attacks a malicious device makes on its own reply (``clients/poisoning.py``)."""
+COLLUDING_ATTACKS = ("alie", "ipm")
+"""Attacks that need the round's honest updates, played in the server chain
+(``server/collusion.py``)."""
+ATTACKS = ("none", *DATA_POISONING_ATTACKS, *MODEL_POISONING_ATTACKS, *COLLUDING_ATTACKS)
+"""Behaviours of simulated malicious clients (``attack``)."""
+ACCOUNTANTS = ("rdp", "prv")
+"""Accountants a run may select (``dp-accountant``)."""
+GRAD_SAMPLE_MODES = ("hooks", "functorch")
+"""Opacus per-sample-gradient modes that support the multimodal model's dict inputs."""
+CENTRAL_DP_MODES = ("none", "server", "client")
+"""``central-dp``: none, or Flower's server-side or client-side fixed-clipping wrapper."""
+RENAMED_KEYS = {"epsilon": "dp-epsilon-budget"}
+"""Run-config keys that were renamed: old key → new key (an old key gets a clear error)."""
+
+
+def setting(meaning: str, choices: tuple[ConfigValue, ...] | None = None) -> Any:
+    """A :class:`RunConfig` field: its ``meaning`` and, if fixed, its allowed ``choices``.
+
+    The default lives in ``pyproject.toml``; ``choices`` are checked for every config.
+    """
+    return dataclasses.field(metadata={"meaning": meaning, "choices": choices})
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run. Field ``x_y`` is run-config key ``x-y``."""
 
-    run_name: str
-    out_dir: str
-    seed: int
-    dataset: str
-    num_clients: int
-    num_server_rounds: int
-    strategy: str
-    proximal_mu: float
-    trim_fraction: float
-    max_update_norm: float
-    min_valid_replies: int
-    num_malicious_nodes: int
-    attack: str
-    malicious_fraction: float
-    fraction_train: float
-    fraction_evaluate: float
-    local_epochs: int
-    batch_size: int
-    learning_rate: float
-    embed_dim: int
-    num_experts: int
-    hidden_dim: int
-    sensor_encoder: str
-    kl_weight: float
-    consistency_weight: float
-    gate_balance_weight: float
-    dirichlet_alpha: float
-    missing_modality_prob: float
-    samples_per_client: int
-    synthetic_noise: float
-    window_seconds: float
-    num_edges: int
-    device_topk: float
-    device_bits: int
-    edge_topk: float
-    edge_bits: int
-    edge_role: str
-    edge_aggregation: str
-    edge_spool: str
-    telemetry: bool
-    telemetry_epsilon: float
-    telemetry_budget: float
-    telemetry_bound: float
-    dp: bool
-    epsilon: float
-    delta: float
-    max_grad_norm: float
-    dp_accountant: str
-    grad_sample_mode: str
-    privacy_budgets: str
-    central_dp: str
-    central_noise_multiplier: float
-    central_clipping_norm: float
-    resume_from: str
+    run_name: str = setting("run folder name; empty: `<dataset>-<strategy>-<timestamp>`")
+    out_dir: str = setting("parent of run folders")
+    seed: int = setting(
+        "seeds model initialisation, data generation, shuffling and the sampling of clients each "
+        "round (in-process runs, whose node IDs are fixed, sample the same clients for the same "
+        "seed)"
+    )
+    dataset: str = setting(
+        "`smartwatch`, `synthetic`, a registered name, or `package.module:factory`"
+    )
+    num_clients: int = setting("virtual SuperNodes (devices); smartwatch has at most 10")
+    num_server_rounds: int = setting("federated rounds")
+    strategy: str = setting(
+        'a name from "Strategies" (`fedavg`, `fedprox`, `trimmed-mean`, `moe-fusion`, '
+        "`moe-fusion-trim`, every Flower built-in) or `package.module:Class`"
+    )
+    proximal_mu: float = setting("FedProx's μ; sent to clients by `fedprox` only")
+    trim_fraction: float = setting(
+        "β of `trimmed-mean`, `moe-fusion-trim` and Flower's `fedtrimmedavg`: share cut at each "
+        "end, in [0, 0.5)"
+    )
+    max_update_norm: float = setting(
+        'reject an update with `‖w − w_global‖₂` above this (0: no bound); see "Update validation"'
+    )
+    min_valid_replies: int = setting(
+        "a round with fewer accepted training replies is skipped (global model unchanged)"
+    )
+    num_malicious_nodes: int = setting("attackers Krum, MultiKrum and Bulyan assume per round")
+    attack: str = setting(
+        "behaviour of simulated malicious clients: `label-flip`, `sign-flip`, `gaussian`, "
+        '`scale-10`, `scale-100`, `alie`, `ipm`, `nan`; see "Attack simulation"',
+        choices=ATTACKS,
+    )
+    malicious_fraction: float = setting(
+        "share of clients that are malicious (chosen from `seed`), in [0, 1)"
+    )
+    fraction_train: float = setting("share of clients sampled to train each round")
+    fraction_evaluate: float = setting("share sampled for federated evaluation (0 disables it)")
+    local_epochs: int = setting("epochs of local training per round")
+    batch_size: int = setting("local batch size")
+    learning_rate: float = setting("Adam step size on the clients")
+    embed_dim: int = setting("size of each modality's probabilistic embedding")
+    num_experts: int = setting("experts per modality in the first level of the mixture")
+    hidden_dim: int = setting("size of each encoder's feature vector")
+    sensor_encoder: str = setting(
+        "sensor modalities' encoder: `tcn` (trained convolutions) or `features` (fixed statistical "
+        'and spectral features, only a projection trained; the DP-SGD choice, see "Privacy")',
+        choices=SENSOR_ENCODERS,
+    )
+    kl_weight: float = setting("weight of the KL term of the probabilistic embeddings")
+    consistency_weight: float = setting("weight of the cross-modal consistency loss")
+    gate_balance_weight: float = setting(
+        "weight of the gate's load-balancing loss (keeps every modality's encoder learning)"
+    )
+    dirichlet_alpha: float = setting("label skew of the synthetic devices (smaller: more skew)")
+    missing_modality_prob: float = setting("chance a synthetic device lacks each modality")
+    samples_per_client: int = setting("training samples per synthetic device")
+    synthetic_noise: float = setting(
+        "standard deviation of the synthetic devices' sensor noise (larger: a harder task)"
+    )
+    window_seconds: float = setting("smartwatch window length (50 Hz, 50 % overlap)")
+    num_edges: int = setting(
+        "edge aggregators between devices and cloud (0: flat, devices talk to the cloud); see "
+        '"Edge tier"'
+    )
+    device_topk: float = setting(
+        "share of update entries a device sends to its edge (top-k by magnitude, error feedback)"
+    )
+    device_bits: int = setting(
+        "bits per value device→edge: `32` (float32), `8` or `4` (stochastic rounding, per-block "
+        "scales)",
+        choices=COMPRESSION_BITS,
+    )
+    edge_topk: float = setting("share of aggregate entries an edge sends to the cloud")
+    edge_bits: int = setting(
+        "bits per value edge→cloud: `32`, `8` or `4`",
+        choices=COMPRESSION_BITS,
+    )
+    edge_role: str = setting(
+        "`simulated`: the run simulates its edges; `cloud`: the run's SuperNodes are edges "
+        "(deployment); `edge`: this run is one edge's sub-round server",
+        choices=EDGE_ROLES,
+    )
+    edge_aggregation: str = setting(
+        "how an edge combines its devices' deltas: `mean` (examples-weighted), `trimmed-mean` "
+        "(coordinate-wise, `trim-fraction` cut at each end) or `median`; robust aggregation at the "
+        "edge, the cloud (`strategy`) or both",
+        choices=EDGE_AGGREGATIONS,
+    )
+    edge_spool: str = setting(
+        "with `edge-role=edge`: the edge's spool directory (hand-off with its SuperNode)"
+    )
+    telemetry: bool = setting(
+        "each training reply carries local-DP sensor summaries (per channel mean and std, bounded "
+        'Laplace); see "Privacy"'
+    )
+    telemetry_epsilon: float = setting("ε of one release of one telemetry field")
+    telemetry_budget: float = setting(
+        "total ε per telemetry field over the run (sequential composition); a spent field is "
+        "withheld"
+    )
+    telemetry_bound: float = setting(
+        "telemetry domain: means in [-bound, bound], stds in [0, bound] (standardised data)"
+    )
+    dp: bool = setting(
+        "DP-SGD (Opacus) on every device, each with its own (ε, δ) budget for the run; see "
+        '"Privacy"'
+    )
+    dp_epsilon_budget: float = setting(
+        "a device's ε budget for the whole run (unless `privacy-budgets`, its node config's "
+        "`dp-epsilon-budget` or the server says otherwise)"
+    )
+    delta: float = setting("δ of DP-SGD's and central DP's (ε, δ)")
+    max_grad_norm: float = setting("DP-SGD's per-example clipping bound C")
+    dp_accountant: str = setting(
+        "`rdp` (Rényi DP) or `prv` (privacy loss random variables, tighter, slower)",
+        choices=ACCOUNTANTS,
+    )
+    grad_sample_mode: str = setting(
+        "Opacus per-sample-gradient mode: `hooks` or `functorch` (`hooks` measured faster here)",
+        choices=GRAD_SAMPLE_MODES,
+    )
+    privacy_budgets: str = setting(
+        "TOML file of per-device budgets, `partition-id = epsilon` lines (e.g. `0 = 3.0`)"
+    )
+    central_dp: str = setting(
+        "central (user-level) DP: `server` or `client` (where updates are clipped; Flower's "
+        "fixed-clipping wrappers)",
+        choices=CENTRAL_DP_MODES,
+    )
+    central_noise_multiplier: float = setting(
+        "z of central DP: noise std z·C/m on the aggregate of m sampled devices"
+    )
+    central_clipping_norm: float = setting("C of central DP: bound on each device's update norm")
+    resume_from: str = setting(
+        "a `checkpoints/round-NNN.pt` to continue from: restores the global model and the privacy "
+        "ledger"
+    )
 
     def __post_init__(self) -> None:
+        for field in fields(self):
+            choices = field.metadata["choices"]
+            if choices is not None and getattr(self, field.name) not in choices:
+                raise ValueError(f"{_key(field.name)} must be one of {choices}, got "
+                                 f"{getattr(self, field.name)!r}")
         positive_ints = ("num_clients", "num_server_rounds", "local_epochs", "batch_size",
                          "embed_dim", "num_experts", "hidden_dim", "samples_per_client")
         for name in positive_ints:
@@ -118,9 +236,6 @@ class RunConfig:
             raise ValueError(
                 f"missing-modality-prob must lie in [0, 1), got {self.missing_modality_prob}"
             )
-        if self.sensor_encoder not in SENSOR_ENCODERS:
-            raise ValueError(f"sensor-encoder must be one of {SENSOR_ENCODERS}, got "
-                             f"{self.sensor_encoder!r}")
         if not 0.0 < self.synthetic_noise < float("inf"):
             raise ValueError(f"synthetic-noise must be finite and > 0, got {self.synthetic_noise}")
         if self.window_seconds <= 0:
@@ -133,16 +248,6 @@ class RunConfig:
         for name in ("device_topk", "edge_topk"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"{_key(name)} must lie in (0, 1], got {getattr(self, name)}")
-        for name in ("device_bits", "edge_bits"):
-            if getattr(self, name) not in COMPRESSION_BITS:
-                raise ValueError(
-                    f"{_key(name)} must be one of {COMPRESSION_BITS}, got {getattr(self, name)}"
-                )
-        if self.edge_aggregation not in EDGE_AGGREGATIONS:
-            raise ValueError(f"edge-aggregation must be one of {EDGE_AGGREGATIONS}, got "
-                             f"{self.edge_aggregation!r}")
-        if self.edge_role not in EDGE_ROLES:
-            raise ValueError(f"edge-role must be one of {EDGE_ROLES}, got {self.edge_role!r}")
         if self.edge_role != "simulated" and self.num_edges == 0:
             raise ValueError(f"edge-role={self.edge_role!r} needs num-edges >= 1, got 0")
         if self.edge_role == "edge" and not self.edge_spool:
@@ -171,6 +276,10 @@ class RunConfig:
         Unknown keys are an error (a typo must not be silently ignored); missing keys take
         the defaults from ``pyproject.toml``. Ints are accepted where floats are expected.
         """
+        renamed = sorted(set(values) & set(RENAMED_KEYS))
+        if renamed:
+            raise ValueError("renamed run-config key(s): " + ", ".join(
+                f"{old!r} is now {RENAMED_KEYS[old]!r}" for old in renamed))
         merged = {**default_run_config(), **values}
         known = {_key(f.name): f for f in fields(cls)}
         unknown = sorted(set(merged) - set(known))
@@ -195,9 +304,31 @@ class RunConfig:
         )
         return Path(self.out_dir).expanduser().resolve() / name
 
+    @property
+    def train_nodes(self) -> int:
+        """Devices sampled to train each round (:func:`sampled_nodes` of ``fraction-train``)."""
+        return sampled_nodes(self.fraction_train, self.num_clients)
+
+    @property
+    def evaluate_nodes(self) -> int:
+        """Devices sampled for federated evaluation each round (0: none)."""
+        return sampled_nodes(self.fraction_evaluate, self.num_clients)
+
     def to_mapping(self) -> dict[str, ConfigValue]:
         """The flat run config this object was built from (round-trips ``from_mapping``)."""
         return {_key(k): v for k, v in dataclasses.asdict(self).items()}
+
+
+def sampled_nodes(fraction: float, num_clients: int) -> int:
+    """Nodes a round samples: ``max(1, ceil(fraction * num_clients))``, or 0 if ``fraction`` is 0.
+
+    Flower's FedAvg family samples ``max(int(fraction * n), min_nodes)`` of ``n`` connected
+    nodes; the strategies are built with ``min_nodes`` = this count, so it is exact. The
+    ``1e-9`` keeps a product such as ``0.3 * 10 = 3.0000000000000004`` at 3.
+    """
+    if fraction == 0.0:
+        return 0
+    return max(1, math.ceil(fraction * num_clients - 1e-9))
 
 
 def _check_robustness(config: RunConfig) -> None:
@@ -213,8 +344,6 @@ def _check_robustness(config: RunConfig) -> None:
     if not 0 <= config.num_malicious_nodes < config.num_clients:
         raise ValueError(f"num-malicious-nodes must lie in [0, num-clients={config.num_clients}), "
                          f"got {config.num_malicious_nodes}")
-    if config.attack not in ATTACKS:
-        raise ValueError(f"attack must be one of {ATTACKS}, got {config.attack!r}")
     if not 0.0 <= config.malicious_fraction < 1.0:
         raise ValueError(
             f"malicious-fraction must lie in [0, 1), got {config.malicious_fraction}"
@@ -222,10 +351,16 @@ def _check_robustness(config: RunConfig) -> None:
 
 
 def _check_privacy(config: RunConfig) -> None:
-    """Validate the DP-SGD, central-DP and resume keys (``fedmosaic.privacy``)."""
-    from fedmosaic.privacy.settings import check_privacy_settings
-
-    check_privacy_settings(config)
+    """Range checks of the DP-SGD and central-DP keys."""
+    if not 0.0 < config.dp_epsilon_budget < math.inf:
+        raise ValueError(f"dp-epsilon-budget must be finite and > 0, got "
+                         f"{config.dp_epsilon_budget}")
+    if not 0.0 < config.delta < 1.0:
+        raise ValueError(f"delta must lie in (0, 1), got {config.delta}")
+    for name in ("max_grad_norm", "central_noise_multiplier", "central_clipping_norm"):
+        value = getattr(config, name)
+        if not 0.0 < value < math.inf:
+            raise ValueError(f"{_key(name)} must be finite and > 0, got {value}")
 
 
 def _key(field_name: str) -> str:
@@ -275,3 +410,26 @@ def parse_overrides(pairs: list[str], config_file: Path | None = None) -> dict[s
             value = raw.strip()
         overrides[key.strip()] = value
     return overrides
+
+
+def config_table() -> str:
+    """The README's configuration table: every key, its default and its meaning (Markdown)."""
+    defaults = default_run_config()
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for field in fields(RunConfig):
+        key = _key(field.name)
+        rows.append(f"| `{key}` | `{_toml_value(defaults[key])}` | {field.metadata['meaning']} |")
+    return "\n".join(rows)
+
+
+def _toml_value(value: ConfigValue) -> str:
+    """``value`` as ``pyproject.toml`` writes it (``"runs"``, ``false``, ``1e-5``)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value).replace("e-0", "e-")
+
+
+if __name__ == "__main__":
+    print(config_table())

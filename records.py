@@ -53,11 +53,14 @@ MODALITIES_HELD = "modalities-held"
 it, else 0 (MoEFusion averages a modality's expert over its holders only)."""
 
 PARTITION_ID = "partition-id"
-"""In a DP-SGD training reply: the device's partition, the key of the server's privacy ledger."""
+"""Node-config key: the device's partition of the dataset; in a DP-SGD training reply: the same
+partition, the key of the server's privacy ledger."""
 DP_EPSILON_SPENT = "dp-epsilon-spent"
 """In a DP-SGD training reply: ε the device's DP-SGD has spent in this run, this round included."""
 DP_EPSILON_BUDGET = "dp-epsilon-budget"
-"""In a DP-SGD training reply: the device's ε budget; in a training config: a new budget."""
+"""The device's DP-SGD ε budget, under one name everywhere: the run-config key (every device's
+default), a node-config key (one device's own), in a training config (a new budget from the
+server), in a DP-SGD training reply (the budget the device trained under)."""
 DP_DELTA = "dp-delta"
 """In a DP-SGD training reply: the δ at which ε is reported."""
 DP_NOISE_MULTIPLIER = "dp-noise-multiplier"
@@ -74,3 +77,19 @@ DP_STEPS = "dp-steps"
 DP_PRIOR_PREFIX = "dp-prior-"
 """Training-config keys ``dp-prior-<partition-id>`` after a server restart: the device's DP-SGD
 segments from before it, flattened ``[σ, q, steps, σ, q, steps, ...]``, from the ledger."""
+
+ATTACKER_TAG = "simulated-attacker"
+"""Simulation only: metric a colluding attacker's reply carries until the server chain's
+colluding attacker (``server/collusion.py``) replaces its arrays."""
+
+
+NUM_PARTITIONS = "num-partitions"
+"""Node-config key: devices in the federation."""
+STATE_DIR = "state-dir"
+"""Node-config key: directory where the device keeps its privacy account across restarts."""
+EDGE_ID = "edge-id"
+"""Node-config key of a device below an edge (its edge) or of an edge SuperNode (its own ID);
+in a device's training reply below an edge: the edge that aggregates it."""
+EDGE_SPOOL = "edge-spool"
+"""Node-config key of an edge SuperNode: the spool directory it shares with its edge's run
+(also the run-config key of that run)."""

@@ -7,9 +7,9 @@ import functools
 import torch
 
 from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import FederatedDataset, load_dataset
 from fedmosaic.models import MultimodalClassifier
 from fedmosaic.models.training import LossWeights
-from fedmosaic.simulation.datasets import FederatedDataset, load_dataset
 
 
 @functools.lru_cache(maxsize=2)

@@ -6,7 +6,7 @@ Claim:
     the pooled data, within a few points.
 
 Method:
-    fedmosaic's app runs as a Ray simulation (``fedmosaic.simulation.launch.run_simulation``)
+    fedmosaic's app runs as a Ray simulation (``fedmosaic.launch.runs.run_simulation``)
     twice, with ``strategy=fedavg`` and with ``strategy=fedprox`` (``proximal-mu`` from
     ``--proximal-mu``), for R rounds of E = ``local-epochs`` epochs; its final central
     accuracy (all subjects' held-out windows, ``dataset.central_test()``) is the federated
@@ -42,9 +42,9 @@ import common
 import torch
 
 from fedmosaic.config import RunConfig
+from fedmosaic.data.modality import MultimodalArrays
+from fedmosaic.launch.runs import run_simulation
 from fedmosaic.models.training import evaluate, make_loader, train
-from fedmosaic.simulation.launch import run_simulation
-from fedmosaic.simulation.modality import MultimodalArrays
 from fedmosaic.task import build_model, cached_dataset, loss_weights
 
 NAME = "accuracy_smartwatch"

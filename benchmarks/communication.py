@@ -36,7 +36,7 @@ below flat FedAvg's), and unprefixed as the weaker of the two datasets:
     everything runs; its figures are not meaningful.
 
 Claim (codec):
-    The codec (``fedmosaic.clients.compression``: top-k, stochastic quantization, wire
+    The codec (``fedmosaic.compression``: top-k, stochastic quantization, wire
     encoding, error-feedback residual) encodes and decodes updates at a speed within a small
     factor of copying them, and shrinks a real update by the ratio the sweep relies on.
 
@@ -69,7 +69,7 @@ import common
 import numpy as np
 import torch
 
-from fedmosaic.clients.compression import CompressionSpec, compress, decode
+from fedmosaic.compression import CompressionSpec, compress, decode
 from fedmosaic.config import RunConfig
 from fedmosaic.models.training import make_loader, train
 from fedmosaic.simulation.inprocess import run_in_process

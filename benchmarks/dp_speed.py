@@ -26,11 +26,10 @@ from typing import Any
 import common
 import torch
 
-from fedmosaic.config import RunConfig
+from fedmosaic.config import GRAD_SAMPLE_MODES, RunConfig
 from fedmosaic.models.training import make_loader, train
 from fedmosaic.privacy.accounting import calibrate_noise_multiplier, poisson_plan
 from fedmosaic.privacy.dp_sgd import train_private
-from fedmosaic.privacy.settings import GRAD_SAMPLE_MODES
 from fedmosaic.task import build_model, cached_dataset, loss_weights
 
 NAME = "dp_speed"

@@ -9,7 +9,7 @@ Method:
     Both apps run on the same Ray simulation runtime (``fedmosaic.simulation.engine``: one
     CPU per ClientApp actor, 10 SuperNodes, one partition per smartwatch subject), each in a
     child process started in a ``ProcessGroup`` so Ray goes away with it, ours via
-    ``fedmosaic.simulation.launch.run_simulation`` and the baseline via ``run_flower_app``.
+    ``fedmosaic.launch.runs.run_simulation`` and the baseline via ``run_flower_app``.
     Both do the same work per round with the same settings (fedmosaic's defaults from its
     ``pyproject.toml``, or ``--local-epochs``): FedAvg with fraction-train 1.0 (10 clients,
     ``local-epochs`` epochs of ``fedmosaic.models.training.train`` on the same model and
@@ -54,9 +54,9 @@ from typing import Any
 import common
 
 from fedmosaic.config import ConfigValue, RunConfig
+from fedmosaic.launch.processes import ProcessGroup
+from fedmosaic.launch.runs import flower_environment, run_simulation
 from fedmosaic.server.recorder import HISTORY_FILE
-from fedmosaic.simulation.launch import flower_environment, run_simulation
-from fedmosaic.simulation.processes import ProcessGroup
 
 if sys.version_info >= (3, 11):
     import tomllib

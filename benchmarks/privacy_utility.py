@@ -21,7 +21,7 @@ parameters, which is why the choice matters (README, "Privacy").
 Method:
     * Accuracy: fedmosaic's real ServerApp and ClientApp run in-process
       (``fedmosaic.simulation.inprocess.run_in_process``), smartwatch, 10 clients (one per
-      subject), once per ε in {1, 3, 8, ∞} with ``dp=true epsilon=ε delta=1e-5`` (ε = ∞:
+      subject), once per ε in {1, 3, 8, ∞} with ``dp=true dp-epsilon-budget=ε delta=1e-5`` (ε = ∞:
       ``dp=false``), same seed and every other key at its default.
     * Membership inference on each run's final checkpoint: members are a random subset of the
       pooled training windows, non-members an equal number of held-out windows (half of the
@@ -71,6 +71,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmosaic import records
 from fedmosaic.clients.app import train_locally
 from fedmosaic.config import RunConfig, default_run_config
+from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.privacy.accounting import calibrate_noise_multiplier, poisson_plan
 from fedmosaic.privacy.attacks.attribute import link_releases
 from fedmosaic.privacy.attacks.inversion import (
@@ -91,13 +92,12 @@ from fedmosaic.privacy.telemetry import (
     sensor_readings,
 )
 from fedmosaic.simulation.inprocess import run_in_process
-from fedmosaic.simulation.modality import MultimodalArrays
 from fedmosaic.task import build_model, cached_dataset, loss_weights
 
 NAME = "privacy_utility"
 EPSILONS = (1.0, 3.0, 8.0, math.inf)
 DELTA = 1e-5
-DP_KEYS = ("dp", "epsilon", "delta")
+DP_KEYS = ("dp", "dp-epsilon-budget", "delta")
 CLIP_KEYS = ("max-grad-norm", "clip-norm", "dp-clip-norm")
 DEFAULT_CLIP_NORM = 1.0
 TARGETS = {"accuracy_loss_points_eps8": ("<=", 2.0), "accuracy_loss_points_eps3": ("<=", 5.0),
@@ -114,7 +114,7 @@ FULL = {"inversion_windows": 8, "inversion_iterations": 400, "shadow_models": 4,
 
 
 def dp_available() -> bool:
-    """Whether the run config has the DP-SGD keys (``dp``, ``epsilon``, ``delta``)."""
+    """Whether the run config has the DP-SGD keys (``dp``, ``dp-epsilon-budget``, ``delta``)."""
     return all(key in default_run_config() for key in DP_KEYS)
 
 
@@ -122,7 +122,7 @@ def dp_overrides(epsilon: float) -> dict[str, Any]:
     """Run-config keys for per-client DP-SGD at ``epsilon`` (∞: no DP)."""
     if math.isinf(epsilon):
         return {"dp": False} if dp_available() else {}
-    return {"dp": True, "epsilon": epsilon, "delta": DELTA}
+    return {"dp": True, "dp-epsilon-budget": epsilon, "delta": DELTA}
 
 
 def clip_norm() -> float:
@@ -277,7 +277,7 @@ def local_training_times(config: RunConfig, repeats: int) -> dict[str, Any]:
         for mode, epsilon in (("plain", math.inf), ("dp", 8.0)):
             run_config = RunConfig.from_mapping({**config.to_mapping(),
                                                  **dp_overrides(epsilon)}).to_mapping()
-            context = Context(run_id=1, node_id=1, node_config={"partition-id": 0},
+            context = Context(run_id=1, node_id=1, node_config={records.PARTITION_ID: 0},
                               state=RecordDict(), run_config=run_config)
             content = RecordDict({records.ARRAYS: arrays, records.CONFIG: ConfigRecord(
                 {records.SERVER_ROUND: 1, records.LEARNING_RATE: config.learning_rate})})

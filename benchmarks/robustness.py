@@ -13,10 +13,11 @@ Method:
     Every cell is one run of the real ServerApp and ClientApp through
     ``fedmosaic.simulation.inprocess.run_in_process`` (no Ray; same seed, data, rounds and
     local epochs in every cell); its figure is the final central accuracy. The attack is the
-    run config's ``attack`` at ``malicious-fraction`` f (``simulation/attacks.py``). The
-    defender is told f: trimming strategies cut ``trim-fraction = max(0.1, f)`` at each end,
-    MultiKrum assumes ``num-malicious-nodes = round(f n)``. No update-norm bound is set, so
-    the figures measure the aggregators (the validator still drops NaN payloads).
+    run config's ``attack`` at ``malicious-fraction`` f (``clients/poisoning.py``,
+    ``server/collusion.py``). The defender is told f: trimming strategies cut
+    ``trim-fraction = max(0.1, f)`` at each end, MultiKrum assumes
+    ``num-malicious-nodes = round(f n)``. No update-norm bound is set, so the
+    figures measure the aggregators (the validator still drops NaN payloads).
     Grids: ``--grid figures`` (default) runs only the cells the three figures need, on the
     smartwatch data (10 clients); ``--grid full`` runs every attack x fraction {0.1, 0.2,
     0.3} x strategy on smartwatch and on synthetic data (``--synthetic-clients``, >= 50).
@@ -55,16 +56,16 @@ from typing import Any
 import common
 import numpy as np
 
+from fedmosaic.config import ATTACKS, COLLUDING_ATTACKS
 from fedmosaic.simulation.inprocess import run_in_process
 
 NAME = "robustness"
 STRATEGIES = ("fedavg", "trimmed-mean", "fedmedian", "multikrum", "moe-fusion-trim")
 ROBUST = STRATEGIES[1:]
-ALL_ATTACKS = ("label-flip", "sign-flip", "gaussian", "scale-10", "scale-100", "alie", "ipm",
-               "nan")
+ALL_ATTACKS = ATTACKS[1:]  # every attack but "none"
 FRACTIONS = (0.1, 0.2, 0.3)
 ATTACKS_30PCT = ("sign-flip", "gaussian", "scale-10", "scale-100")
-ATTACKS_20PCT = ("alie", "ipm")
+ATTACKS_20PCT = COLLUDING_ATTACKS
 TARGETS = {"worst_gap_points_30pct": 3.0, "worst_gap_points_alie_ipm_20pct": 5.0,
            "moe_missing_modality_gain_points": 2.0}
 HALF_MISSING_PROB = 1.0 - 0.5 ** 0.25

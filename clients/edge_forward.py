@@ -12,20 +12,16 @@ from __future__ import annotations
 from flwr.app import Context, Message, MetricRecord, RecordDict
 
 from fedmosaic import records
-from fedmosaic.clients.compression import payload_to_record
-from fedmosaic.server.edge.messages import arrays_of
-from fedmosaic.server.edge.spool import EdgeRequest, EdgeSpool
-from fedmosaic.server.edge.topology import EDGE_ID
+from fedmosaic.compression import arrays_of, payload_to_record
+from fedmosaic.compression.spool import EdgeRequest, EdgeSpool
 
-EDGE_SPOOL = "edge-spool"
-"""Node-config key of an edge SuperNode: the spool directory it shares with its edge run."""
 REPLY_TIMEOUT_SECONDS = 1800.0
 """How long the edge SuperNode waits for its sub-round to finish."""
 
 
 def is_edge_node(context: Context) -> bool:
     """Whether this SuperNode is an edge (its node config names a spool)."""
-    return EDGE_SPOOL in context.node_config
+    return records.EDGE_SPOOL in context.node_config
 
 
 def forward_to_edge(msg: Message, context: Context) -> Message:
@@ -35,15 +31,16 @@ def forward_to_edge(msg: Message, context: Context) -> Message:
         ValueError: if the node config lacks ``edge-id`` or the message lacks ``server-round``.
         RuntimeError: if the edge accepted no device update this round.
     """
-    if EDGE_ID not in context.node_config:
-        raise ValueError(f"an edge SuperNode needs node config '{EDGE_ID}', got keys "
+    if records.EDGE_ID not in context.node_config:
+        raise ValueError(f"an edge SuperNode needs node config '{records.EDGE_ID}', got keys "
                          f"{sorted(context.node_config)}")
     config = dict(msg.content.config_records.get(records.CONFIG, {}))
     if records.SERVER_ROUND not in config:
         raise ValueError(f"expected '{records.SERVER_ROUND}' in the train config, got "
                          f"{sorted(config)}")
-    edge_id, server_round = int(context.node_config[EDGE_ID]), int(config[records.SERVER_ROUND])
-    spool = EdgeSpool(str(context.node_config[EDGE_SPOOL]))
+    edge_id = int(context.node_config[records.EDGE_ID])
+    server_round = int(config[records.SERVER_ROUND])
+    spool = EdgeSpool(str(context.node_config[records.EDGE_SPOOL]))
     spool.put_request(EdgeRequest(edge_id, server_round, arrays_of(msg.content[records.ARRAYS]),
                                   config))
     reply = spool.take_reply(server_round, REPLY_TIMEOUT_SECONDS)

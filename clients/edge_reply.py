@@ -14,15 +14,15 @@ import torch
 from flwr.app import ArrayRecord, Context, MetricRecord, RecordDict
 
 from fedmosaic import records
-from fedmosaic.clients.compression import (
+from fedmosaic.compression import (
     CompressionSpec,
+    arrays_of,
+    arrays_record,
     compress,
     payload_to_record,
-    residual_from_record,
-    residual_to_record,
 )
+from fedmosaic.compression.topology import device_edge
 from fedmosaic.config import RunConfig
-from fedmosaic.server.edge.topology import EDGE_ID, device_edge
 
 
 def compressed_delta(trained: dict[str, torch.Tensor], global_arrays: ArrayRecord,
@@ -35,10 +35,10 @@ def compressed_delta(trained: dict[str, torch.Tensor], global_arrays: ArrayRecor
     delta = {name: tensor.detach().cpu().numpy() - global_arrays[name].numpy()
              for name, tensor in trained.items()}
     state = context.state
-    residual = (residual_from_record(state[records.DEVICE_RESIDUAL])
+    residual = (arrays_of(state[records.DEVICE_RESIDUAL])
                 if records.DEVICE_RESIDUAL in state.array_records else None)
     payload, new_residual = compress(delta, spec, residual, rng)
-    state[records.DEVICE_RESIDUAL] = residual_to_record(new_residual)
+    state[records.DEVICE_RESIDUAL] = arrays_record(new_residual)
     return payload_to_record(payload)
 
 
@@ -47,10 +47,10 @@ def edge_reply_content(trained: dict[str, torch.Tensor], global_arrays: ArrayRec
                        server_round: int) -> RecordDict:
     """Reply content for the edge: ``compressed-delta`` and ``metrics`` with ``edge-id``."""
     edge_id = device_edge(context.node_config, config.num_clients, config.num_edges)
-    partition = int(context.node_config.get("partition-id", edge_id))
+    partition = int(context.node_config.get(records.PARTITION_ID, edge_id))
     rng = np.random.default_rng([config.seed, partition, server_round])
     spec = CompressionSpec(topk_ratio=config.device_topk, bits=config.device_bits)
     return RecordDict({
         records.COMPRESSED_DELTA: compressed_delta(trained, global_arrays, spec, context, rng),
-        records.METRICS: MetricRecord({**metrics, EDGE_ID: edge_id}),
+        records.METRICS: MetricRecord({**metrics, records.EDGE_ID: edge_id}),
     })

@@ -1,9 +1,9 @@
 """The ClientApp's DP-SGD round: budget, calibration, the refusal rule and the account.
 
 A device's ε budget is, first match wins: the training config's ``dp-epsilon-budget`` (the
-server changes budgets between rounds this way), the node config's ``epsilon``, the
-``privacy-budgets`` file's entry for the partition, the run config's ``epsilon``. Its σ is
-calibrated once, for the budget and the rounds still planned (again only when the budget
+server changes budgets between rounds this way), the node config's ``dp-epsilon-budget``,
+the ``privacy-budgets`` file's entry for the partition, the run config's ``dp-epsilon-budget``.
+Its σ is calibrated once, for the budget and the rounds still planned (again only when the budget
 changes). A device whose next round would push its ε past the budget does not train and says
 so (``dp-refused = 1``). After a server restart the training config may carry the device's
 segments from before it (``dp-prior-<partition-id>``, from the server's ledger); a device
@@ -25,16 +25,13 @@ from torch.utils.data import DataLoader
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig, tomllib
+from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import TrainResult
 from fedmosaic.privacy.accounting import Segment, calibrate_noise_multiplier, poisson_plan
 from fedmosaic.privacy.client_account import ClientPrivacyAccount
 from fedmosaic.privacy.dp_sgd import train_private
-from fedmosaic.simulation.modality import ModalitySpec
 from fedmosaic.task import loss_weights
-
-STATE_DIR_KEY = "state-dir"
-"""Node-config key of the directory where a device keeps its privacy account across restarts."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +71,7 @@ def read_budget_file(path: str) -> dict[int, float]:
     return budgets
 
 
-def client_budget(config: RunConfig, node_config: Mapping[str, Any], partition_id: int,
+def client_epsilon_budget(config: RunConfig, node_config: Mapping[str, Any], partition_id: int,
                   received: Mapping[str, Any]) -> float:
     """The device's ε budget (module docstring for the order of precedence).
 
@@ -84,16 +81,16 @@ def client_budget(config: RunConfig, node_config: Mapping[str, Any], partition_i
     """
     if records.DP_EPSILON_BUDGET in received:
         source, value = "training config", received[records.DP_EPSILON_BUDGET]
-    elif "epsilon" in node_config:
-        source, value = "node config", node_config["epsilon"]
+    elif records.DP_EPSILON_BUDGET in node_config:
+        source, value = "node config", node_config[records.DP_EPSILON_BUDGET]
     elif config.privacy_budgets and partition_id in read_budget_file(config.privacy_budgets):
         source, value = "privacy-budgets", read_budget_file(config.privacy_budgets)[partition_id]
     else:
-        source, value = "run config", config.epsilon
-    budget = float(value)
-    if not 0.0 < budget < math.inf:
+        source, value = "run config", config.dp_epsilon_budget
+    epsilon_budget = float(value)
+    if not 0.0 < epsilon_budget < math.inf:
         raise ValueError(f"epsilon budget ({source}) must be finite and > 0, got {value!r}")
-    return budget
+    return epsilon_budget
 
 
 def account_file(config: RunConfig, context: Context, partition_id: int) -> Path | None:
@@ -102,7 +99,7 @@ def account_file(config: RunConfig, context: Context, partition_id: int) -> Path
     ``None`` without a node-config ``state-dir``; ``<run>`` is the run name, or
     ``run-<run id>`` if the run has none.
     """
-    state_dir = context.node_config.get(STATE_DIR_KEY)
+    state_dir = context.node_config.get(records.STATE_DIR)
     if not state_dir:
         return None
     run_key = config.run_name or f"run-{context.run_id}"
@@ -174,18 +171,18 @@ def train_private_round(
     prior = received.get(f"{records.DP_PRIOR_PREFIX}{partition_id}")
     if not account.history and prior:  # a restarted server's ledger: spend from before
         account.history = prior_segments(prior)
-    budget = client_budget(config, context.node_config, partition_id, received)
+    epsilon_budget = client_epsilon_budget(config, context.node_config, partition_id, received)
     sample_rate, steps, _ = poisson_plan(len(loader.dataset), config.batch_size,
                                          config.local_epochs, 1)
     server_round = int(received.get(records.SERVER_ROUND, 1))
     rounds_left = max(1, config.num_server_rounds - server_round + 1)
     refused = False
-    if account.budget != budget or account.noise_multiplier <= 0.0:
+    if account.epsilon_budget != epsilon_budget or account.noise_multiplier <= 0.0:
         try:
-            sigma = calibrate_noise_multiplier(budget, config.delta, sample_rate,
+            sigma = calibrate_noise_multiplier(epsilon_budget, config.delta, sample_rate,
                                                steps * rounds_left, tuple(account.history),
                                                config.dp_accountant)
-            account.budget, account.noise_multiplier = budget, sigma
+            account.epsilon_budget, account.noise_multiplier = epsilon_budget, sigma
         except ValueError:  # the history alone exhausts the new budget
             refused = True
     segment = (Segment(account.noise_multiplier, sample_rate, steps)
@@ -193,7 +190,7 @@ def train_private_round(
     spent_after = (account.spent_after(segment, config.delta, config.dp_accountant)
                    if segment is not None and not refused else math.inf)
     result = None
-    if spent_after <= budget:
+    if spent_after <= epsilon_budget:
         result = train_private(model, loader, specs, epochs=config.local_epochs,
                                learning_rate=learning_rate, weights=loss_weights(config),
                                noise_multiplier=account.noise_multiplier,
@@ -206,7 +203,7 @@ def train_private_round(
         records.PARTITION_ID: partition_id,
         records.DP_EPSILON_SPENT: (spent_after if result is not None
                                    else account.spent(config.delta, config.dp_accountant)),
-        records.DP_EPSILON_BUDGET: budget,
+        records.DP_EPSILON_BUDGET: epsilon_budget,
         records.DP_DELTA: config.delta,
         records.DP_NOISE_MULTIPLIER: account.noise_multiplier,
         records.DP_REFUSED: int(result is None),

@@ -13,13 +13,13 @@ from flwr.app import ConfigRecord, Context
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.privacy.telemetry import (
     TelemetryLedger,
     release_telemetry,
     sensor_fields,
     sensor_readings,
 )
-from fedmosaic.simulation.modality import ModalitySpec, MultimodalArrays
 
 
 def publish_telemetry(

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fedmosaic.config import SENSOR_ENCODERS
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec
+from fedmosaic.data.modality import ModalityKind, ModalitySpec
 
 _GROUPS = 4
 

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.models.balance import gate_balance_loss
 from fedmosaic.models.consistency import cross_modal_consistency
 from fedmosaic.models.encoders import build_encoder
 from fedmosaic.models.fusion import HierarchicalMoEFusion
 from fedmosaic.models.initialisation import he_initialise
 from fedmosaic.models.probabilistic import ProbabilisticHead, gaussian_kl
-from fedmosaic.simulation.modality import ModalitySpec
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
-from fedmosaic.simulation.modality import ModalitySpec, MultimodalArrays
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from fedmosaic.privacy.settings import ACCOUNTANTS
+from fedmosaic.config import ACCOUNTANTS
 
 RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
 """Rényi orders α of the RDP accountant (Opacus's defaults, also ``dp-accounting``'s)."""

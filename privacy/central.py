@@ -4,7 +4,7 @@ McMahan et al. 2018, "Learning Differentially Private Recurrent Language Models"
 arXiv:1710.06963): each round, every sampled device's update :math:`\Delta_k` is clipped to norm
 :math:`C` (on the server, ``central-dp=server``, Flower's
 ``DifferentialPrivacyServerSideFixedClipping``; or on the device, ``central-dp=client``,
-``DifferentialPrivacyClientSideFixedClipping`` with :func:`clip_update` in the ClientApp), the
+``DifferentialPrivacyClientSideFixedClipping`` with :func:`clip_model_update` in the ClientApp), the
 strategy aggregates, and the server adds :math:`\mathcal{N}(0, (zC/m)^2 I)` for :math:`m`
 sampled devices.
 
@@ -32,8 +32,8 @@ from flwr.serverapp.strategy import (
 )
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, compute_clip_model_update
 
+from fedmosaic.config import CENTRAL_DP_MODES
 from fedmosaic.privacy.accounting import Segment, epsilon_spent
-from fedmosaic.privacy.settings import CENTRAL_DP_MODES
 
 WRAPPERS = {"server": DifferentialPrivacyServerSideFixedClipping,
             "client": DifferentialPrivacyClientSideFixedClipping}
@@ -44,7 +44,7 @@ def wrap_central_dp(strategy: Strategy, mode: str, noise_multiplier: float,
     """``strategy`` inside Flower's fixed-clipping wrapper for ``mode`` (``none``: unchanged).
 
     Raises:
-        ValueError: If ``mode`` is not one of :data:`~fedmosaic.privacy.settings.CENTRAL_DP_MODES`
+        ValueError: If ``mode`` is not one of :data:`~fedmosaic.config.CENTRAL_DP_MODES`
             or ``num_sampled_clients < 1``.
 
     """

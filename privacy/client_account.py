@@ -27,13 +27,14 @@ class ClientPrivacyAccount:
 
     Attributes:
         history: Segments run so far, oldest first.
-        budget: The ε budget :attr:`noise_multiplier` was calibrated for (0.0: none yet).
-        noise_multiplier: σ calibrated for :attr:`budget` (0.0: none yet).
+        epsilon_budget: The ε budget :attr:`noise_multiplier` was calibrated for (0.0: none
+            yet).
+        noise_multiplier: σ calibrated for :attr:`epsilon_budget` (0.0: none yet).
 
     """
 
     history: list[Segment] = field(default_factory=list)
-    budget: float = 0.0
+    epsilon_budget: float = 0.0
     noise_multiplier: float = 0.0
 
     def spent(self, delta: float, accountant: str) -> float:
@@ -50,7 +51,7 @@ class ClientPrivacyAccount:
             "noise-multiplier": [s.noise_multiplier for s in self.history],
             "sample-rate": [s.sample_rate for s in self.history],
             "steps": [s.steps for s in self.history],
-            "budget": self.budget,
+            "epsilon-budget": self.epsilon_budget,
             "calibrated-noise-multiplier": self.noise_multiplier,
         })
 
@@ -62,7 +63,7 @@ class ClientPrivacyAccount:
             ValueError: If a key is missing or the history lists differ in length.
 
         """
-        expected = ("noise-multiplier", "sample-rate", "steps", "budget",
+        expected = ("noise-multiplier", "sample-rate", "steps", "epsilon-budget",
                     "calibrated-noise-multiplier")
         missing = [key for key in expected if key not in record]
         if missing:
@@ -76,7 +77,7 @@ class ClientPrivacyAccount:
         return cls(
             history=[Segment(float(s), float(q), int(n))
                      for s, q, n in zip(sigmas, rates, steps, strict=True)],
-            budget=float(record["budget"]),
+            epsilon_budget=float(record["epsilon-budget"]),
             noise_multiplier=float(record["calibrated-noise-multiplier"]),
         )
 

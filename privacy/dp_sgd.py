@@ -36,10 +36,10 @@ import torch
 from opacus import PrivacyEngine
 from torch.utils.data import DataLoader
 
+from fedmosaic.config import GRAD_SAMPLE_MODES
+from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import LossWeights, TrainResult, train
-from fedmosaic.privacy.settings import GRAD_SAMPLE_MODES
-from fedmosaic.simulation.modality import ModalitySpec
 
 DEFAULT_GRAD_SAMPLE_MODE = "hooks"
 

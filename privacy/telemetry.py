@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.privacy.exceptions import BudgetExhausted
 from fedmosaic.privacy.laplace import BoundedLaplace
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec, MultimodalArrays
 
 BUDGET_SLACK = 1e-9
 """Relative float tolerance when comparing a sum of ε to a budget."""

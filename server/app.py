@@ -1,10 +1,11 @@
-"""The cloud ServerApp: run the strategy, evaluate centrally, record and checkpoint each round."""
+"""The cloud ServerApp: run the server chain, evaluate centrally, record and checkpoint rounds."""
 
 from __future__ import annotations
 
 import logging
 import random
 import time
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -13,13 +14,14 @@ from flwr.serverapp import Grid, ServerApp
 from fedmosaic import records
 from fedmosaic.config import RunConfig
 from fedmosaic.models.training import evaluate, make_loader
+from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.server.chain import build_chain
 from fedmosaic.server.edge.edge_server import serve_edge
-from fedmosaic.server.edge.hierarchy import cloud_config, edge_traffic, with_edge_tier
-from fedmosaic.server.privacy_ledger import with_privacy
+from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
+from fedmosaic.server.privacy_ledger import resume
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
 from fedmosaic.server.traffic import MeteredStrategy
-from fedmosaic.server.validation import rejected_updates
-from fedmosaic.strategies.registry import build_strategy
+from fedmosaic.server.validation import ValidatingStrategy
 from fedmosaic.task import build_model, cached_dataset
 
 log = logging.getLogger("fedmosaic")
@@ -52,9 +54,13 @@ def main(grid: Grid, context: Context) -> None:
     dataset = cached_dataset(config)
     model = build_model(config, dataset)
     test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
-    private = with_privacy(config, model, lambda around_aggregator: build_strategy(
-        cloud_config(config), around_aggregator))  # ledger; central DP inside validation
-    strategy = MeteredStrategy(with_edge_tier(config, private))
+    ledger, resumed_round = PrivacyLedger(accountant=config.dp_accountant), 0
+    if config.resume_from:  # the global weights into ``model``, the ledger from the checkpoint
+        ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
+    chain = build_chain(config, ledger, round_offset=resumed_round)
+    traffic_meter = chain.get(MeteredStrategy)
+    validation = chain.get(ValidatingStrategy)
+    edge_tier = chain.find(HierarchicalStrategy)
     recorder = RunRecorder(run_dir, config.to_mapping())
     round_started = time.time()
 
@@ -67,9 +73,9 @@ def main(grid: Grid, context: Context) -> None:
             recorder.initial_accuracy = central.accuracy
             round_started = time.time()
             return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
-        traffic = strategy.rounds[server_round]
-        train_metrics = strategy.train_metrics.get(server_round)
-        eval_metrics = strategy.evaluate_metrics.get(server_round)
+        traffic = traffic_meter.rounds[server_round]
+        train_metrics = traffic_meter.train_metrics.get(server_round)
+        eval_metrics = traffic_meter.evaluate_metrics.get(server_round)
         recorder.record_round(RoundRecord(
             round=server_round,
             accuracy=central.accuracy,
@@ -82,27 +88,27 @@ def main(grid: Grid, context: Context) -> None:
             federated_loss=_metric(eval_metrics, records.EVAL_LOSS),
             replies=traffic.replies_up,
             failed_replies=traffic.failed_replies,
-            rejected=rejected_updates(strategy, server_round),
-            **edge_traffic(strategy, server_round),
+            rejected=validation.rejected.get(server_round, 0),
+            **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
         recorder.checkpoint(server_round, model.state_dict(), {
             "round": server_round,
             "strategy": config.strategy,
-            "traffic": {r: vars(t) for r, t in strategy.rounds.items()},
-            "privacy": private.ledger.state_dict(),
+            "traffic": {r: vars(t) for r, t in traffic_meter.rounds.items()},
+            "privacy": ledger.state_dict(),
         })
-        recorder.add_scalars(private.ledger.scalars(), server_round)
+        recorder.add_scalars(ledger.scalars(), server_round)
         round_started = time.time()
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
-    strategy.start(
+    chain.strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=config.num_server_rounds,
         train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
         evaluate_fn=evaluate_and_record,
     )
-    summary = recorder.finish({"privacy": private.ledger.state_dict()})
+    summary = recorder.finish({"privacy": ledger.state_dict()})
     log.info("final accuracy %.4f after %d rounds; outputs in %s",
              summary["final_accuracy"], summary["rounds"], run_dir)
 

@@ -1,9 +1,4 @@
-"""The privacy ledger around any strategy: record DP replies, drop refusals, change budgets.
-
-The chain :func:`with_privacy` builds, outermost first::
-
-    PrivacyLedgerStrategy -> [colluding attackers] -> ValidatingStrategy
-        -> CentralDPAccounting -> Flower's central-DP wrapper -> aggregator
+"""The privacy ledger's stages of the server chain: device spend and budgets, central-DP spend.
 
 :class:`PrivacyLedgerStrategy` sits outside the update validator (which would reject a
 refusal's ``num-examples = 0``), so every device that trained has its spend entered, also
@@ -11,24 +6,24 @@ when its update is then rejected: it spent the budget all the same. Central DP's
 and noise sit inside the validator, so they only ever see validated updates (Flower's
 wrapper would clip a wrong-shaped update by broadcasting, and skips the whole round when one
 reply is an error), and :class:`CentralDPAccounting` accounts the round from exactly the
-replies that were aggregated. Each round the ledger strategy
+replies that were aggregated (the order is ``server/chain.py``'s). Each round the ledger
+strategy
 
 * enters every DP-SGD reply into the :class:`~fedmosaic.privacy.ledger.PrivacyLedger` and
   passes on only the replies of devices that trained;
-* restores the ledger and the global model from a checkpoint (``resume-from``);
+* continues a ledger restored from a checkpoint (``resume-from``, :func:`resume`);
 * after a restart, sends every device its segments from before it (``dp-prior-<id>``), so a
   device that lost its own account still counts them against its budget;
 * sends a device a new ε budget (``dp-epsilon-budget`` in its training config) after
-  :meth:`PrivacyLedgerStrategy.set_budget`, copying the message content FedAvg shares across
-  its messages before editing it.
+  :meth:`PrivacyLedgerStrategy.set_epsilon_budget`, copying the message content FedAvg
+  shares across its messages before editing it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -37,8 +32,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
-from fedmosaic.config import RunConfig
-from fedmosaic.privacy.central import central_epsilon, round_noise_multiplier, wrap_central_dp
+from fedmosaic.privacy.central import central_epsilon, round_noise_multiplier
 from fedmosaic.privacy.ledger import CentralEntry, PrivacyLedger
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
@@ -49,7 +43,7 @@ class PrivacyLedgerStrategy(StrategyWrapper):
     """Delegates to ``strategy``; keeps ``ledger`` (module docstring).
 
     Args:
-        strategy: Any Flower strategy (in a run, the validated chain of the module docstring).
+        strategy: Any Flower strategy (in a run, the next stage of the server chain).
         ledger: The ledger to update (a fresh one, or one restored from a checkpoint).
         round_offset: Rounds already run before this run (resumed from a checkpoint); the
             ledger counts this run's round ``r`` as ``round_offset + r``.
@@ -60,21 +54,21 @@ class PrivacyLedgerStrategy(StrategyWrapper):
         super().__init__(strategy)
         self.round_offset = round_offset
         self.ledger = ledger
-        self.budgets: dict[int, float] = {}
+        self.epsilon_budgets: dict[int, float] = {}
         self._restored = {pid: dataclasses.replace(entry, segments=list(entry.segments))
                           for pid, entry in ledger.devices.items()} if round_offset else {}
         self._node_partition: dict[int, int] = {}
 
-    def set_budget(self, partition_id: int, epsilon: float) -> None:
-        """Send device ``partition_id`` the budget ``epsilon`` from its next training message.
+    def set_epsilon_budget(self, partition_id: int, epsilon_budget: float) -> None:
+        """Send device ``partition_id`` the ε budget from its next training message on.
 
         Raises:
-            ValueError: If ``epsilon`` is not finite and > 0.
+            ValueError: If ``epsilon_budget`` is not finite and > 0.
 
         """
-        if not 0.0 < epsilon < float("inf"):
-            raise ValueError(f"epsilon must be finite and > 0, got {epsilon}")
-        self.budgets[partition_id] = float(epsilon)
+        if not 0.0 < epsilon_budget < float("inf"):
+            raise ValueError(f"epsilon_budget must be finite and > 0, got {epsilon_budget}")
+        self.epsilon_budgets[partition_id] = float(epsilon_budget)
 
 
     def configure_train(
@@ -85,7 +79,8 @@ class PrivacyLedgerStrategy(StrategyWrapper):
         priors = self._prior_segments()
         for message in messages:
             partition_id = self._node_partition.get(message.metadata.dst_node_id)
-            budget = self.budgets.get(partition_id) if partition_id is not None else None
+            budget = (self.epsilon_budgets.get(partition_id) if partition_id is not None
+                      else None)
             if budget is None and not priors:
                 continue
             content = RecordDict(dict(message.content.items()))
@@ -172,38 +167,6 @@ class CentralDPAccounting(StrategyWrapper):
             entry.epsilon_spent = central_epsilon(  # type: ignore[union-attr]
                 entry.round_noise_multipliers, self.delta)  # type: ignore[union-attr]
         return arrays, metrics
-
-
-def with_privacy(config: RunConfig, model: torch.nn.Module,
-                 build: Callable[[Callable[[Strategy], Strategy]], Strategy]
-                 ) -> PrivacyLedgerStrategy:
-    """The ledger around ``build(around_aggregator)``; honours ``resume-from``.
-
-    ``build`` makes the validated strategy and applies ``around_aggregator`` to its bare
-    aggregator (:func:`~fedmosaic.strategies.registry.build_strategy`); with ``central-dp``
-    that puts central DP and its accounting inside validation (module docstring). With
-    ``resume-from=PATH`` (a ``checkpoints/round-NNN.pt`` of an earlier run) the global
-    weights are loaded into ``model`` and the ledger continues from the checkpoint's.
-
-    Raises:
-        ValueError: If the checkpoint is missing, or its model does not fit ``model``.
-
-    """
-    ledger, resumed_round = PrivacyLedger(accountant=config.dp_accountant), 0
-    if config.resume_from:
-        ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
-    sampled = max(1, math.ceil(config.fraction_train * config.num_clients))
-
-    def around_aggregator(aggregator: Strategy) -> Strategy:
-        if config.central_dp == "none":
-            return aggregator
-        wrapped = wrap_central_dp(aggregator, config.central_dp,
-                                  config.central_noise_multiplier,
-                                  config.central_clipping_norm, sampled)
-        return CentralDPAccounting(wrapped, ledger, config.central_dp,
-                                   config.central_noise_multiplier, sampled, config.delta)
-
-    return PrivacyLedgerStrategy(build(around_aggregator), ledger, round_offset=resumed_round)
 
 
 def resume(checkpoint: Path, model: torch.nn.Module) -> tuple[PrivacyLedger, int]:

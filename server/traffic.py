@@ -18,6 +18,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from fedmosaic.strategies.wrapper import StrategyWrapper
+
 
 def message_bytes(message: Message) -> int:
     """Serialized size of ``message``: its content and metadata, as Flower sends them."""
@@ -49,7 +51,7 @@ class RoundTraffic:
                 self.replies_up += 1
 
 
-class MeteredStrategy(Strategy):
+class MeteredStrategy(StrategyWrapper):
     """Delegates every hook to ``strategy`` and records the traffic of each round.
 
     Works with any ``flwr.serverapp.strategy.Strategy``; ``rounds[r]`` holds round ``r``'s
@@ -58,14 +60,10 @@ class MeteredStrategy(Strategy):
     """
 
     def __init__(self, strategy: Strategy) -> None:
-        self.strategy = strategy
+        super().__init__(strategy)
         self.rounds: dict[int, RoundTraffic] = defaultdict(RoundTraffic)
         self.train_metrics: dict[int, MetricRecord | None] = {}
         self.evaluate_metrics: dict[int, MetricRecord | None] = {}
-
-    def summary(self) -> None:
-        """Log the wrapped strategy's summary."""
-        self.strategy.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -234,16 +234,3 @@ class ValidatingStrategy(StrategyWrapper):
         node = reply.metadata.src_node_id
         if node not in self.declared and isinstance(size, int) and size > 0:
             self.declared[node] = size
-
-
-def rejected_updates(strategy: Strategy, server_round: int) -> int | None:
-    """Replies rejected in ``server_round`` by the validator in ``strategy``'s wrapper chain.
-
-    Returns:
-        The count, or ``None`` if no :class:`ValidatingStrategy` is in the chain.
-    """
-    while not isinstance(strategy, ValidatingStrategy):
-        strategy = getattr(strategy, "strategy", None)  # type: ignore[assignment]
-        if strategy is None:
-            return None
-    return strategy.rejected.get(server_round, 0)

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedmosaic import records
 from fedmosaic.config import ConfigValue, RunConfig, default_run_config
 
 log = logging.getLogger("fedmosaic")
@@ -141,7 +142,7 @@ def run_in_process(overrides: dict[str, Any], server_app: ServerApp | None = Non
     config = RunConfig.from_mapping(overrides)
     run_config = {**default_run_config(), **config.to_mapping()}
     node_configs: list[dict[str, ConfigValue]] = [
-        {"partition-id": i, "num-partitions": config.num_clients}
+        {records.PARTITION_ID: i, records.NUM_PARTITIONS: config.num_clients}
         for i in range(config.num_clients)
     ]
     grid = InProcessGrid(client_app or default_client_app, node_configs, run_config)

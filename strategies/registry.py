@@ -1,4 +1,4 @@
-"""Map the run config's ``strategy`` to a configured strategy, behind the update validator.
+"""Map the run config's ``strategy`` to a configured aggregation strategy.
 
 Names: ``fedavg`` (McMahan et al. 2017, arXiv:1602.05629), ``fedprox`` (Li et al. 2020,
 arXiv:1812.06127; sends ``proximal-mu``, which our ClientApp adds as ``mu/2 ||w - w_global||^2``),
@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
-from collections.abc import Callable
 from typing import Any
 
 from flwr.serverapp.strategy import (
@@ -39,8 +37,6 @@ from flwr.serverapp.strategy import (
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
-from fedmosaic.server.validation import ValidatingStrategy
-from fedmosaic.simulation.attacks import COLLUDING_ATTACKS, CollusionSimulation
 from fedmosaic.strategies.moe_fusion import MoEFusion
 from fedmosaic.strategies.trimmed_mean import TrimmedMean
 from fedmosaic.task import build_model, cached_dataset
@@ -56,40 +52,19 @@ TRIMMING = ("fedtrimmedavg", "trimmed-mean", "moe-fusion-trim")
 """Names whose ``beta`` is the run config's ``trim-fraction`` (``moe-fusion`` trims nothing)."""
 
 
-def build_strategy(config: RunConfig,
-                   around_aggregator: Callable[[Strategy], Strategy] | None = None) -> Strategy:
-    """The strategy ``config.strategy``, wrapped by the update validator.
-
-    ``around_aggregator`` wraps the bare aggregator inside the validator, so whatever it adds
-    (central DP: :func:`~fedmosaic.server.privacy_ledger.with_privacy`) only sees validated
-    updates. With ``attack`` ``alie`` or ``ipm`` the simulation's colluding attacker
-    (:class:`~fedmosaic.simulation.attacks.CollusionSimulation`) sits in front of the
-    validator, so the defences see the crafted updates.
-    """
-    aggregator = build_aggregator(config)
-    if around_aggregator is not None:
-        aggregator = around_aggregator(aggregator)
-    strategy: Strategy = ValidatingStrategy(
-        aggregator, max_norm=config.max_update_norm or math.inf,
-        min_replies=config.min_valid_replies)
-    if config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0:
-        strategy = CollusionSimulation(strategy, config.attack)
-    return strategy
-
-
 def build_aggregator(config: RunConfig) -> Strategy:
     """The bare strategy ``config.strategy`` with sampling set from the run config.
 
-    Every sampled round waits for ``ceil(fraction * num_clients)`` nodes (at least one), so
-    round 1 does not start before the SuperNodes have connected.
+    Every sampled round waits for ``RunConfig.train_nodes`` nodes, so round 1 does not start
+    before the SuperNodes have connected. The server chain (``server/chain.py``) puts the
+    aggregator behind validation and the other stages.
     """
     cls = strategy_class(config.strategy)
-    train_nodes = _nodes(config.fraction_train, config.num_clients)
     candidates: dict[str, Any] = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": config.fraction_evaluate,
-        "min_train_nodes": train_nodes,
-        "min_evaluate_nodes": _nodes(config.fraction_evaluate, config.num_clients),
+        "min_train_nodes": config.train_nodes,
+        "min_evaluate_nodes": config.evaluate_nodes,
         "min_available_nodes": config.num_clients,
         "weighted_by_key": records.NUM_EXAMPLES,
         "arrayrecord_key": records.ARRAYS,
@@ -97,7 +72,7 @@ def build_aggregator(config: RunConfig) -> Strategy:
         "proximal_mu": config.proximal_mu,
         "beta": config.trim_fraction if config.strategy in TRIMMING else 0.0,
         "num_malicious_nodes": config.num_malicious_nodes,
-        "num_nodes_to_select": max(1, train_nodes - config.num_malicious_nodes),
+        "num_nodes_to_select": max(1, config.train_nodes - config.num_malicious_nodes),
         "client_learning_rate": config.learning_rate,
     }
     if cls is MoEFusion:
@@ -150,10 +125,3 @@ def modality_prefixes(config: RunConfig) -> dict[str, tuple[str, ...]]:
     dataset = cached_dataset(config)
     model = build_model(config, dataset)
     return {spec.name: model.modality_parameter_prefixes(spec.name) for spec in dataset.specs}
-
-
-def _nodes(fraction: float, num_clients: int) -> int:
-    """Nodes a round samples: ``max(1, ceil(fraction * num_clients))``, or 0 if disabled."""
-    if fraction == 0.0:
-        return 0
-    return max(1, math.ceil(fraction * num_clients - 1e-9))

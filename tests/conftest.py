@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedmosaic.simulation.processes import processes_with_env
+from fedmosaic.launch.processes import processes_with_env
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,16 @@
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
-from fedmosaic.config import RunConfig, default_run_config, parse_overrides
+from fedmosaic.config import (
+    RunConfig,
+    config_table,
+    default_run_config,
+    parse_overrides,
+    sampled_nodes,
+)
 
 
 def test_defaults_come_from_pyproject():
@@ -102,3 +112,41 @@ def test_run_dir_uses_the_run_name(tmp_path):
     config = RunConfig.from_mapping({"out-dir": str(tmp_path), "run-name": "trial"})
 
     assert config.run_dir() == tmp_path / "trial"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_every_key_is_documented_once_and_the_readme_table_is_generated_from_it():
+    keys = [f.name.replace("_", "-") for f in dataclasses.fields(RunConfig)]
+
+    assert sorted(default_run_config()) == sorted(keys)  # pyproject.toml has every default
+    assert all(f.metadata["meaning"] for f in dataclasses.fields(RunConfig))
+    assert config_table() in README.read_text(), (
+        "README's configuration table differs from the RunConfig fields; regenerate it with "
+        "`python -m fedmosaic.config`")
+    assert config_table().splitlines()[2] == '| `run-name` | `""` | run folder name; empty: ' \
+                                             '`<dataset>-<strategy>-<timestamp>` |'
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("sensor-encoder", "wavelets"), ("device-bits", 7), ("edge-role", "fog"),
+    ("attack", "poison"), ("dp-accountant", "gdp"), ("central-dp", "local"),
+])
+def test_a_value_outside_a_keys_choices_names_them(key, value):
+    choices = next(f.metadata["choices"] for f in dataclasses.fields(RunConfig)
+                   if f.name == key.replace("-", "_"))
+
+    with pytest.raises(ValueError, match=rf"{key} must be one of {re.escape(str(choices))}, "
+                                         rf"got {re.escape(repr(value))}"):
+        RunConfig.from_mapping({key: value})
+
+
+def test_a_renamed_key_says_its_new_name():
+    with pytest.raises(ValueError, match="'epsilon' is now 'dp-epsilon-budget'"):
+        RunConfig.from_mapping({"epsilon": 3.0})
+
+
+def test_sampled_nodes_matches_what_flower_samples():
+    assert [sampled_nodes(f, 10) for f in (0.0, 0.01, 0.25, 0.3, 1.0)] == [0, 1, 3, 3, 10]
+    assert RunConfig.from_mapping({"fraction-train": 0.3}).train_nodes == 3

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from fedmosaic.simulation.deployment import deploy_locally
-from fedmosaic.simulation.launch import run_simulation
+from fedmosaic.launch.deployment import deploy_locally
+from fedmosaic.launch.runs import run_simulation
 
 QUICK = ["-c", "num-server-rounds=2", "-c", "local-epochs=1"]
 

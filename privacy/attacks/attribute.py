@@ -25,9 +25,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import make_loader, split_batch
-from fedmosaic.simulation.modality import ModalitySpec, MultimodalArrays
 
 MAX_ITERATIONS = 2000
 """Iterations of the logistic regression's solver."""

@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import LossWeights
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec, MultimodalArrays
 
 
 @dataclass(frozen=True)

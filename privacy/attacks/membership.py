@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import LossWeights, make_loader, split_batch, train
-from fedmosaic.simulation.modality import ModalitySpec, MultimodalArrays
 
 MIN_SHADOW_MODELS = 2
 """A per-candidate variance needs at least two shadow models."""

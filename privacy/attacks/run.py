@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import FederatedDataset
+from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.privacy.attacks.attribute import reidentify, shared_embeddings
 from fedmosaic.privacy.attacks.membership import loss_threshold_attack
-from fedmosaic.simulation.datasets import FederatedDataset
-from fedmosaic.simulation.modality import MultimodalArrays
 from fedmosaic.task import build_model, cached_dataset
 
 CHECKPOINT_PATTERN = re.compile(r"round-(\d+)\.pt")

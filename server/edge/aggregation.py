@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedmosaic.clients.compression import CompressionSpec, compress, decode
+from fedmosaic.compression import CompressionSpec, compress, decode
 
 log = logging.getLogger("fedmosaic")
 

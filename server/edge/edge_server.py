@@ -20,18 +20,16 @@ from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmosaic import records
-from fedmosaic.clients.compression import CompressionSpec
+from fedmosaic.compression import arrays_record
+from fedmosaic.compression.spool import EdgeReply, EdgeSpool
+from fedmosaic.compression.topology import edge_of
 from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import EdgeAggregator
+from fedmosaic.server.edge.configured import edge_aggregator
 from fedmosaic.server.edge.messages import (
-    arrays_record,
     edge_aggregate_content,
     receive_device_replies,
 )
-from fedmosaic.server.edge.robust import edge_combiner
-from fedmosaic.server.edge.spool import EdgeReply, EdgeSpool
-from fedmosaic.server.edge.topology import edge_of
-from fedmosaic.server.validation import update_validator
 
 log = logging.getLogger("fedmosaic")
 
@@ -64,14 +62,11 @@ def wait_for_devices(grid: Grid, count: int, timeout: float) -> list[int]:
 def serve_edge(grid: Grid, config: RunConfig) -> None:
     """Serve ``num-server-rounds`` cloud rounds from the spool ``config.edge_spool``."""
     spool = EdgeSpool(config.edge_spool)
-    spec = CompressionSpec(topk_ratio=config.edge_topk, bits=config.edge_bits)
     aggregator: EdgeAggregator | None = None
     for server_round in range(1, config.num_server_rounds + 1):
         request = spool.take_request(server_round, REQUEST_TIMEOUT_SECONDS)
         if aggregator is None:
-            aggregator = EdgeAggregator(
-                request.edge_id, spec, update_validator(config), config.seed,
-                edge_combiner(config.edge_aggregation, config.trim_fraction))
+            aggregator = edge_aggregator(config, request.edge_id)
         devices = wait_for_devices(
             grid, expected_devices(request.edge_id, config.num_clients, config.num_edges),
             DEVICE_TIMEOUT_SECONDS)

@@ -17,35 +17,35 @@ messages.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
-from fedmosaic.clients.compression import CompressionSpec, decode, payload_from_record
+from fedmosaic.compression import (
+    arrays_of,
+    arrays_record,
+    decode,
+    payload_from_record,
+)
 from fedmosaic.config import RunConfig
-from fedmosaic.server.edge.aggregation import Arrays, EdgeAggregator, UpdateValidator
+from fedmosaic.server.edge.aggregation import Arrays, EdgeAggregator
+from fedmosaic.server.edge.configured import edge_aggregator
 from fedmosaic.server.edge.messages import (
     EDGE_ACCEPTED,
     EDGE_BYTES_IN,
     EDGE_REJECTED,
     EDGE_TIER_METRICS,
-    arrays_of,
-    arrays_record,
     edge_aggregate_content,
     is_edge_aggregate,
     receive_device_replies,
 )
-from fedmosaic.server.edge.robust import Combiner, edge_combiner
 from fedmosaic.server.traffic import message_bytes
-from fedmosaic.server.validation import update_validator
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -66,24 +66,36 @@ class HierarchicalStrategy(StrategyWrapper):
 
     Args:
         strategy: the cloud strategy; it sees one reply per edge.
-        num_edges: edges (device replies must report ``edge-id`` in ``[0, num_edges)``).
-        edge_spec: compression of the edge→cloud hop.
-        validate: validator each edge applies to every decoded device update.
-        seed: seeds the edges' stochastic rounding.
-        combine: how each edge combines its accepted deltas (default: weighted average;
-            :func:`~fedmosaic.server.edge.robust.edge_combiner`).
+        edges: one aggregator per edge, ``edges[e].edge_id == e`` (device replies must report
+            ``edge-id`` in ``[0, len(edges))``).
     """
 
-    def __init__(self, strategy: Strategy, num_edges: int, edge_spec: CompressionSpec,
-                 validate: UpdateValidator, seed: int = 0,
-                 combine: Combiner | None = None) -> None:
-        if num_edges < 1:
-            raise ValueError(f"num_edges must be >= 1, got {num_edges}")
+    def __init__(self, strategy: Strategy, edges: Sequence[EdgeAggregator]) -> None:
+        if not edges:
+            raise ValueError("an edge tier needs at least one edge, got none")
+        if [edge.edge_id for edge in edges] != list(range(len(edges))):
+            raise ValueError(f"edges must be ordered by edge ID 0..{len(edges) - 1}, got IDs "
+                             f"{[edge.edge_id for edge in edges]}")
         super().__init__(strategy)
-        self.edges = [EdgeAggregator(e, edge_spec, validate, seed, combine)
-                      for e in range(num_edges)]
+        self.edges = list(edges)
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
         self._global: dict[int, Arrays] = {}
+
+    @classmethod
+    def from_config(cls, strategy: Strategy, config: RunConfig) -> HierarchicalStrategy:
+        """``strategy`` behind the config's ``num-edges`` edges (``configured.edge_aggregator``)."""
+        return cls(strategy, [edge_aggregator(config, e) for e in range(config.num_edges)])
+
+    def round_traffic(self, server_round: int) -> dict[str, int]:
+        """A round's edge-tier traffic, as :class:`~fedmosaic.server.recorder.RoundRecord` fields.
+
+        Returns:
+            ``bytes_device_to_edge``, ``bytes_edge_to_cloud`` and ``edge_rejected_updates``.
+        """
+        hops = self.hops[server_round]
+        return {"bytes_device_to_edge": hops.bytes_device_to_edge,
+                "bytes_edge_to_cloud": hops.bytes_edge_to_cloud,
+                "edge_rejected_updates": hops.rejected_updates}
 
     def summary(self) -> None:
         """Log the edge tier and the cloud strategy's summary."""
@@ -154,44 +166,3 @@ def as_weights(sent: Message, reference: Arrays) -> Message:
                             if k not in EDGE_TIER_METRICS})
     content = RecordDict({records.ARRAYS: arrays_record(weights), records.METRICS: metrics})
     return Message(content, metadata=copy.copy(sent.metadata))
-
-
-def cloud_config(config: RunConfig) -> RunConfig:
-    """The config the cloud strategy is built from.
-
-    With ``edge-role=cloud`` (deployment) the run's SuperNodes are the edges: the cloud
-    strategy samples and waits for ``num-edges`` nodes and sends no federated evaluation (the
-    edges hold no data; the cloud still evaluates centrally). Otherwise ``config`` itself.
-    """
-    if config.num_edges and config.edge_role == "cloud":
-        return dataclasses.replace(config, num_clients=config.num_edges, fraction_evaluate=0.0)
-    return config
-
-
-def with_edge_tier(config: RunConfig, strategy: Strategy) -> Strategy:
-    """``strategy`` (built from :func:`cloud_config`) behind ``num-edges`` edges, if any."""
-    if config.num_edges == 0:
-        return strategy
-    return HierarchicalStrategy(
-        strategy, config.num_edges,
-        CompressionSpec(topk_ratio=config.edge_topk, bits=config.edge_bits),
-        update_validator(config), seed=config.seed,
-        combine=edge_combiner(config.edge_aggregation, config.trim_fraction),
-    )
-
-
-def edge_traffic(strategy: Strategy, server_round: int) -> dict[str, Any]:
-    """A round's edge-tier traffic, for :class:`~fedmosaic.server.recorder.RoundRecord`.
-
-    Returns:
-        ``bytes_device_to_edge``, ``bytes_edge_to_cloud`` and ``edge_rejected_updates`` if
-        ``strategy`` is (or wraps) a :class:`HierarchicalStrategy`, else ``{}``.
-    """
-    while not isinstance(strategy, HierarchicalStrategy):
-        strategy = getattr(strategy, "strategy", None)  # type: ignore[assignment]
-        if strategy is None:
-            return {}
-    hops = strategy.hops[server_round]
-    return {"bytes_device_to_edge": hops.bytes_device_to_edge,
-            "bytes_edge_to_cloud": hops.bytes_edge_to_cloud,
-            "edge_rejected_updates": hops.rejected_updates}

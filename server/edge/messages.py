@@ -14,13 +14,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
 from fedmosaic import records
-from fedmosaic.clients.compression import payload_from_record, payload_to_record
-from fedmosaic.server.edge.aggregation import Arrays, DeviceUpdate, EdgeAggregate
-from fedmosaic.server.edge.topology import EDGE_ID
+from fedmosaic.compression import payload_from_record, payload_to_record
+from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregate
 from fedmosaic.server.traffic import message_bytes
 
 EDGE_ACCEPTED = "edge-accepted"
@@ -38,16 +36,6 @@ class MalformedReplyError(ValueError):
     """A device reply lacks what the edge tier needs; the reply is rejected."""
 
 
-def arrays_of(record: ArrayRecord) -> Arrays:
-    """The record's arrays as NumPy arrays, in the record's order."""
-    return {name: array.numpy() for name, array in record.items()}
-
-
-def arrays_record(arrays: Arrays) -> ArrayRecord:
-    """An ArrayRecord holding ``arrays`` in their order."""
-    return ArrayRecord({name: Array(np.ascontiguousarray(a)) for name, a in arrays.items()})
-
-
 def device_update_from_reply(reply: Message) -> tuple[int, DeviceUpdate]:
     """The edge ID a device reports and its update.
 
@@ -63,21 +51,22 @@ def device_update_from_reply(reply: Message) -> tuple[int, DeviceUpdate]:
             f"reply, got array records {sorted(content.array_records)}"
         )
     metrics = content.metric_records.get(records.METRICS)
-    missing = [k for k in (records.NUM_EXAMPLES, EDGE_ID) if metrics is None or k not in metrics]
+    missing = [k for k in (records.NUM_EXAMPLES, records.EDGE_ID)
+               if metrics is None or k not in metrics]
     if missing:
         raise MalformedReplyError(
             f"device {device}: expected metrics {missing} in the reply's "
             f"{records.METRICS!r} record, got {sorted(metrics or {})}"
         )
     scalars = {k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
-               if k not in (records.NUM_EXAMPLES, EDGE_ID) and isinstance(v, int | float)}
+               if k not in (records.NUM_EXAMPLES, records.EDGE_ID) and isinstance(v, int | float)}
     update = DeviceUpdate(
         device=device,
         payload=payload_from_record(content[records.COMPRESSED_DELTA]),
         num_examples=int(metrics[records.NUM_EXAMPLES]),  # type: ignore[arg-type, index]
         metrics=scalars,
     )
-    return int(metrics[EDGE_ID]), update  # type: ignore[arg-type, index]
+    return int(metrics[records.EDGE_ID]), update  # type: ignore[arg-type, index]
 
 
 @dataclass

@@ -6,8 +6,8 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedmosaic import records
 from fedmosaic.clients.app import evaluate_locally, train_locally
+from fedmosaic.clients.poisoning import malicious_partitions
 from fedmosaic.config import RunConfig
-from fedmosaic.simulation.attacks import malicious_partitions
 from fedmosaic.task import build_model, cached_dataset
 
 RUN_CONFIG = {"local-epochs": 1, "num-clients": 10}

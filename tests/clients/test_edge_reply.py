@@ -3,11 +3,9 @@ import torch
 from flwr.app import Context, MetricRecord, RecordDict
 
 from fedmosaic import records
-from fedmosaic.clients.compression import CompressionSpec, decode, payload_from_record
 from fedmosaic.clients.edge_reply import compressed_delta, edge_reply_content
+from fedmosaic.compression import CompressionSpec, arrays_record, decode, payload_from_record
 from fedmosaic.config import RunConfig
-from fedmosaic.server.edge.messages import arrays_record
-from fedmosaic.server.edge.topology import EDGE_ID
 
 GLOBAL = arrays_record({"w": np.zeros(4, np.float32)})
 
@@ -45,6 +43,6 @@ def test_the_reply_reports_the_edge_and_carries_the_payload_instead_of_weights()
                                  context({"partition-id": 7}), server_round=1)
 
     assert records.ARRAYS not in content
-    assert content[records.METRICS][EDGE_ID] == 1  # floor(7 * 2 / 10)
+    assert content[records.METRICS][records.EDGE_ID] == 1  # floor(7 * 2 / 10)
     assert content[records.METRICS][records.NUM_EXAMPLES] == 12
     np.testing.assert_allclose(sent(content[records.COMPRESSED_DELTA]), np.ones(4))

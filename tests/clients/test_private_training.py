@@ -6,14 +6,18 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedmosaic import records
 from fedmosaic.clients import private_training
 from fedmosaic.clients.app import train_locally
-from fedmosaic.clients.private_training import client_budget, prior_segments, read_budget_file
+from fedmosaic.clients.private_training import (
+    client_epsilon_budget,
+    prior_segments,
+    read_budget_file,
+)
 from fedmosaic.config import RunConfig
 from fedmosaic.privacy.accounting import Segment
 from fedmosaic.privacy.client_account import ClientPrivacyAccount
 from fedmosaic.task import build_model, cached_dataset
 
 RUN_CONFIG = {"local-epochs": 1, "num-clients": 10, "num-server-rounds": 3, "dp": True,
-              "epsilon": 3.0}
+              "dp-epsilon-budget": 3.0}
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +69,7 @@ def test_a_client_with_an_exhausted_budget_never_trains(monkeypatch):
         raise AssertionError("a client over its budget trained")
 
     monkeypatch.setattr(private_training, "train_private", must_not_train)
-    spent = ClientPrivacyAccount(history=[Segment(0.6, 1.0, 50)], budget=3.0,
+    spent = ClientPrivacyAccount(history=[Segment(0.6, 1.0, 50)], epsilon_budget=3.0,
                                  noise_multiplier=0.6)
     ctx = context(state=RecordDict({records.DP_ACCOUNT: spent.to_record()}))
 
@@ -130,10 +134,10 @@ def test_budget_precedence(tmp_path):
     budgets.write_text("2 = 5.0\n3 = 7.0\n")
     config = RunConfig.from_mapping({**RUN_CONFIG, "privacy-budgets": str(budgets)})
 
-    assert client_budget(config, {}, 2, {records.DP_EPSILON_BUDGET: 1.5}) == 1.5
-    assert client_budget(config, {"epsilon": 2.5}, 2, {}) == 2.5
-    assert client_budget(config, {}, 2, {}) == 5.0
-    assert client_budget(config, {}, 4, {}) == 3.0
+    assert client_epsilon_budget(config, {}, 2, {records.DP_EPSILON_BUDGET: 1.5}) == 1.5
+    assert client_epsilon_budget(config, {"dp-epsilon-budget": 2.5}, 2, {}) == 2.5
+    assert client_epsilon_budget(config, {}, 2, {}) == 5.0
+    assert client_epsilon_budget(config, {}, 4, {}) == 3.0
 
 
 @pytest.mark.parametrize("text, message", [
@@ -153,4 +157,4 @@ def test_a_bad_budget_from_the_server_is_rejected():
     config = RunConfig.from_mapping(RUN_CONFIG)
 
     with pytest.raises(ValueError, match="training config"):
-        client_budget(config, {}, 0, {records.DP_EPSILON_BUDGET: 0.0})
+        client_epsilon_budget(config, {}, 0, {records.DP_EPSILON_BUDGET: 0.0})

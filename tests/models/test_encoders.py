@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec
 from fedmosaic.models.encoders import (
     AudioEncoder,
     ImageEncoder,
@@ -9,7 +10,6 @@ from fedmosaic.models.encoders import (
     TokenEncoder,
     build_encoder,
 )
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec
 
 SPECS = {
     ModalityKind.IMAGE: (ModalitySpec("cam", ModalityKind.IMAGE, (3, 8, 8)), ImageEncoder),

@@ -3,9 +3,9 @@ import math
 import torch
 from torch import nn
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec
 from fedmosaic.models.initialisation import he_initialise
 from fedmosaic.models.multimodal import MultimodalClassifier
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec
 
 
 def test_he_initialise_draws_weights_with_variance_two_over_fan_in_and_zero_bias():

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec
 from fedmosaic.models.multimodal import ModelOutput, MultimodalClassifier
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec
 
 SPECS = (
     ModalitySpec("cam", ModalityKind.IMAGE, (1, 8, 8)),

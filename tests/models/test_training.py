@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import (
     LossWeights,
@@ -10,7 +11,6 @@ from fedmosaic.models.training import (
     split_batch,
     train,
 )
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec, MultimodalArrays
 
 SPECS = (
     ModalitySpec("acc", ModalityKind.SENSOR, (2, 16)),

@@ -6,7 +6,7 @@ from fedmosaic.privacy.client_account import ClientPrivacyAccount
 
 def account():
     return ClientPrivacyAccount(history=[Segment(1.1, 0.2, 5), Segment(1.1, 0.2, 5)],
-                                budget=3.0, noise_multiplier=1.1)
+                                epsilon_budget=3.0, noise_multiplier=1.1)
 
 
 def test_record_round_trip():
@@ -32,7 +32,7 @@ def test_spent_after_adds_one_segment():
 
 @pytest.mark.parametrize("record, message", [
     ({"noise-multiplier": [1.0]}, "lacks keys"),
-    ({"noise-multiplier": [1.0], "sample-rate": [], "steps": [1], "budget": 1.0,
+    ({"noise-multiplier": [1.0], "sample-rate": [], "steps": [1], "epsilon-budget": 1.0,
       "calibrated-noise-multiplier": 1.0}, "equal lengths"),
 ])
 def test_malformed_records_are_rejected(record, message):

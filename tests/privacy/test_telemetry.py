@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.privacy.exceptions import BudgetExhausted
 from fedmosaic.privacy.telemetry import (
     TelemetryField,
@@ -11,7 +12,6 @@ from fedmosaic.privacy.telemetry import (
     sensor_fields,
     sensor_readings,
 )
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec, MultimodalArrays
 
 HEART = TelemetryField("heart-rate", 40.0, 200.0, epsilon=0.5, budget=1.2)
 STEPS = TelemetryField("steps", 0.0, 1000.0, epsilon=0.25, budget=1.0)

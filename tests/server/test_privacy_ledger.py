@@ -7,10 +7,10 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fedmosaic import records
+from fedmosaic.clients.poisoning import malicious_partitions
 from fedmosaic.privacy.central import round_noise_multiplier
 from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy
-from fedmosaic.simulation.attacks import malicious_partitions
 from fedmosaic.simulation.inprocess import run_in_process
 from fedmosaic.task import cached_dataset
 
@@ -64,7 +64,7 @@ def test_a_new_budget_reaches_only_its_device(train_reply):
     strategy = PrivacyLedgerStrategy(inner, PrivacyLedger())
     strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, dp_metrics(3, False), node=7)])
 
-    strategy.set_budget(3, 0.5)
+    strategy.set_epsilon_budget(3, 0.5)
     messages = strategy.configure_train(2, None, None, None)
 
     configs = {m.metadata.dst_node_id: m.content[records.CONFIG] for m in messages}
@@ -75,11 +75,11 @@ def test_a_new_budget_reaches_only_its_device(train_reply):
 
 def test_a_bad_budget_is_rejected():
     with pytest.raises(ValueError, match="epsilon"):
-        PrivacyLedgerStrategy(RecordingStrategy(), PrivacyLedger()).set_budget(0, -1.0)
+        PrivacyLedgerStrategy(RecordingStrategy(), PrivacyLedger()).set_epsilon_budget(0, -1.0)
 
 
 RUN = {"num-clients": 3, "num-server-rounds": 2, "local-epochs": 1, "dp": True,
-       "epsilon": 2.0, "fraction-evaluate": 0.0}
+       "dp-epsilon-budget": 2.0, "fraction-evaluate": 0.0}
 
 
 def test_dp_run_ledger_and_resume_from_checkpoint(tmp_path):

@@ -7,11 +7,9 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedmosaic.config import RunConfig
-from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import (
     RejectedUpdate,
     ValidatingStrategy,
-    rejected_updates,
     update_norm,
     update_validator,
     validate_update,
@@ -83,8 +81,6 @@ def test_the_wrapper_drops_bad_replies_counts_them_and_averages_the_rest(train_r
     assert strategy.rejected[1] == 3
     assert sorted(strategy.reasons[1]) == ["non-finite", "norm", "num-examples"]
     assert "rejected the update of node 3" in caplog.text
-    assert rejected_updates(MeteredStrategy(strategy), 1) == 3
-    assert rejected_updates(FedAvg(), 1) is None
 
 
 def test_a_node_cannot_claim_more_examples_than_it_first_declared(train_reply):

@@ -6,7 +6,6 @@ from flwr.serverapp.strategy import (
     Bulyan,
     FedAdam,
     FedAvg,
-    FedMedian,
     FedProx,
     FedTrimmedAvg,
     Krum,
@@ -15,11 +14,9 @@ from flwr.serverapp.strategy import (
 )
 
 from fedmosaic.config import RunConfig
-from fedmosaic.server.validation import ValidatingStrategy
-from fedmosaic.simulation.attacks import CollusionSimulation
 from fedmosaic.simulation.inprocess import run_in_process
 from fedmosaic.strategies.moe_fusion import MoEFusion
-from fedmosaic.strategies.registry import STRATEGIES, build_aggregator, build_strategy
+from fedmosaic.strategies.registry import STRATEGIES, build_aggregator
 from fedmosaic.strategies.trimmed_mean import TrimmedMean
 
 README = Path(__file__).parents[2] / "README.md"
@@ -75,18 +72,6 @@ def test_moe_fusion_knows_each_modality_expert():
     assert list(strategy.modality_prefixes) == ["accelerometer", "gyroscope"]
     assert strategy.modality_prefixes["gyroscope"] == (
         "encoders.gyroscope.", "heads.gyroscope.", "fusion.level1.1.")
-
-
-def test_the_run_strategy_sits_behind_the_validator_and_the_collusion_harness():
-    plain = build_strategy(RunConfig.from_mapping({"strategy": "fedmedian",
-                                                   "max-update-norm": 3.0}))
-    attacked = build_strategy(RunConfig.from_mapping({"attack": "alie",
-                                                      "malicious-fraction": 0.2}))
-
-    assert isinstance(plain, ValidatingStrategy) and isinstance(plain.strategy, FedMedian)
-    assert plain.max_norm == 3.0
-    assert isinstance(attacked, CollusionSimulation)
-    assert isinstance(attacked.strategy, ValidatingStrategy)
 
 
 def test_module_path_loads_a_user_strategy():

@@ -12,8 +12,8 @@ import functools
 import torch
 from torch.utils.data import DataLoader
 
+from fedmosaic.data.smartwatch import SmartwatchDataset
 from fedmosaic.models import LossWeights, MultimodalClassifier, training
-from fedmosaic.simulation.smartwatch import SmartwatchDataset
 
 EVAL_BATCH_SIZE = 256
 

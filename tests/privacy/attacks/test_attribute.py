@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.privacy.attacks.attribute import link_releases, reidentify, shared_embeddings
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec, MultimodalArrays
 
 
 def test_reidentify_separable_subjects_perfectly_and_reports_chance():

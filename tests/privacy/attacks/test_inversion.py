@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import LossWeights
 from fedmosaic.privacy.attacks.inversion import (
@@ -14,7 +15,6 @@ from fedmosaic.privacy.attacks.inversion import (
     reconstruction_quality,
     sensor_target,
 )
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec, MultimodalArrays
 
 SPECS = (ModalitySpec("accel", ModalityKind.SENSOR, (2, 16)),
          ModalitySpec("log", ModalityKind.TOKENS, (4,), vocab_size=6))

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import LossWeights, make_loader, train
 from fedmosaic.privacy.attacks.membership import (
@@ -12,7 +13,6 @@ from fedmosaic.privacy.attacks.membership import (
     membership_metrics,
     train_shadow_models,
 )
-from fedmosaic.simulation.modality import ModalityKind, ModalitySpec, MultimodalArrays
 
 SPECS = (ModalitySpec("vib", ModalityKind.SENSOR, (1, 16)),)
 WEIGHTS = LossWeights(kl=0.0, consistency=0.0)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedmosaic.clients.compression import CompressionSpec, compress, decode
+from fedmosaic.compression import CompressionSpec, compress, decode
 from fedmosaic.server.edge.aggregation import (
     DeviceUpdate,
     EdgeAggregator,

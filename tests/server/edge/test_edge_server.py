@@ -5,12 +5,11 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedmosaic import records
 from fedmosaic.clients.app import app as client_app
-from fedmosaic.clients.compression import decode, payload_from_record
-from fedmosaic.clients.edge_forward import EDGE_SPOOL, forward_to_edge
+from fedmosaic.clients.edge_forward import forward_to_edge
+from fedmosaic.compression import arrays_record, decode, payload_from_record
 from fedmosaic.config import RunConfig, default_run_config
 from fedmosaic.server.edge.edge_server import expected_devices, serve_edge
-from fedmosaic.server.edge.messages import EDGE_ACCEPTED, arrays_record
-from fedmosaic.server.edge.topology import EDGE_ID
+from fedmosaic.server.edge.messages import EDGE_ACCEPTED
 from fedmosaic.simulation.inprocess import InProcessGrid
 from fedmosaic.task import build_model, cached_dataset
 
@@ -26,10 +25,10 @@ def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
                                      "local-epochs": 1, "edge-role": "edge",
                                      "edge-spool": str(spool)})
     run_config = {**default_run_config(), **config.to_mapping()}
-    devices = [{"partition-id": p, "num-partitions": 4, EDGE_ID: 0} for p in (0, 1)]
+    devices = [{"partition-id": p, "num-partitions": 4, records.EDGE_ID: 0} for p in (0, 1)]
     grid = InProcessGrid(client_app, devices, run_config)
     edge_context = Context(run_id=1, node_id=99, state=RecordDict(), run_config=run_config,
-                           node_config={EDGE_ID: 0, EDGE_SPOOL: str(spool)})
+                           node_config={records.EDGE_ID: 0, records.EDGE_SPOOL: str(spool)})
     dataset = cached_dataset(config)
     global_arrays = {k: v.numpy() for k, v in build_model(config, dataset).state_dict().items()}
     served = threading.Thread(target=serve_edge, args=(grid, config), daemon=True)

@@ -7,12 +7,17 @@ from flwr.app import ConfigRecord, Message, Metadata, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
-from fedmosaic.clients.compression import CompressionSpec, compress, payload_to_record
-from fedmosaic.server.edge.aggregation import EdgeAggregate
-from fedmosaic.server.edge.hierarchy import HierarchicalStrategy, edge_traffic
-from fedmosaic.server.edge.messages import arrays_of, arrays_record, edge_aggregate_content
-from fedmosaic.server.edge.topology import EDGE_ID
-from fedmosaic.server.traffic import MeteredStrategy, message_bytes
+from fedmosaic.compression import (
+    CompressionSpec,
+    arrays_of,
+    arrays_record,
+    compress,
+    payload_to_record,
+)
+from fedmosaic.server.edge.aggregation import EdgeAggregate, EdgeAggregator
+from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
+from fedmosaic.server.edge.messages import edge_aggregate_content
+from fedmosaic.server.traffic import message_bytes
 from fedmosaic.simulation.inprocess import run_in_process
 
 LOSSLESS = CompressionSpec()
@@ -46,11 +51,15 @@ def accept_all(update, reference, num_examples):
     pass
 
 
+def lossless_edges(count):
+    return [EdgeAggregator(e, LOSSLESS, accept_all) for e in range(count)]
+
+
 def reply(delta, num_examples, edge_id):
     payload, _ = compress(delta, LOSSLESS, None, np.random.default_rng(0))
     content = RecordDict({
         records.COMPRESSED_DELTA: payload_to_record(payload),
-        records.METRICS: MetricRecord({records.NUM_EXAMPLES: num_examples, EDGE_ID: edge_id,
+        records.METRICS: MetricRecord({records.NUM_EXAMPLES: num_examples, records.EDGE_ID: edge_id,
                                        records.TRAIN_LOSS: float(num_examples)}),
     })
     return as_reply(content)
@@ -70,7 +79,7 @@ def run_round(strategy, replies):
 
 def test_the_cloud_strategy_sees_one_reply_per_edge_with_the_edge_weights():
     cloud = Recording()
-    hierarchy = HierarchicalStrategy(cloud, 2, LOSSLESS, accept_all)
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2))
     replies = [reply({"w": np.array([1.0, 0.0, 0.0], np.float32)}, 1, 0),
                reply({"w": np.array([4.0, 0.0, 0.0], np.float32)}, 3, 0),
                reply({"w": np.array([0.0, 2.0, 0.0], np.float32)}, 2, 1)]
@@ -88,13 +97,13 @@ def test_the_cloud_strategy_sees_one_reply_per_edge_with_the_edge_weights():
 
 
 def test_bytes_are_counted_per_hop_from_the_serialized_messages():
-    hierarchy = HierarchicalStrategy(Recording(), 1, LOSSLESS, accept_all)
+    hierarchy = HierarchicalStrategy(Recording(), lossless_edges(1))
     replies = [reply({"w": np.ones(3, np.float32)}, 1, 0), reply({"w": np.ones(3, np.float32)},
                                                                    1, 0)]
 
     run_round(hierarchy, replies)
 
-    traffic = edge_traffic(MeteredStrategy(hierarchy), 1)
+    traffic = hierarchy.round_traffic(1)
     assert traffic["bytes_device_to_edge"] == sum(message_bytes(r) for r in replies)
     # one edge message, carrying the same kind of payload as one device reply
     assert 0 < traffic["bytes_edge_to_cloud"] < traffic["bytes_device_to_edge"]
@@ -103,10 +112,10 @@ def test_bytes_are_counted_per_hop_from_the_serialized_messages():
 
 def test_malformed_device_replies_are_rejected_and_counted():
     cloud = Recording()
-    hierarchy = HierarchicalStrategy(cloud, 2, LOSSLESS, accept_all)
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2))
     good = reply({"w": np.ones(3, np.float32)}, 1, 1)
     no_payload = as_reply(RecordDict({records.METRICS: MetricRecord({records.NUM_EXAMPLES: 1,
-                                                                      EDGE_ID: 0})}))
+                                                                      records.EDGE_ID: 0})}))
     no_edge = as_reply(RecordDict({
         records.COMPRESSED_DELTA: good.content[records.COMPRESSED_DELTA],
         records.METRICS: MetricRecord({records.NUM_EXAMPLES: 1})}))
@@ -121,7 +130,7 @@ def test_malformed_device_replies_are_rejected_and_counted():
 
 def test_replies_of_deployed_edges_are_taken_as_sent():
     cloud = Recording()
-    hierarchy = HierarchicalStrategy(cloud, 2, LOSSLESS, accept_all)
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2))
     payload, _ = compress({"w": np.array([2.0, 0.0, 0.0], np.float32)}, LOSSLESS, None,
                           np.random.default_rng(0))
     aggregate = EdgeAggregate(edge_id=1, payload=payload, num_examples=5,
@@ -138,10 +147,6 @@ def test_replies_of_deployed_edges_are_taken_as_sent():
     assert (hops.bytes_device_to_edge, hops.accepted_updates, hops.rejected_updates) == (
         1234, 2, 1)
     assert hops.bytes_edge_to_cloud == message_bytes(from_edge)
-
-
-def test_without_an_edge_tier_there_is_no_edge_traffic():
-    assert edge_traffic(MeteredStrategy(Recording()), 1) == {}
 
 
 RUN = {"num-clients": 4, "num-server-rounds": 1, "local-epochs": 1, "fraction-evaluate": 0.0,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flwr.serverapp.strategy import FedAvg
 
-from fedmosaic.clients.compression import CompressionSpec, compress, decode
+from fedmosaic.compression import CompressionSpec, compress, decode
 from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregator, weighted_average
-from fedmosaic.server.edge.hierarchy import with_edge_tier
+from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.edge.robust import edge_combiner
 from fedmosaic.server.validation import validate_update
 from fedmosaic.simulation.inprocess import run_in_process
@@ -69,7 +69,7 @@ def test_the_run_config_reaches_every_simulated_edge():
     config = RunConfig.from_mapping({"num-clients": 10, "num-edges": 2,
                                      "edge-aggregation": "median"})
 
-    edges = with_edge_tier(config, FedAvg()).edges
+    edges = HierarchicalStrategy.from_config(FedAvg(), config).edges
 
     for edge in edges:
         np.testing.assert_allclose(edge.combine(DELTAS, EXAMPLES)["w"], [3.0, -3.0])

@@ -1,0 +1,230 @@
+"""A device's training round as a pipeline of stages over one :class:`DeviceRound`.
+
+:data:`TRAIN_STAGES` lists the stages in the order they run, one line each; every stage is a
+plain function ``stage(state) -> None`` that reads what earlier stages left in the
+:class:`DeviceRound` and adds its own part. A stage may finish the round early by setting
+``state.reply`` and ``state.finished`` (DP-SGD refusing to exceed the budget); the remaining
+stages are then skipped.
+Adding a stage (an anonymizer before training, secure-aggregation masking before the reply)
+is one function and one line in :data:`TRAIN_STAGES`.
+
+==================  ==========================================================================
+stage               contract
+==================  ==========================================================================
+load_partition      ``train_arrays``: the device's training split (node config partition)
+poison_data         simulation only: a malicious device's data poisoning (label flips)
+train_model         ``model`` trained from the global weights, ``result``, DP-SGD ``metrics``;
+                    plain training, or DP-SGD with ``dp=true`` (a refusal sets ``reply``)
+clip_update         ``central-dp=client``: ``w ← w_g + clip(w − w_g, C)``
+poison_model        simulation only: a malicious device's model poisoning
+reply_update        ``reply``: the full weights, or below an edge the compressed delta
+attach_telemetry    ``telemetry=true``: local-DP sensor summaries added to ``reply``
+==================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from fedmosaic import records
+from fedmosaic.clients.edge_reply import edge_reply_content
+from fedmosaic.clients.poisoning import ClientAttack
+from fedmosaic.clients.private_training import train_private_round
+from fedmosaic.clients.telemetry import publish_telemetry
+from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import FederatedDataset
+from fedmosaic.data.modality import MultimodalArrays
+from fedmosaic.models.multimodal import MultimodalClassifier
+from fedmosaic.models.training import TrainResult, make_loader, train
+from fedmosaic.privacy.central import clip_model_update
+from fedmosaic.task import build_model, cached_dataset, loss_weights
+
+
+def partition_id(context: Context) -> int:
+    """The device's partition, from its node config.
+
+    Raises:
+        ValueError: if the node config has no ``partition-id``.
+    """
+    if records.PARTITION_ID not in context.node_config:
+        raise ValueError(
+            f"node config needs '{records.PARTITION_ID}' (e.g. flower-supernode "
+            f"--node-config '{records.PARTITION_ID}=0'), got keys "
+            f"{sorted(context.node_config)}"
+        )
+    return int(context.node_config[records.PARTITION_ID])
+
+
+@dataclass
+class DeviceRound:
+    """What one training round of a device carries from stage to stage.
+
+    Attributes:
+        message: The server's training message (global ``arrays``, training ``config``).
+        context: The ClientApp's context (node config, persistent ``state``).
+        config: The run config.
+        dataset: The run's dataset.
+        partition_id: The device's partition.
+        received: The training message's config record (``lr``, ``server-round``, ...).
+        attack: The device's simulated behaviour (a no-op on honest devices).
+        train_arrays: The training samples (``load_partition``, ``poison_data``).
+        model: The model, holding the trained weights after ``train_model``.
+        result: The training result.
+        metrics: Reply metrics added by the stages (DP-SGD's ``dp-*``).
+        reply: The reply content.
+        finished: Set by a stage that ends the round early; later stages are skipped.
+    """
+
+    message: Message
+    context: Context
+    config: RunConfig
+    dataset: FederatedDataset
+    partition_id: int
+    received: dict[str, Any]
+    attack: ClientAttack
+    train_arrays: MultimodalArrays | None = None
+    model: MultimodalClassifier | None = None
+    result: TrainResult | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reply: RecordDict | None = None
+    finished: bool = False
+
+    @classmethod
+    def start(cls, message: Message, context: Context) -> DeviceRound:
+        """The state before the first stage: config, dataset and the device's identity."""
+        config = RunConfig.from_mapping(context.run_config)
+        device = partition_id(context)
+        return cls(message=message, context=context, config=config,
+                   dataset=cached_dataset(config), partition_id=device,
+                   received=dict(message.content.config_records.get(records.CONFIG, {})),
+                   attack=ClientAttack.for_partition(config, device))
+
+    @property
+    def global_arrays(self) -> ArrayRecord:
+        """The global weights the round trains from."""
+        return self.message.content[records.ARRAYS]
+
+    @property
+    def server_round(self) -> int:
+        """The cloud's round (0 if the strategy does not send it)."""
+        return int(self.received.get(records.SERVER_ROUND, 0))
+
+
+Stage = Callable[[DeviceRound], None]
+
+
+def load_partition(state: DeviceRound) -> None:
+    """The device's training split of its partition."""
+    state.train_arrays, _ = state.dataset.partition(state.partition_id)
+
+
+def poison_data(state: DeviceRound) -> None:
+    """Simulation only: the training data as a malicious device uses it."""
+    state.train_arrays = state.attack.poison_data(state.train_arrays, state.dataset.num_classes)
+
+
+def train_model(state: DeviceRound) -> None:
+    """Local training from the global weights: plain, or DP-SGD with ``dp=true``.
+
+    FedProx's ``proximal-mu`` and the learning rate come from the training config. A device
+    whose DP-SGD round would exceed its budget refuses: it replies with the global weights,
+    ``num-examples = 0`` and its DP metrics.
+    """
+    config, specs = state.config, state.dataset.specs
+    model = build_model(config, state.dataset)
+    model.load_state_dict(state.global_arrays.to_torch_state_dict())
+    state.model = model
+    learning_rate = float(state.received.get(records.LEARNING_RATE, config.learning_rate))
+    proximal_mu = float(state.received.get(records.PROXIMAL_MU, 0.0))
+    reference = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    shuffle_seed = hash((config.seed, state.partition_id, state.server_round)) & 0x7FFF_FFFF
+    loader = make_loader(state.train_arrays, specs, config.batch_size, shuffle=True,
+                         seed=shuffle_seed)
+    if not config.dp:
+        state.result = train(model, loader, specs, epochs=config.local_epochs,
+                             learning_rate=learning_rate, weights=loss_weights(config),
+                             proximal_mu=proximal_mu, reference_params=reference)
+        return
+    private = train_private_round(model, loader, specs, config, state.context,
+                                  state.partition_id, state.received,
+                                  learning_rate=learning_rate, proximal_mu=proximal_mu,
+                                  reference_params=reference)
+    state.metrics.update(private.metrics)
+    state.result = private.result
+    if private.result is None:  # the budget would be exceeded: refuse, send the weights back
+        state.reply = RecordDict({records.ARRAYS: state.global_arrays,
+                                  records.METRICS: MetricRecord({records.NUM_EXAMPLES: 0,
+                                                                 **private.metrics})})
+        state.finished = True
+
+
+def clip_update(state: DeviceRound) -> None:
+    """``central-dp=client``: clip the update to the norm the server's wrapper sent."""
+    if state.config.central_dp == "client":
+        clip_model_update(state.model, state.global_arrays, state.received)
+
+
+def poison_model(state: DeviceRound) -> None:
+    """Simulation only: replace the trained weights by what a malicious device sends."""
+    state.attack.poison_model(state.model, state.global_arrays, state.server_round)
+
+
+def reply_update(state: DeviceRound) -> None:
+    """The reply: the weights and metrics, or below an edge the compressed delta."""
+    metrics = MetricRecord({
+        records.NUM_EXAMPLES: state.result.num_examples,
+        records.TRAIN_LOSS: state.result.loss,
+        records.EMBEDDING_VARIANCE: state.result.mean_embedding_variance,
+        records.DATASET_SIZE: len(state.train_arrays),
+        records.MODALITIES_HELD: [int(held) for held in state.train_arrays.mask.any(axis=0)],
+        **state.attack.reply_metrics(),
+        **state.metrics,
+    })
+    if state.config.num_edges:
+        state.reply = edge_reply_content(state.model.state_dict(), state.global_arrays,
+                                         metrics, state.config, state.context,
+                                         state.server_round)
+    else:
+        state.reply = RecordDict({records.ARRAYS: ArrayRecord(state.model.state_dict()),
+                                  records.METRICS: metrics})
+
+
+def attach_telemetry(state: DeviceRound) -> None:
+    """``telemetry=true``: this round's local-DP sensor summaries, in the reply."""
+    if state.config.telemetry:
+        state.reply[records.TELEMETRY] = publish_telemetry(
+            state.train_arrays, state.dataset.specs, state.config, state.context)
+
+
+TRAIN_STAGES: tuple[Stage, ...] = (
+    load_partition,
+    poison_data,
+    train_model,
+    clip_update,
+    poison_model,
+    reply_update,
+    attach_telemetry,
+)
+"""The device's training round, in order (module docstring)."""
+
+
+def run_train_round(message: Message, context: Context,
+                    stages: tuple[Stage, ...] = TRAIN_STAGES) -> Message:
+    """Run ``stages`` over one training message; reply with the ``reply`` they built.
+
+    Raises:
+        RuntimeError: if no stage built a reply.
+    """
+    state = DeviceRound.start(message, context)
+    for stage in stages:
+        if state.finished:
+            break
+        stage(state)
+    if state.reply is None:
+        raise RuntimeError(f"the device round's stages {[s.__name__ for s in stages]} built no "
+                           "reply")
+    return Message(content=state.reply, reply_to=message)

@@ -1,0 +1,187 @@
+"""The federated dataset interface, the registry of built-in datasets, and ``from_arrays``.
+
+A dataset is anything that implements :class:`FederatedDataset`: its modalities, its number
+of classes and partitions, one ``(train, test)`` pair per partition (a device's local data)
+and a central held-out test set the server evaluates on.
+
+Plugging in your own data takes one of two routes (README, "Adding a dataset"):
+
+1. pool your arrays into a :class:`MultimodalArrays` and call :func:`from_arrays` with any
+   ``flwr_datasets`` partitioner (IID, Dirichlet, natural id, ...);
+2. or register a factory, ``@register_dataset("name")``, or point the run config at
+   ``dataset = "package.module:factory"``. A factory takes the :class:`RunConfig` and returns
+   a :class:`FederatedDataset`.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import Partitioner
+
+from fedmosaic.config import RunConfig
+from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
+
+
+class FederatedDataset(abc.ABC):
+    """Local data for each of ``num_partitions`` devices plus a central test set."""
+
+    specs: tuple[ModalitySpec, ...]
+    num_classes: int
+
+    @property
+    @abc.abstractmethod
+    def num_partitions(self) -> int:
+        """How many devices (partitions) the data is split into."""
+
+    @abc.abstractmethod
+    def partition(self, partition_id: int) -> tuple[MultimodalArrays, MultimodalArrays]:
+        """The ``(train, test)`` samples of device ``partition_id``."""
+
+    @abc.abstractmethod
+    def central_test(self) -> MultimodalArrays:
+        """Held-out samples the server evaluates the global model on."""
+
+    def check_partition_id(self, partition_id: int) -> None:
+        """Raise ``ValueError`` unless ``0 <= partition_id < num_partitions``."""
+        if not 0 <= partition_id < self.num_partitions:
+            raise ValueError(
+                f"partition-id must lie in [0, {self.num_partitions}), got {partition_id}"
+            )
+
+
+@dataclass
+class PartitionedArrays(FederatedDataset):
+    """A pooled sample set split into devices by a ``flwr_datasets`` partitioner.
+
+    The partitioner sees a ``datasets.Dataset`` with one row per sample and the columns
+    ``index`` (row in ``pool``), ``label`` and every entry of ``columns`` (for example a
+    ``subject`` column for ``NaturalIdPartitioner(partition_by="subject")``). Each partition
+    is then split into local train and test parts with ``test_fraction``.
+    """
+
+    pool: MultimodalArrays
+    test: MultimodalArrays
+    specs: tuple[ModalitySpec, ...]
+    num_classes: int
+    partitioner: Partitioner
+    columns: dict[str, np.ndarray]
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.pool.validate(self.specs, self.num_classes)
+        self.test.validate(self.specs, self.num_classes)
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in [0, 1), got {self.test_fraction}")
+        table = {"index": np.arange(len(self.pool)), "label": self.pool.labels}
+        for name, column in self.columns.items():
+            if len(column) != len(self.pool):
+                raise ValueError(
+                    f"column {name!r} needs {len(self.pool)} entries, got {len(column)}"
+                )
+            table[name] = column
+        self.partitioner.dataset = Dataset.from_dict(table)
+
+    @property
+    def num_partitions(self) -> int:
+        """Number of partitions the partitioner produces."""
+        return int(self.partitioner.num_partitions)
+
+    def partition(self, partition_id: int) -> tuple[MultimodalArrays, MultimodalArrays]:
+        """Local ``(train, test)`` of one partition, split at random by ``test_fraction``."""
+        self.check_partition_id(partition_id)
+        index = np.asarray(self.partitioner.load_partition(partition_id)["index"])
+        rng = np.random.default_rng([self.seed, partition_id])
+        index = rng.permutation(index)
+        num_test = int(round(self.test_fraction * len(index)))
+        return self.pool.subset(index[num_test:]), self.pool.subset(index[:num_test])
+
+    def central_test(self) -> MultimodalArrays:
+        """The held-out set given at construction."""
+        return self.test
+
+
+def from_arrays(
+    pool: MultimodalArrays,
+    test: MultimodalArrays,
+    specs: tuple[ModalitySpec, ...],
+    num_classes: int,
+    partitioner: Partitioner,
+    columns: dict[str, np.ndarray] | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> FederatedDataset:
+    """Wrap pooled arrays and a ``flwr_datasets`` partitioner as a :class:`FederatedDataset`."""
+    return PartitionedArrays(
+        pool=pool,
+        test=test,
+        specs=specs,
+        num_classes=num_classes,
+        partitioner=partitioner,
+        columns=dict(columns or {}),
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+
+
+DatasetFactory = Callable[[RunConfig], FederatedDataset]
+_REGISTRY: dict[str, DatasetFactory] = {}
+
+
+def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
+    """Decorator: make ``factory`` selectable as ``dataset = "<name>"``."""
+
+    def decorate(factory: DatasetFactory) -> DatasetFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def available_datasets() -> list[str]:
+    """Names of the registered datasets."""
+    _import_builtins()
+    return sorted(_REGISTRY)
+
+
+def load_dataset(config: RunConfig) -> FederatedDataset:
+    """The dataset named by ``config.dataset``: a registered name or ``module:factory``."""
+    _import_builtins()
+    name = config.dataset
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(
+                f"dataset {name!r}: could not import factory {attr!r} from {module_name!r} "
+                f"({err})"
+            ) from err
+    elif name in _REGISTRY:
+        factory = _REGISTRY[name]
+    else:
+        raise ValueError(
+            f"unknown dataset {name!r}; expected one of {sorted(_REGISTRY)} or a "
+            "'package.module:factory' path"
+        )
+    dataset = factory(config)
+    if not isinstance(dataset, FederatedDataset):
+        raise TypeError(
+            f"dataset factory {name!r} must return a FederatedDataset, got "
+            f"{type(dataset).__name__}"
+        )
+    return dataset
+
+
+def _import_builtins() -> None:
+    """Import the modules whose ``@register_dataset`` calls fill the registry."""
+    importlib.import_module("fedmosaic.data.smartwatch")
+    importlib.import_module("fedmosaic.data.synthetic")

@@ -1,0 +1,1 @@
+"""Launchers: start a run in child processes (Ray simulation or local deployment) and follow it."""

@@ -1,0 +1,96 @@
+"""``fedmosaic deploy-local --edges E``: the edge tier from Flower's own processes, on loopback.
+
+The tree (``N`` devices, ``E`` edges; all on 127.0.0.1 here, one machine per role in a real
+deployment, see README "Edge tier")::
+
+    cloud      flower-superlink :Pc  <-  flwr run  (edge-role=cloud, num-edges=E)
+                 ^ (E edge SuperNodes only)
+    edge e     flower-supernode (edge-id=e edge-spool=DIR)
+                 | spool DIR (local hand-off)
+               flower-superlink :Pe  <-  flwr run  (edge-role=edge, edge-spool=DIR)
+                 ^
+    devices    flower-supernode (partition-id=p edge-id=e), for each p with edge e
+
+The cloud SuperLink only ever sees the E edge SuperNodes; every device SuperNode talks to its
+edge's SuperLink. On each edge machine, the cloud run's ClientApp (on the edge SuperNode) and
+the edge run's ServerApp (on the edge SuperLink) meet in the spool directory
+(``compression/spool.py``). Device ``p`` belongs to edge ``floor(p E / N)``
+(``compression/topology.py``), which is also how many devices each edge waits for.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import tomli_w
+
+from fedmosaic import PROJECT_DIR
+from fedmosaic.compression.topology import edge_of
+from fedmosaic.config import RunConfig
+from fedmosaic.launch.flower_commands import (
+    HOST,
+    edge_supernode_command,
+    free_port,
+    superlink_command,
+    supernode_command,
+    wait_for_port,
+)
+from fedmosaic.launch.processes import ProcessGroup
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def edge_federation(edge_id: int) -> str:
+    """Name of edge ``edge_id``'s SuperLink in the launcher's ``config.toml``."""
+    return f"fedmosaic-edge-{edge_id}"
+
+
+def edge_run_config(config: RunConfig, spool: Path) -> dict[str, object]:
+    """The run config of an edge's sub-round run: the cloud's, with the edge role and spool."""
+    return {**config.to_mapping(), "edge-role": "edge", "edge-spool": str(spool)}
+
+
+def start_edge_tier(group: ProcessGroup, config: RunConfig, cloud_port: int, run_dir: Path,
+                    flwr_home: Path, startup_timeout: float) -> list[subprocess.Popen[bytes]]:
+    """Start every edge's SuperLink, devices and SuperNode, and submit every edge run.
+
+    Each edge's SuperLink is added to ``flwr_home/config.toml`` as :func:`edge_federation`;
+    logs go to ``run_dir/logs/edge-E-*.log``, spools to ``run_dir/edges/edge-E/spool``.
+
+    Returns:
+        The edge runs' ``flwr run --stream`` processes (each exits when its edge run ends).
+    """
+    logs = run_dir / "logs"
+    settings_file = flwr_home / "config.toml"
+    settings = tomllib.loads(settings_file.read_text())
+    edge_runs = []
+    for edge_id in range(config.num_edges):
+        port = free_port()
+        link = group.start(superlink_command(port), logs / f"edge-{edge_id}-superlink.log")
+        wait_for_port(port, startup_timeout, lambda link=link: link.poll() is None)
+        settings["superlink"][edge_federation(edge_id)] = {"address": f"{HOST}:{port}",
+                                                           "insecure": True}
+        settings_file.write_text(tomli_w.dumps(settings))
+        devices = [p for p in range(config.num_clients)
+                   if edge_of(p, config.num_clients, config.num_edges) == edge_id]
+        for partition_id in devices:
+            command = supernode_command(port, free_port(), partition_id, config.num_clients,
+                                        edge_id)
+            group.start(command, logs / f"edge-{edge_id}-device-{partition_id}.log")
+        spool = run_dir / "edges" / f"edge-{edge_id}" / "spool"
+        spool.mkdir(parents=True, exist_ok=True)
+        group.start(edge_supernode_command(cloud_port, free_port(), edge_id, spool),
+                    logs / f"edge-{edge_id}-supernode.log")
+        run_config_file = run_dir / f"edge-{edge_id}-run-config.toml"
+        run_config_file.write_text(tomli_w.dumps(edge_run_config(config, spool)))
+        edge_runs.append(group.start(
+            ["flwr", "run", str(PROJECT_DIR), edge_federation(edge_id), "--run-config",
+             str(run_config_file), "--stream"],
+            logs / f"edge-{edge_id}-flwr-run.log",
+        ))
+    return edge_runs

@@ -1,0 +1,119 @@
+"""The server chain: every stage a training round's replies pass through, built from the config.
+
+A stage is a :class:`~fedmosaic.strategies.wrapper.StrategyWrapper` (or Flower's own wrapper)
+around the next one; the aggregation strategy (``strategy``,
+:func:`~fedmosaic.strategies.registry.build_aggregator`) is the innermost. :func:`build_chain`
+lists the stages outermost first, in the order a reply meets them, one line each; a stage the
+config does not ask for is ``None`` and left out. Adding a stage is one line there.
+
+======================  ======================================================================
+stage                   what it does to a round
+======================  ======================================================================
+metering                counts the serialized bytes of every message, both directions
+edge tier               devices' compressed deltas → one reply per edge (``num-edges > 0``)
+privacy ledger          enters each DP-SGD reply's spend; drops refusals; sends budgets
+colluding attacker      simulation only: crafts ALIE / IPM updates (``attack=alie|ipm``)
+validation              drops malformed or out-of-bounds updates, logs why, skips a short round
+central-DP accounting   accounts each central-DP release in the ledger (``central-dp``)
+central DP              Flower's fixed-clipping wrapper: clip, aggregate, add noise
+aggregator              the ``strategy`` itself (FedAvg, trimmed mean, MoEFusion, ...)
+======================  ======================================================================
+
+Why this order: the ledger sits outside validation, so a device whose update is rejected still
+has its spend entered; the colluding attacker sits outside validation, so the defences see the
+crafted updates; central DP sits inside validation, so it only clips and accounts what is
+aggregated (``server/privacy_ledger.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from flwr.serverapp.strategy import Strategy
+
+from fedmosaic.config import COLLUDING_ATTACKS, RunConfig
+from fedmosaic.privacy.central import wrap_central_dp
+from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.server.collusion import CollusionSimulation
+from fedmosaic.server.edge.configured import cloud_config
+from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
+from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
+from fedmosaic.server.traffic import MeteredStrategy
+from fedmosaic.server.validation import ValidatingStrategy
+from fedmosaic.strategies.registry import build_aggregator
+
+Stage = Callable[[Strategy], Strategy]
+"""Wraps the next stage of the chain (the inner strategy) and returns the wrapping strategy."""
+StageT = TypeVar("StageT", bound=Strategy)
+
+
+@dataclass(frozen=True)
+class ServerChain:
+    """The built chain, outermost first: ``stages[i]`` wraps ``stages[i + 1]``.
+
+    ``stages[0]`` is the strategy the ServerApp runs, ``stages[-1]`` the aggregator.
+    """
+
+    stages: tuple[Strategy, ...]
+
+    @classmethod
+    def around(cls, aggregator: Strategy, stages: Sequence[Stage | None]) -> ServerChain:
+        """Wrap ``aggregator`` in ``stages`` (outermost first; ``None`` entries are skipped)."""
+        built = [aggregator]
+        for stage in reversed([s for s in stages if s is not None]):
+            built.insert(0, stage(built[0]))
+        return cls(tuple(built))
+
+    @property
+    def strategy(self) -> Strategy:
+        """The outermost stage: what ``start`` is called on."""
+        return self.stages[0]
+
+    def find(self, kind: type[StageT]) -> StageT | None:
+        """The stage of type ``kind``, or ``None`` if the config left it out."""
+        return next((s for s in self.stages if isinstance(s, kind)), None)
+
+    def get(self, kind: type[StageT]) -> StageT:
+        """The stage of type ``kind``.
+
+        Raises:
+            LookupError: if the chain has no such stage.
+        """
+        stage = self.find(kind)
+        if stage is None:
+            raise LookupError(f"the server chain has no {kind.__name__}; its stages are "
+                              f"{[type(s).__name__ for s in self.stages]}")
+        return stage
+
+
+def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0) -> ServerChain:
+    """The server chain of ``config`` (module docstring), around ``config``'s aggregator.
+
+    Args:
+        config: The run config.
+        ledger: The run's privacy ledger (fresh, or restored by ``resume-from``).
+        round_offset: Rounds run before a resume; the ledger counts round ``r`` as
+            ``round_offset + r``.
+    """
+    central = config.central_dp != "none"
+    colluding = config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0
+    return ServerChain.around(build_aggregator(cloud_config(config)), [
+        MeteredStrategy,
+        functools.partial(HierarchicalStrategy.from_config, config=config)
+        if config.num_edges else None,
+        functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset),
+        functools.partial(CollusionSimulation, attack=config.attack) if colluding else None,
+        functools.partial(ValidatingStrategy, max_norm=config.max_update_norm or math.inf,
+                          min_replies=config.min_valid_replies),
+        functools.partial(CentralDPAccounting, ledger=ledger, mode=config.central_dp,
+                          noise_multiplier=config.central_noise_multiplier,
+                          sampled=config.train_nodes, delta=config.delta) if central else None,
+        functools.partial(wrap_central_dp, mode=config.central_dp,
+                          noise_multiplier=config.central_noise_multiplier,
+                          clipping_norm=config.central_clipping_norm,
+                          num_sampled_clients=config.train_nodes) if central else None,
+    ])

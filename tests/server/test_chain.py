@@ -1,0 +1,77 @@
+import itertools
+import math
+
+import pytest
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAvg,
+    FedMedian,
+)
+
+from fedmosaic.config import RunConfig
+from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.server.chain import ServerChain, build_chain
+from fedmosaic.server.collusion import CollusionSimulation
+from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
+from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
+from fedmosaic.server.traffic import MeteredStrategy
+from fedmosaic.server.validation import ValidatingStrategy
+
+
+def chain_of(**overrides):
+    return build_chain(RunConfig.from_mapping(overrides), PrivacyLedger())
+
+
+def kinds(chain):
+    return [type(stage) for stage in chain.stages]
+
+
+def test_the_default_chain_meters_enters_the_ledger_validates_and_aggregates():
+    chain = chain_of(**{"strategy": "fedmedian", "max-update-norm": 3.0})
+
+    assert kinds(chain) == [MeteredStrategy, PrivacyLedgerStrategy, ValidatingStrategy, FedMedian]
+    for outer, inner in itertools.pairwise(chain.stages):
+        assert outer.strategy is inner
+    assert chain.strategy is chain.stages[0]
+    assert chain.get(ValidatingStrategy).max_norm == 3.0
+    assert chain.find(HierarchicalStrategy) is None
+
+
+def test_every_stage_in_the_documented_order():
+    edges = chain_of(**{"num-clients": 10, "num-edges": 2, "attack": "ipm",
+                        "malicious-fraction": 0.2})
+    central = chain_of(**{"central-dp": "server", "num-clients": 10, "fraction-train": 0.3})
+
+    assert kinds(edges) == [MeteredStrategy, HierarchicalStrategy, PrivacyLedgerStrategy,
+                            CollusionSimulation, ValidatingStrategy, FedAvg]
+    assert kinds(central) == [MeteredStrategy, PrivacyLedgerStrategy, ValidatingStrategy,
+                              CentralDPAccounting, DifferentialPrivacyServerSideFixedClipping,
+                              FedAvg]
+    assert central.get(ValidatingStrategy).max_norm == math.inf
+
+
+def test_central_dp_is_calibrated_and_accounted_for_the_devices_flower_samples():
+    # 0.3 * 10 = 3.0000000000000004: Flower samples 3 devices, so both stages divide by 3
+    central = chain_of(**{"central-dp": "server", "num-clients": 10, "fraction-train": 0.3})
+
+    assert central.get(CentralDPAccounting).sampled == 3
+    assert central.get(DifferentialPrivacyServerSideFixedClipping).num_sampled_clients == 3
+    assert central.get(FedAvg).min_train_nodes == 3
+
+
+def test_the_ledger_stages_share_the_run_ledger():
+    ledger = PrivacyLedger()
+    chain = build_chain(RunConfig.from_mapping({"central-dp": "client"}), ledger, 4)
+
+    assert chain.get(PrivacyLedgerStrategy).ledger is ledger
+    assert chain.get(PrivacyLedgerStrategy).round_offset == 4
+    assert chain.get(CentralDPAccounting).ledger is ledger
+
+
+def test_a_missing_stage_is_a_clear_error():
+    chain = ServerChain.around(FedAvg(), [MeteredStrategy, None])
+
+    assert kinds(chain) == [MeteredStrategy, FedAvg]
+    with pytest.raises(LookupError, match=r"no ValidatingStrategy; its stages are "
+                                          r"\['MeteredStrategy', 'FedAvg'\]"):
+        chain.get(ValidatingStrategy)
