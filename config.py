@@ -93,6 +93,10 @@ class RunConfig:
     max_update_norm: float = setting(
         'reject an update with `‖w − w_global‖₂` above this (0: no bound); see "Update validation"'
     )
+    max_examples: int = setting(
+        "most training examples one device may claim (`num-examples`, `dataset-size`); a reply "
+        "above it is rejected, so no device can outweigh the others by claiming more"
+    )
     min_valid_replies: int = setting(
         "a round with fewer accepted training replies is skipped (global model unchanged)"
     )
@@ -214,8 +218,9 @@ class RunConfig:
             if choices is not None and getattr(self, field.name) not in choices:
                 raise ValueError(f"{_key(field.name)} must be one of {choices}, got "
                                  f"{getattr(self, field.name)!r}")
-        positive_ints = ("num_clients", "num_server_rounds", "local_epochs", "batch_size",
-                         "embed_dim", "num_experts", "hidden_dim", "samples_per_client")
+        positive_ints = ("num_clients", "num_server_rounds", "max_examples", "local_epochs",
+                         "batch_size", "embed_dim", "num_experts", "hidden_dim",
+                         "samples_per_client")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ValueError(f"{_key(name)} must be >= 1, got {getattr(self, name)}")
@@ -319,6 +324,11 @@ class RunConfig:
         return {_key(k): v for k, v in dataclasses.asdict(self).items()}
 
 
+def renamed_to_current(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored run config (a checkpoint's) with renamed keys under their current names."""
+    return {RENAMED_KEYS.get(key, key): value for key, value in values.items()}
+
+
 def sampled_nodes(fraction: float, num_clients: int) -> int:
     """Nodes a round samples: ``max(1, ceil(fraction * num_clients))``, or 0 if ``fraction`` is 0.
 
@@ -415,10 +425,12 @@ def parse_overrides(pairs: list[str], config_file: Path | None = None) -> dict[s
 def config_table() -> str:
     """The README's configuration table: every key, its default and its meaning (Markdown)."""
     defaults = default_run_config()
-    rows = ["| key | default | meaning |", "|---|---|---|"]
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
     for field in fields(RunConfig):
-        key = _key(field.name)
-        rows.append(f"| `{key}` | `{_toml_value(defaults[key])}` | {field.metadata['meaning']} |")
+        key, choices = _key(field.name), field.metadata["choices"]
+        allowed = ", ".join(f"`{_toml_value(c)}`" for c in choices) if choices else ""
+        rows.append(f"| `{key}` | `{_toml_value(defaults[key])}` | {allowed} | "
+                    f"{field.metadata['meaning']} |")
     return "\n".join(rows)
 
 

@@ -82,7 +82,6 @@ ATTACKER_TAG = "simulated-attacker"
 """Simulation only: metric a colluding attacker's reply carries until the server chain's
 colluding attacker (``server/collusion.py``) replaces its arrays."""
 
-
 NUM_PARTITIONS = "num-partitions"
 """Node-config key: devices in the federation."""
 STATE_DIR = "state-dir"
@@ -93,3 +92,21 @@ in a device's training reply below an edge: the edge that aggregates it."""
 EDGE_SPOOL = "edge-spool"
 """Node-config key of an edge SuperNode: the spool directory it shares with its edge's run
 (also the run-config key of that run)."""
+
+TRAIN_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, EMBEDDING_VARIANCE, DATASET_SIZE, MODALITIES_HELD)
+"""The metrics of every device's training reply (the server's reply contract checks them)."""
+DP_METRICS = (PARTITION_ID, DP_EPSILON_SPENT, DP_EPSILON_BUDGET, DP_DELTA, DP_NOISE_MULTIPLIER,
+              DP_REFUSED, DP_SAMPLE_RATE, DP_STEPS)
+"""The metrics a DP-SGD training reply adds (``dp=true``); a refusal carries these and
+``num-examples = 0`` only."""
+EDGE_AGGREGATE_METRICS = (TRAIN_LOSS, EMBEDDING_VARIANCE, DATASET_SIZE)
+"""The device metrics an edge averages (weighted by examples) into its reply to the cloud."""
+
+EDGE_ACCEPTED = "edge-accepted"
+"""Metric of an edge's reply: device updates it averaged."""
+EDGE_REJECTED = "edge-rejected"
+"""Metric of an edge's reply: device updates it rejected."""
+EDGE_BYTES_IN = "edge-bytes-in"
+"""Metric of an edge's reply: serialized bytes of its devices' replies this round."""
+EDGE_TIER_METRICS = (EDGE_ACCEPTED, EDGE_BYTES_IN, EDGE_REJECTED)
+"""The edge-tier counters of an edge's reply; the cloud removes them before its strategy."""

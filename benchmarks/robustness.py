@@ -62,7 +62,7 @@ from fedmosaic.simulation.inprocess import run_in_process
 NAME = "robustness"
 STRATEGIES = ("fedavg", "trimmed-mean", "fedmedian", "multikrum", "moe-fusion-trim")
 ROBUST = STRATEGIES[1:]
-ALL_ATTACKS = ATTACKS[1:]  # every attack but "none"
+ALL_ATTACKS = tuple(attack for attack in ATTACKS if attack != "none")
 FRACTIONS = (0.1, 0.2, 0.3)
 ATTACKS_30PCT = ("sign-flip", "gaussian", "scale-10", "scale-100")
 ATTACKS_20PCT = COLLUDING_ATTACKS

@@ -35,7 +35,12 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedmosaic import records
-from fedmosaic.config import COLLUDING_ATTACKS, MODEL_POISONING_ATTACKS, RunConfig
+from fedmosaic.config import (
+    COLLUDING_ATTACKS,
+    DATA_POISONING_ATTACKS,
+    MODEL_POISONING_ATTACKS,
+    RunConfig,
+)
 from fedmosaic.data.modality import MultimodalArrays
 
 GAUSSIAN_STD = 1.0
@@ -86,7 +91,7 @@ class ClientAttack:
 
     def poison_data(self, arrays: MultimodalArrays, num_classes: int) -> MultimodalArrays:
         """Training data as the device uses it (labels flipped for ``label-flip``)."""
-        return flip_labels(arrays, num_classes) if self.attack == "label-flip" else arrays
+        return flip_labels(arrays, num_classes) if self.attack in DATA_POISONING_ATTACKS else arrays
 
     def poison_model(self, model: torch.nn.Module, global_arrays: ArrayRecord,
                      server_round: int) -> None:

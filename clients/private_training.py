@@ -12,7 +12,6 @@ without an account of its own starts from them.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,11 +23,12 @@ from flwr.app import Context
 from torch.utils.data import DataLoader
 
 from fedmosaic import records
-from fedmosaic.config import RunConfig, tomllib
+from fedmosaic.config import RENAMED_KEYS, RunConfig
 from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import TrainResult
 from fedmosaic.privacy.accounting import Segment, calibrate_noise_multiplier, poisson_plan
+from fedmosaic.privacy.budgets import assigned_epsilon_budget
 from fedmosaic.privacy.client_account import ClientPrivacyAccount
 from fedmosaic.privacy.dp_sgd import train_private
 from fedmosaic.task import loss_weights
@@ -48,29 +48,6 @@ class PrivateRound:
     metrics: dict[str, int | float]
 
 
-@functools.lru_cache(maxsize=8)
-def read_budget_file(path: str) -> dict[int, float]:
-    """``partition-id → ε`` from a TOML file of lines ``0 = 3.0`` (``privacy-budgets``).
-
-    Raises:
-        ValueError: If a key is not a partition id or a value not a finite ε > 0.
-
-    """
-    with Path(path).expanduser().open("rb") as handle:
-        table = tomllib.load(handle)
-    budgets: dict[int, float] = {}
-    for key, value in table.items():
-        if not key.isdigit():
-            raise ValueError(f"privacy-budgets file {path}: keys must be partition ids "
-                             f"(0, 1, ...), got {key!r}")
-        if isinstance(value, bool) or not isinstance(value, int | float) or not (
-                0.0 < value < math.inf):
-            raise ValueError(f"privacy-budgets file {path}: partition {key} needs a finite "
-                             f"epsilon > 0, got {value!r}")
-        budgets[int(key)] = float(value)
-    return budgets
-
-
 def client_epsilon_budget(config: RunConfig, node_config: Mapping[str, Any], partition_id: int,
                   received: Mapping[str, Any]) -> float:
     """The device's ε budget (module docstring for the order of precedence).
@@ -79,14 +56,17 @@ def client_epsilon_budget(config: RunConfig, node_config: Mapping[str, Any], par
         ValueError: If the chosen budget is not a finite number > 0.
 
     """
+    for old, new in RENAMED_KEYS.items():
+        if old in node_config:
+            raise ValueError(f"node config key {old!r} is now {new!r}; got node config keys "
+                             f"{sorted(node_config)}")
     if records.DP_EPSILON_BUDGET in received:
         source, value = "training config", received[records.DP_EPSILON_BUDGET]
     elif records.DP_EPSILON_BUDGET in node_config:
         source, value = "node config", node_config[records.DP_EPSILON_BUDGET]
-    elif config.privacy_budgets and partition_id in read_budget_file(config.privacy_budgets):
-        source, value = "privacy-budgets", read_budget_file(config.privacy_budgets)[partition_id]
     else:
-        source, value = "run config", config.dp_epsilon_budget
+        source, value = "run config or privacy-budgets", assigned_epsilon_budget(config,
+                                                                                 partition_id)
     epsilon_budget = float(value)
     if not 0.0 < epsilon_budget < math.inf:
         raise ValueError(f"epsilon budget ({source}) must be finite and > 0, got {value!r}")

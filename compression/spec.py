@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from numbers import Integral
 
-SUPPORTED_BITS = (32, 8, 4)
+from fedmosaic.config import COMPRESSION_BITS
+
 """``32``: float32 values; ``8`` and ``4``: signed integer codes with per-block scales."""
 
 MAX_BLOCK_SIZE = 1 << 20
@@ -41,8 +42,8 @@ class CompressionSpec:
         ratio = self.topk_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
             raise ValueError(f"topk_ratio must be a number in (0, 1], got {ratio!r}")
-        if not _is_integer(self.bits) or self.bits not in SUPPORTED_BITS:
-            raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+        if not _is_integer(self.bits) or self.bits not in COMPRESSION_BITS:
+            raise ValueError(f"bits must be one of {COMPRESSION_BITS}, got {self.bits!r}")
         size = self.block_size
         if not _is_integer(size) or not 1 <= size <= MAX_BLOCK_SIZE:
             raise ValueError(f"block_size must be an integer in [1, {MAX_BLOCK_SIZE}], "

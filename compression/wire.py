@@ -34,7 +34,7 @@ import math
 import re
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -57,6 +57,8 @@ MAX_ELEMENTS = 1 << 28
 MAX_NDIM = 32
 MAX_TABLE_BYTES = 1 << 24
 """Largest inflated tensor table a payload may carry."""
+MAX_DECODED_BYTES = 1 << 28
+"""Default cap on the decoded arrays of one payload (256 MiB; the default model is 150 kB)."""
 TABLE_COMPRESSION_LEVEL = 9
 _DTYPE_PATTERN = re.compile(rb"[<|](b1|[iu][1248]|f[248])")
 """``dtype.str`` of the dtypes a payload may hold: bool, integers and floats, little-endian."""
@@ -413,13 +415,50 @@ def parse(payload: bytes) -> list[EncodedTensor]:
     return tensors
 
 
-def decode(payload: bytes) -> dict[str, np.ndarray]:
+def decode(payload: bytes, expected: Mapping[str, np.ndarray] | None = None,
+           max_bytes: int = MAX_DECODED_BYTES) -> dict[str, np.ndarray]:
     """The arrays a payload carries: names and order, shapes and dtypes as encoded.
 
     Dense tensors come back as sent; sparse ones with zeros where entries were dropped;
-    quantized values as ``code · scale / L``.
+    quantized values as ``code · scale / L``. Nothing is allocated for the decoded arrays
+    before the declared layout has passed both bounds: the tensors must be exactly
+    ``expected``'s (names in order, shapes, dtypes), if given, and their decoded bytes must
+    total at most ``max_bytes``. A payload of a few bytes can therefore not ask for more
+    memory than the model it claims to update.
+
+    Args:
+        payload: The payload bytes.
+        expected: The arrays the payload must update (e.g. the global model), or ``None``.
+        max_bytes: Cap on the decoded arrays' total bytes.
 
     Raises:
-        WireFormatError: if the payload is malformed, truncated, corrupted or inconsistent.
+        WireFormatError: if the payload is malformed, truncated, corrupted or inconsistent,
+            does not fit ``expected``, or declares more than ``max_bytes``.
     """
-    return {tensor.name: tensor.dense() for tensor in parse(payload)}
+    tensors = parse(payload)
+    if expected is not None:
+        check_layout(tensors, expected)
+    declared = sum(t.size * t.dtype.itemsize for t in tensors)
+    if declared > max_bytes:
+        raise WireFormatError(f"payload declares {declared} bytes of arrays, at most "
+                              f"{max_bytes} are accepted")
+    return {tensor.name: tensor.dense() for tensor in tensors}
+
+
+def check_layout(tensors: Sequence[EncodedTensor], expected: Mapping[str, np.ndarray]) -> None:
+    """Raise :class:`WireFormatError` unless ``tensors`` have ``expected``'s layout.
+
+    The layout is the names in order, and each array's shape and dtype.
+    """
+    names = [t.name for t in tensors]
+    if names != list(expected):
+        missing = sorted(set(expected) - set(names))
+        extra = sorted(set(names) - set(expected))
+        raise WireFormatError(f"expected the {len(expected)} arrays of the model in order, "
+                              f"missing {missing}, unexpected {extra}")
+    for tensor in tensors:
+        reference = expected[tensor.name]
+        if tensor.shape != tuple(reference.shape) or tensor.dtype != reference.dtype:
+            raise WireFormatError(f"tensor {tensor.name!r}: expected {reference.dtype} of shape "
+                                  f"{tuple(reference.shape)}, got {tensor.dtype} of shape "
+                                  f"{tensor.shape}")

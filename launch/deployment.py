@@ -3,8 +3,9 @@
 Starts one ``flower-superlink`` and ``N`` ``flower-supernode`` processes (SuperNode ``i``
 gets ``--node-config "partition-id=i num-partitions=N"``), submits the app with
 ``flwr run`` against that SuperLink, and stops every process when the run ends, fails or is
-interrupted. Each role's command is exactly what a user runs on real machines (README,
-"Deploying"); here they only share a host and use plain-text gRPC/HTTP on loopback.
+interrupted. Each role's command (``launch/flower_commands.py``) is exactly what a user runs
+on real machines (README, "Deploying"); here they only share a host and use plain-text
+gRPC/HTTP on loopback.
 """
 
 from __future__ import annotations

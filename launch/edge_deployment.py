@@ -21,14 +21,13 @@ the edge run's ServerApp (on the edge SuperLink) meet in the spool directory
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import tomli_w
 
-from fedmosaic import PROJECT_DIR
+from fedmosaic import PROJECT_DIR, records
 from fedmosaic.compression.topology import edge_of
-from fedmosaic.config import RunConfig
+from fedmosaic.config import RunConfig, tomllib
 from fedmosaic.launch.flower_commands import (
     HOST,
     edge_supernode_command,
@@ -39,11 +38,6 @@ from fedmosaic.launch.flower_commands import (
 )
 from fedmosaic.launch.processes import ProcessGroup
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 
 def edge_federation(edge_id: int) -> str:
     """Name of edge ``edge_id``'s SuperLink in the launcher's ``config.toml``."""
@@ -52,7 +46,7 @@ def edge_federation(edge_id: int) -> str:
 
 def edge_run_config(config: RunConfig, spool: Path) -> dict[str, object]:
     """The run config of an edge's sub-round run: the cloud's, with the edge role and spool."""
-    return {**config.to_mapping(), "edge-role": "edge", "edge-spool": str(spool)}
+    return {**config.to_mapping(), "edge-role": "edge", records.EDGE_SPOOL: str(spool)}
 
 
 def start_edge_tier(group: ProcessGroup, config: RunConfig, cloud_port: int, run_dir: Path,

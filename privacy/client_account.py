@@ -63,6 +63,8 @@ class ClientPrivacyAccount:
             ValueError: If a key is missing or the history lists differ in length.
 
         """
+        if "budget" in record and "epsilon-budget" not in record:  # written before the rename
+            record = {**record, "epsilon-budget": record["budget"]}
         expected = ("noise-multiplier", "sample-rate", "steps", "epsilon-budget",
                     "calibrated-noise-multiplier")
         missing = [key for key in expected if key not in record]

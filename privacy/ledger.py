@@ -20,6 +20,9 @@ from typing import Any
 from fedmosaic import records
 from fedmosaic.privacy.accounting import Segment, epsilon_spent
 
+CAP_TOLERANCE = 1e-6
+"""Relative slack on the cap: the device's and the server's accountants round differently."""
+
 
 @dataclass
 class LedgerEntry:
@@ -33,7 +36,10 @@ class LedgerEntry:
         noise_multiplier: σ of its DP-SGD.
         rounds_joined: Rounds in which it trained.
         refusals: Rounds in which it declined to train for lack of budget.
-        segments: ``[σ, q, steps]`` of every round it trained, oldest first.
+        over_cap: Rounds whose update the server refused because its own account of the
+            reported ``(σ, q, steps)`` exceeded the device's cap, whatever the device said.
+        segments: ``[σ, q, steps]`` of every round it trained, oldest first (an over-cap
+            round's too: the server received that update).
 
     """
 
@@ -44,6 +50,7 @@ class LedgerEntry:
     noise_multiplier: float = 0.0
     rounds_joined: list[int] = field(default_factory=list)
     refusals: list[int] = field(default_factory=list)
+    over_cap: list[int] = field(default_factory=list)
     segments: list[list[float]] = field(default_factory=list)
 
 
@@ -82,10 +89,15 @@ class PrivacyLedger:
     devices: dict[int, LedgerEntry] = field(default_factory=dict)
     central: CentralEntry | None = None
 
-    def record_reply(self, server_round: int, metrics: Mapping[str, Any]) -> bool:
-        """Enter a DP-SGD training reply's metrics; return whether the device refused.
+    def record_reply(self, server_round: int, metrics: Mapping[str, Any],
+                     cap: float = math.inf) -> str:
+        """Enter a DP-SGD training reply's metrics (checked by the caller); say what it was.
 
-        A reply without ``records.DP_EPSILON_SPENT`` (no DP-SGD) changes nothing.
+        Returns:
+            ``"no-dp"`` for a reply without ``records.DP_EPSILON_SPENT`` (nothing changes);
+            ``"refused"`` if the device declined to train; ``"over-cap"`` if the ledger's own
+            ε with this round's segment exceeds ``cap`` (and the reported budget), whatever
+            the device claims: the update must not be aggregated; else ``"trained"``.
 
         Raises:
             ValueError: If a DP reply lacks ``partition-id``, reports a negative ε or a
@@ -93,7 +105,7 @@ class PrivacyLedger:
 
         """
         if records.DP_EPSILON_SPENT not in metrics:
-            return False
+            return "no-dp"
         if records.PARTITION_ID not in metrics:
             raise ValueError(f"a DP-SGD reply must carry {records.PARTITION_ID!r}, got keys "
                              f"{sorted(metrics)}")
@@ -106,17 +118,22 @@ class PrivacyLedger:
         entry.delta = float(metrics.get(records.DP_DELTA, entry.delta))
         entry.noise_multiplier = float(metrics.get(records.DP_NOISE_MULTIPLIER,
                                                    entry.noise_multiplier))
-        refused = bool(metrics.get(records.DP_REFUSED, 0))
-        (entry.refusals if refused else entry.rounds_joined).append(server_round)
+        if bool(metrics.get(records.DP_REFUSED, 0)):
+            entry.refusals.append(server_round)
+            return "refused"
         steps = int(metrics.get(records.DP_STEPS, 0))
-        if not refused and steps > 0:
+        if steps > 0:
             segment = Segment(entry.noise_multiplier,
                               float(metrics.get(records.DP_SAMPLE_RATE, 0.0)), steps)
             entry.segments.append([segment.noise_multiplier, segment.sample_rate, steps])
             entry.epsilon_spent = epsilon_spent(
                 [Segment(s, q, int(n)) for s, q, n in entry.segments], entry.delta,
                 self.accountant)
-        return refused
+        if entry.epsilon_spent > min(cap, entry.epsilon_budget) * (1.0 + CAP_TOLERANCE):
+            entry.over_cap.append(server_round)
+            return "over-cap"
+        entry.rounds_joined.append(server_round)
+        return "trained"
 
     def scalars(self) -> dict[str, float]:
         """TensorBoard scalars: ε spent per device, the maximum, refusals, central ε."""
@@ -126,6 +143,8 @@ class PrivacyLedger:
             values["privacy/epsilon_spent_max"] = max(e.epsilon_spent
                                                       for e in self.devices.values())
             values["privacy/refusals"] = float(sum(len(e.refusals)
+                                                   for e in self.devices.values()))
+            values["privacy/over_cap"] = float(sum(len(e.over_cap)
                                                    for e in self.devices.values()))
         if self.central is not None:
             values["privacy/central_epsilon"] = self.central.epsilon_spent

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.server.chain import build_chain
 from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
-from fedmosaic.server.privacy_ledger import resume
+from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy, resume
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import ValidatingStrategy
@@ -59,7 +60,8 @@ def main(grid: Grid, context: Context) -> None:
         ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
     chain = build_chain(config, ledger, round_offset=resumed_round)
     traffic_meter = chain.get(MeteredStrategy)
-    validation = chain.get(ValidatingStrategy)
+    cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections,
+                        chain.get(ValidatingStrategy).rejections]
     edge_tier = chain.find(HierarchicalStrategy)
     recorder = RunRecorder(run_dir, config.to_mapping())
     round_started = time.time()
@@ -88,7 +90,9 @@ def main(grid: Grid, context: Context) -> None:
             federated_loss=_metric(eval_metrics, records.EVAL_LOSS),
             replies=traffic.replies_up,
             failed_replies=traffic.failed_replies,
-            rejected=validation.rejected.get(server_round, 0),
+            rejected=sum(r.count(server_round) for r in cloud_rejections),
+            rejected_reasons=dict(sorted(sum((Counter(r.reasons(server_round))
+                                              for r in cloud_rejections), Counter()).items())),
             **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
         recorder.checkpoint(server_round, model.state_dict(), {

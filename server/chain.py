@@ -43,8 +43,9 @@ from fedmosaic.server.edge.configured import cloud_config
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
 from fedmosaic.server.traffic import MeteredStrategy
-from fedmosaic.server.validation import ValidatingStrategy
+from fedmosaic.server.validation import ReplyContract, ValidatingStrategy
 from fedmosaic.strategies.registry import build_aggregator
+from fedmosaic.task import cached_dataset
 
 Stage = Callable[[Strategy], Strategy]
 """Wraps the next stage of the chain (the inner strategy) and returns the wrapping strategy."""
@@ -90,6 +91,13 @@ class ServerChain:
         return stage
 
 
+def cloud_contract(config: RunConfig) -> ReplyContract:
+    """The replies the cloud validates: edges' aggregates, or without edges the devices'."""
+    if config.num_edges:
+        return ReplyContract.for_edge_aggregates(config)
+    return ReplyContract.for_devices(config, len(cached_dataset(config).specs))
+
+
 def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0) -> ServerChain:
     """The server chain of ``config`` (module docstring), around ``config``'s aggregator.
 
@@ -105,10 +113,11 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0)
         MeteredStrategy,
         functools.partial(HierarchicalStrategy.from_config, config=config)
         if config.num_edges else None,
-        functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset),
+        functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset,
+                          config=config),
         functools.partial(CollusionSimulation, attack=config.attack) if colluding else None,
         functools.partial(ValidatingStrategy, max_norm=config.max_update_norm or math.inf,
-                          min_replies=config.min_valid_replies),
+                          min_replies=config.min_valid_replies, contract=cloud_contract(config)),
         functools.partial(CentralDPAccounting, ledger=ledger, mode=config.central_dp,
                           noise_multiplier=config.central_noise_multiplier,
                           sampled=config.train_nodes, delta=config.delta) if central else None,

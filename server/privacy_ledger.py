@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -32,8 +34,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
+from fedmosaic.config import RunConfig
+from fedmosaic.privacy.budgets import assigned_epsilon_budget
 from fedmosaic.privacy.central import central_epsilon, round_noise_multiplier
 from fedmosaic.privacy.ledger import CentralEntry, PrivacyLedger
+from fedmosaic.server.validation import MetricRule, RejectedUpdate, Rejections, dp_rules
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -47,13 +52,23 @@ class PrivacyLedgerStrategy(StrategyWrapper):
         ledger: The ledger to update (a fresh one, or one restored from a checkpoint).
         round_offset: Rounds already run before this run (resumed from a checkpoint); the
             ledger counts this run's round ``r`` as ``round_offset + r``.
+        config: The run config: with ``dp`` every reply must carry complete, consistent DP
+            metadata; each device's cap is what the run assigned it
+            (:func:`~fedmosaic.privacy.budgets.assigned_epsilon_budget`) or what
+            :meth:`set_epsilon_budget` set. ``None``: the budget each device reports is its
+            cap, and replies without DP metadata pass.
 
     """
 
-    def __init__(self, strategy: Strategy, ledger: PrivacyLedger, round_offset: int = 0) -> None:
+    def __init__(self, strategy: Strategy, ledger: PrivacyLedger, round_offset: int = 0,
+                 config: RunConfig | None = None) -> None:
         super().__init__(strategy)
         self.round_offset = round_offset
         self.ledger = ledger
+        self.config = config
+        self.rejections = Rejections()
+        self._rules = {**dp_rules(config), records.NUM_EXAMPLES: MetricRule(
+            0, config.max_examples, integer=True)} if config is not None else {}
         self.epsilon_budgets: dict[int, float] = {}
         self._restored = {pid: dataclasses.replace(entry, segments=list(entry.segments))
                           for pid, entry in ledger.devices.items()} if round_offset else {}
@@ -103,25 +118,98 @@ class PrivacyLedgerStrategy(StrategyWrapper):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Enter the replies, drop refusals, aggregate the rest."""
+        """Enter the replies; drop refusals and what the ledger refuses; aggregate the rest.
+
+        The ledger refuses (``dp-metadata``) a reply of a DP run without complete, consistent
+        DP metadata (a refusal has ``num-examples = 0`` and no steps, a trained round at least
+        one of each; a node keeps its partition), and (``dp-over-cap``) one whose ε, composed
+        by the ledger from the reported ``(σ, q, steps)``, exceeds the device's cap, whatever
+        the device claims.
+        """
         trained = []
         for reply in replies:
             metrics = (reply.content.metric_records.get(records.METRICS)
                        if not reply.has_error() else None)
-            if metrics is None or records.DP_EPSILON_SPENT not in metrics:
+            dp_reply = metrics is not None and records.DP_EPSILON_SPENT in metrics
+            if reply.has_error() or not (dp_reply or (self.config and self.config.dp)):
                 trained.append(reply)
                 continue
-            self._node_partition[reply.metadata.src_node_id] = int(metrics[records.PARTITION_ID])
-            if self.ledger.record_reply(self.round_offset + server_round, metrics):
-                log.info("round %d: partition %s did not train (ε budget %.3g would be "
-                         "exceeded; spent %.3g)", server_round, metrics[records.PARTITION_ID],
-                         metrics[records.DP_EPSILON_BUDGET], metrics[records.DP_EPSILON_SPENT])
-            else:
+            try:
+                outcome = self._enter(server_round, reply, metrics)
+            except RejectedUpdate as rejection:
+                self.rejections.add(server_round, rejection.reason)
+                log.warning("round %d: the privacy ledger refused the update of node %d: %s",
+                            server_round, reply.metadata.src_node_id, rejection)
+                continue
+            if outcome == "trained":
                 trained.append(reply)
         if not trained:
             log.warning("round %d: no device trained; the global model is kept", server_round)
             return None, None
         return self.strategy.aggregate_train(server_round, trained)
+
+    def _enter(self, server_round: int, reply: Message,
+               metrics: MetricRecord | None) -> str:
+        """Check a DP reply's metadata, enter it in the ledger, return the ledger's outcome.
+
+        Raises:
+            RejectedUpdate: ``dp-metadata`` or ``dp-over-cap``.
+        """
+        if metrics is None:
+            raise RejectedUpdate("dp-metadata", f"a reply of a DP-SGD run needs the metrics "
+                                                f"{list(records.DP_METRICS)}, got none")
+        check_dp_metadata(metrics, self._rules)
+        partition = int(metrics[records.PARTITION_ID])  # type: ignore[arg-type]
+        node = reply.metadata.src_node_id
+        if self._node_partition.setdefault(node, partition) != partition:
+            raise RejectedUpdate("dp-metadata", f"node {node} reported partition "
+                                                f"{self._node_partition[node]} before, now "
+                                                f"{partition}")
+        cap = self.epsilon_budgets.get(partition, assigned_epsilon_budget(
+            self.config, partition) if self.config is not None else math.inf)
+        outcome = self.ledger.record_reply(self.round_offset + server_round, metrics, cap)
+        if outcome == "refused":
+            log.info("round %d: partition %s did not train (ε budget %.3g would be exceeded; "
+                     "spent %.3g)", server_round, partition, metrics[records.DP_EPSILON_BUDGET],
+                     metrics[records.DP_EPSILON_SPENT])
+        if outcome == "over-cap":
+            entry = self.ledger.devices[partition]
+            raise RejectedUpdate("dp-over-cap", f"partition {partition}: the ledger's own "
+                                                f"account of the reported (σ, q, steps) is "
+                                                f"ε = {entry.epsilon_spent:.4g}, above its cap "
+                                                f"{min(cap, entry.epsilon_budget):.4g} "
+                                                f"(the device reported ε = "
+                                                f"{entry.epsilon_reported:.4g})")
+        return outcome
+
+
+def check_dp_metadata(metrics: Mapping[str, Any], rules: Mapping[str, MetricRule]) -> None:
+    """Raise :class:`RejectedUpdate` (``dp-metadata``) unless a DP reply's metadata is sound.
+
+    Sound: complete, within ``rules`` (each key's rule if given, else finite) and consistent.
+    """
+    missing = [k for k in (*records.DP_METRICS, records.NUM_EXAMPLES) if k not in metrics]
+    if missing:
+        raise RejectedUpdate("dp-metadata", f"a DP-SGD reply needs the metrics {missing}, got "
+                                            f"{sorted(metrics)[:12]}")
+    for key in (*records.DP_METRICS, records.NUM_EXAMPLES):
+        rules.get(key, MetricRule()).check(key, metrics[key], "dp-metadata")
+    refused = metrics[records.DP_REFUSED]
+    trained_steps, examples = metrics[records.DP_STEPS], metrics[records.NUM_EXAMPLES]
+    if refused not in (0, 1):
+        raise RejectedUpdate("dp-metadata", f"{records.DP_REFUSED} must be 0 or 1, got "
+                                            f"{refused!r}")
+    if refused and (trained_steps != 0 or examples != 0):
+        raise RejectedUpdate("dp-metadata", f"a refusal must report 0 steps and 0 examples, got "
+                                            f"{trained_steps!r} and {examples!r}")
+    if not refused and not (trained_steps >= 1 and examples >= 1 and
+                            metrics[records.DP_NOISE_MULTIPLIER] > 0 and
+                            0 < metrics[records.DP_SAMPLE_RATE] <= 1):
+        raise RejectedUpdate("dp-metadata", "a trained DP-SGD round must report >= 1 step, "
+                                            ">= 1 example, σ > 0 and 0 < q <= 1, got "
+                                            f"steps={trained_steps!r}, examples={examples!r}, "
+                                            f"σ={metrics[records.DP_NOISE_MULTIPLIER]!r}, "
+                                            f"q={metrics[records.DP_SAMPLE_RATE]!r}")
 
 
 class CentralDPAccounting(StrategyWrapper):

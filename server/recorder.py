@@ -51,8 +51,13 @@ class RoundRecord:
     """Edge aggregates the edges sent to the cloud (``None`` without an edge tier)."""
     edge_rejected_updates: int | None = None
     """Device updates the edges rejected (malformed payload or failed validation)."""
+    edge_rejected_reasons: dict[str, int] | None = None
+    """Those rejections by reason (simulated edge tier)."""
     rejected: int | None = None
-    """Training replies the cloud's update validation rejected (``server/validation.py``)."""
+    """Training replies the cloud rejected: its update validation (``server/validation.py``)
+    and its privacy ledger (``dp-metadata``, ``dp-over-cap``)."""
+    rejected_reasons: dict[str, int] | None = None
+    """Those rejections by reason (:data:`~fedmosaic.server.validation.REASONS`)."""
 
 
 @dataclass
@@ -75,7 +80,10 @@ class RunRecorder:
         """Append a round to the history, TensorBoard and ``history.jsonl``."""
         self.history.append(record)
         for name, value in asdict(record).items():
-            if name != "round" and value is not None:
+            if isinstance(value, dict):
+                for reason, count in value.items():
+                    self._writer.add_scalar(f"round/{name}/{reason}", count, record.round)
+            elif name != "round" and value is not None:
                 self._writer.add_scalar(f"round/{name}", value, record.round)
         self._writer.flush()
         with (self.run_dir / HISTORY_FILE).open("a") as handle:

@@ -1,7 +1,17 @@
-"""Check every client update before it is aggregated; drop the bad ones, keep the round going.
+"""Check every device update before it is aggregated; drop the bad ones, keep the round going.
 
-API (stable; the edge tier calls it too):
+Every byte from a device is untrusted. One contract applies at every tier (the cloud's
+:class:`ValidatingStrategy`, the edge's intake in ``server/edge/messages.py``, the server
+ledger's DP checks): whatever passes it, the wrapped strategy accepts, and no exception from a
+device's bytes escapes.
 
+* :class:`ReplyContract`: the metrics a training reply must carry, exactly those keys, each
+  with its type and range (``num-examples`` an integer in ``[1, max-examples]``, never above
+  the ``dataset-size`` the device declared first, itself at most ``max-examples``; every
+  value finite; lists of their fixed length). :meth:`ReplyContract.for_devices` is what an
+  honest ClientApp sends under the run config (``records.TRAIN_METRICS``, plus
+  ``records.DP_METRICS`` with ``dp``, plus ``edge-id`` below an edge);
+  :meth:`ReplyContract.for_edge_aggregates` what an edge sends up.
 * :func:`validate_update` ``(update, reference, num_examples, *, metrics=None,
   declared_examples=None, max_norm=inf)`` checks one decoded update (full weights
   ``w = w_global + Δ`` as ``{name: ndarray}``) against the global arrays and returns ``None``,
@@ -10,18 +20,19 @@ API (stable; the edge tier calls it too):
 * :func:`update_validator` ``(config)`` is ``validate_update`` with the run's
   ``max-update-norm`` bound, in the ``validate(update, reference, num_examples)`` form.
 * :class:`ValidatingStrategy` wraps any ``flwr.serverapp.strategy.Strategy``: it remembers the
-  global arrays each round sends, checks every training reply with :func:`validate_update`,
-  logs each rejection with its reason, counts them per round (``rejected[round]``), and hands
-  only the accepted replies to the wrapped strategy. If fewer than ``min_replies`` remain, the
-  round is skipped: ``aggregate_train`` returns ``(None, None)`` and Flower keeps the global
-  model as it was.
+  global arrays each round sends, checks every training reply (:func:`check_reply`), logs
+  each rejection with its reason, counts them per round and reason (:class:`Rejections`), and
+  hands only the accepted replies to the wrapped strategy. If fewer than ``min_replies``
+  remain, the round is skipped: ``aggregate_train`` returns ``(None, None)`` and Flower keeps
+  the global model as it was.
 
-Checks, in order: the same array names as the global model (``keys``); the same shape
-(``shape``) and dtype (``dtype``) per array; every value finite (``non-finite``); ``num-examples``
-present, an integer ``> 0`` and at most what the client declared (``num-examples``); every metric
-finite (``metrics``); ``||w − w_global||_2 ≤ max_norm`` over all arrays together (``norm``).
-A norm bound is the standard defence against scaled (boosted) updates (Sun et al. 2019, "Can
-You Really Backdoor Federated Learning?", arXiv:1911.07963).
+Array checks, in order: the same array names as the global model (``keys``); the same shape
+(``shape``) and dtype (``dtype``) per array; every value finite (``non-finite``); then the
+metrics (``num-examples``, ``metrics``); ``||w − w_global||_2 ≤ max_norm`` over all arrays
+together (``norm``). A norm bound is the standard defence against scaled (boosted) updates
+(Sun et al. 2019, "Can You Really Backdoor Federated Learning?", arXiv:1911.07963). Without a
+contract, the accepted replies of a round are kept only if their metric keys agree with the
+round's majority (Flower's FedAvg refuses a round whose replies disagree).
 """
 
 from __future__ import annotations
@@ -29,8 +40,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -39,13 +51,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
+from fedmosaic.config import RunConfig
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
 
 Arrays = Mapping[str, np.ndarray]
-REASONS = ("keys", "shape", "dtype", "non-finite", "num-examples", "metrics", "norm", "malformed")
-"""Every ``RejectedUpdate.reason``."""
+REASONS = ("keys", "shape", "dtype", "non-finite", "num-examples", "metrics", "norm", "malformed",
+           "payload", "dp-metadata", "dp-over-cap")
+"""Every ``RejectedUpdate.reason`` (``payload``: a compressed payload that does not decode or
+does not fit the model; ``dp-*``: the privacy ledger's refusals)."""
 
 
 class RejectedUpdate(ValueError):
@@ -58,6 +73,140 @@ class RejectedUpdate(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}; the update is dropped from this round")
         self.reason = reason
+
+
+class Rejections:
+    """Rejected updates of one tier, per round and reason."""
+
+    def __init__(self) -> None:
+        self.by_round: dict[int, Counter[str]] = defaultdict(Counter)
+
+    def add(self, server_round: int, reason: str) -> None:
+        """Count one rejection."""
+        self.by_round[server_round][reason] += 1
+
+    def count(self, server_round: int) -> int:
+        """Rejections in ``server_round``."""
+        return sum(self.by_round.get(server_round, Counter()).values())
+
+    def reasons(self, server_round: int) -> dict[str, int]:
+        """``{reason: count}`` of ``server_round``, sorted by reason."""
+        return dict(sorted(self.by_round.get(server_round, Counter()).items()))
+
+
+@dataclass(frozen=True)
+class MetricRule:
+    """What one metric's value must be.
+
+    A finite number (an integer if ``integer``) in ``[low, high]``, or with ``length > 0`` a
+    list of ``length`` such numbers.
+    """
+
+    low: float = -math.inf
+    high: float = math.inf
+    integer: bool = False
+    length: int = 0
+
+    def check(self, key: str, value: Any, reason: str = "metrics") -> None:
+        """Raise :class:`RejectedUpdate` with ``reason`` unless ``value`` obeys the rule."""
+        values = value if self.length else [value]
+        if self.length and (not isinstance(value, list) or len(value) != self.length):
+            raise RejectedUpdate(reason, f"metric {key!r} must be a list of {self.length} "
+                                         f"numbers, got {_show(value)}")
+        for item in values:
+            number = isinstance(item, (int, float)) and not isinstance(item, bool)
+            if not number or not math.isfinite(item) or not self.low <= item <= self.high or (
+                    self.integer and item != int(item)):
+                kind = "an integer" if self.integer else "a finite number"
+                raise RejectedUpdate(reason, f"metric {key!r} must be {kind} in "
+                                             f"[{self.low}, {self.high}], got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    """A bounded ``repr`` for error messages (a device may send anything)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+@dataclass(frozen=True)
+class ReplyContract:
+    """The metrics a training reply must carry: exactly the keys of ``rules``.
+
+    Attributes:
+        rules: ``{metric key: rule}``.
+        max_examples: Bound on ``num-examples`` (and on the first declared ``dataset-size``).
+    """
+
+    rules: Mapping[str, MetricRule]
+    max_examples: int
+
+    @classmethod
+    def for_devices(cls, config: RunConfig, num_modalities: int,
+                    below_edge: bool = False) -> ReplyContract:
+        """What an honest device's ClientApp sends under ``config`` (module docstring)."""
+        rules: dict[str, MetricRule] = {
+            records.NUM_EXAMPLES: MetricRule(1, config.max_examples, integer=True),
+            records.TRAIN_LOSS: MetricRule(0.0),
+            records.EMBEDDING_VARIANCE: MetricRule(0.0),
+            records.DATASET_SIZE: MetricRule(1, config.max_examples, integer=True),
+            records.MODALITIES_HELD: MetricRule(0, 1, integer=True, length=num_modalities),
+        }
+        if config.dp:
+            rules |= dp_rules(config)
+        if below_edge:
+            rules[records.EDGE_ID] = MetricRule(0, config.num_edges - 1, integer=True)
+        return cls(rules, config.max_examples)
+
+    @classmethod
+    def for_edge_aggregates(cls, config: RunConfig) -> ReplyContract:
+        """What an edge sends the cloud: its examples and its devices' averaged metrics."""
+        most = config.max_examples * config.num_clients
+        rules = {records.NUM_EXAMPLES: MetricRule(1, most, integer=True),
+                 records.TRAIN_LOSS: MetricRule(0.0),
+                 records.EMBEDDING_VARIANCE: MetricRule(0.0),
+                 records.DATASET_SIZE: MetricRule(1, config.max_examples)}
+        return cls(rules, most)
+
+    def check_metrics(self, metrics: Mapping[str, Any], declared: int | None = None,
+                      keys: Collection[str] | None = None) -> None:
+        """Raise :class:`RejectedUpdate` unless ``metrics`` fit the contract.
+
+        Args:
+            metrics: The reply's metrics.
+            declared: The ``dataset-size`` the device declared first (bounds
+                ``num-examples``), or ``None``.
+            keys: Check only these keys, which must be present (others are allowed); ``None``:
+                exactly the contract's keys.
+        """
+        wanted = set(self.rules) if keys is None else set(keys)
+        missing = sorted(wanted - set(metrics))
+        extra = sorted(set(metrics) - set(self.rules)) if keys is None else []
+        if missing or extra:
+            reason = "num-examples" if records.NUM_EXAMPLES in missing else "metrics"
+            raise RejectedUpdate(reason, f"expected the metrics {sorted(wanted)}, missing "
+                                         f"{missing}, unexpected {extra[:10]}")
+        for key in sorted(wanted):
+            self.rules[key].check(key, metrics[key], "num-examples"
+                                  if key == records.NUM_EXAMPLES else "metrics")
+        examples = metrics.get(records.NUM_EXAMPLES)
+        if declared is not None and examples is not None and examples > declared:
+            raise RejectedUpdate("num-examples", f"{records.NUM_EXAMPLES} must be <= the "
+                                                 f"{declared} the device declared, got "
+                                                 f"{_show(examples)}")
+
+
+def dp_rules(config: RunConfig) -> dict[str, MetricRule]:
+    """The rules of ``records.DP_METRICS`` in a run with ``dp``."""
+    return {
+        records.PARTITION_ID: MetricRule(0, config.num_clients - 1, integer=True),
+        records.DP_EPSILON_SPENT: MetricRule(0.0),
+        records.DP_EPSILON_BUDGET: MetricRule(1e-12),
+        records.DP_DELTA: MetricRule(config.delta, config.delta),
+        records.DP_NOISE_MULTIPLIER: MetricRule(0.0),
+        records.DP_REFUSED: MetricRule(0, 1, integer=True),
+        records.DP_SAMPLE_RATE: MetricRule(0.0, 1.0),
+        records.DP_STEPS: MetricRule(0, 2**31 - 1, integer=True),
+    }
 
 
 def validate_update(
@@ -138,22 +287,27 @@ def update_validator(config: Any) -> functools.partial[None]:
     return functools.partial(validate_update, max_norm=config.max_update_norm or math.inf)
 
 
-def check_reply(reply: Message, reference: Arrays, declared: Mapping[int, int],
-                max_norm: float) -> None:
+def check_reply(reply: Message, reference: Arrays, declared: int | None, max_norm: float,
+                contract: ReplyContract | None = None) -> None:
     """Raise :class:`RejectedUpdate` unless a training reply carries an acceptable update.
 
     Args:
-        reply: the reply (``arrays`` record and ``metrics`` record).
+        reply: the reply: exactly one ArrayRecord (``arrays``) and one MetricRecord
+            (``metrics``), as Flower's FedAvg family requires.
         reference: the global arrays of the round.
-        declared: per source node ID, the most examples the node may claim.
+        declared: the most examples the node may claim (``None``: no bound).
         max_norm: bound on the update norm.
+        contract: the metrics the reply must carry (``None``: any finite metrics).
     """
     content = reply.content
-    if records.ARRAYS not in content.array_records or records.METRICS not in content.metric_records:
-        raise RejectedUpdate("malformed", f"a training reply needs the records "
-                                          f"{records.ARRAYS!r} and {records.METRICS!r}, got "
-                                          f"{sorted(content.keys())}")
+    if list(content.array_records) != [records.ARRAYS] or list(
+            content.metric_records) != [records.METRICS]:
+        raise RejectedUpdate("malformed", f"a training reply needs exactly the records "
+                                          f"{records.ARRAYS!r} (arrays) and {records.METRICS!r} "
+                                          f"(metrics), got {sorted(content.keys())[:10]}")
     metrics = dict(content.metric_records[records.METRICS])
+    if contract is not None:
+        contract.check_metrics(metrics, declared)
     if records.NUM_EXAMPLES not in metrics:
         raise RejectedUpdate("num-examples", f"metric {records.NUM_EXAMPLES!r} is missing")
     num_examples = metrics.pop(records.NUM_EXAMPLES)
@@ -162,24 +316,40 @@ def check_reply(reply: Message, reference: Arrays, declared: Mapping[int, int],
     except Exception as error:  # a payload that does not deserialize  # noqa: BLE001
         raise RejectedUpdate("malformed", f"arrays do not decode ({error})") from error
     validate_update(update, reference, num_examples, metrics=metrics,
-                    declared_examples=declared.get(reply.metadata.src_node_id),
-                    max_norm=max_norm)
+                    declared_examples=declared, max_norm=max_norm)
+
+
+def majority_keys(replies: list[Message]) -> tuple[list[Message], list[Message]]:
+    """Split replies into those whose metric keys are the most common set, and the others.
+
+    Flower's FedAvg family refuses a round whose replies' metric keys differ; keeping the
+    majority (the first such set on a tie) keeps the honest devices' round going.
+    """
+    sets = [frozenset(r.content.metric_records[records.METRICS].keys()) for r in replies]
+    if not sets:
+        return [], []
+    common = Counter(sets).most_common(1)[0][0]
+    return ([r for r, k in zip(replies, sets, strict=True) if k == common],
+            [r for r, k in zip(replies, sets, strict=True) if k != common])
 
 
 class ValidatingStrategy(StrategyWrapper):
     """Delegates to ``strategy`` after dropping training replies that fail validation.
 
     Each node's ``dataset-size`` metric (the training examples it holds), pinned at the first
-    value the node reports, bounds the ``num-examples`` it may claim afterwards.
+    value the node reports in an accepted reply, bounds the ``num-examples`` it may claim
+    afterwards.
 
     Args:
         strategy: any Flower strategy.
         max_norm: bound on ``||w − w_global||_2`` (``inf``: no bound).
         min_replies: replies that must survive for the round to aggregate (at least 1).
+        contract: the metrics every reply must carry (``None``: any finite metrics, the
+            round keeps the majority's keys).
     """
 
     def __init__(self, strategy: Strategy, max_norm: float = math.inf,
-                 min_replies: int = 1) -> None:
+                 min_replies: int = 1, contract: ReplyContract | None = None) -> None:
         if min_replies < 1:
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
         if not max_norm > 0:
@@ -187,11 +357,10 @@ class ValidatingStrategy(StrategyWrapper):
         super().__init__(strategy)
         self.max_norm = max_norm
         self.min_replies = min_replies
-        self.rejected: dict[int, int] = defaultdict(int)
-        self.reasons: dict[int, list[str]] = defaultdict(list)
+        self.contract = contract
+        self.rejections = Rejections()
         self.declared: dict[int, int] = {}
         self._reference: dict[int, dict[str, np.ndarray]] = {}
-
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -205,32 +374,51 @@ class ValidatingStrategy(StrategyWrapper):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies that pass :func:`check_reply`; skip the round if too few do."""
         reference = self._reference.get(server_round)
+        failures: list[Message] = []
         accepted: list[Message] = []
         for reply in replies:
-            if reply.has_error() or reference is None:
-                accepted.append(reply)  # failures are counted by the wrapped strategy
+            if reply.has_error():
+                failures.append(reply)  # counted by the wrapped strategy
                 continue
-            self._declare(reply)
             try:
-                check_reply(reply, reference, self.declared, self.max_norm)
+                if reference is None:
+                    raise RejectedUpdate("malformed", f"no global arrays were sent in round "
+                                                      f"{server_round}")
+                check_reply(reply, reference, self._declared(reply), self.max_norm,
+                            self.contract)
             except RejectedUpdate as rejection:
-                self.rejected[server_round] += 1
-                self.reasons[server_round].append(rejection.reason)
-                log.warning("round %d: rejected the update of node %d: %s", server_round,
-                            reply.metadata.src_node_id, rejection)
+                self._reject(server_round, reply, rejection)
                 continue
             accepted.append(reply)
-        usable = sum(not r.has_error() for r in accepted)
-        if usable < self.min_replies:
+        accepted, disagreeing = majority_keys(accepted)
+        for reply in disagreeing:
+            self._reject(server_round, reply, RejectedUpdate(
+                "metrics", f"metric keys {sorted(reply.content[records.METRICS].keys())[:10]} "
+                           "differ from the round's majority"))
+        for reply in accepted:
+            size = reply.content[records.METRICS].get(records.DATASET_SIZE)
+            if isinstance(size, int) and size > 0:
+                self.declared.setdefault(reply.metadata.src_node_id, size)
+        if len(accepted) < self.min_replies:
             log.warning("round %d skipped: %d acceptable replies, %d needed (%d rejected); the "
-                        "global model stays as it was", server_round, usable, self.min_replies,
-                        self.rejected[server_round])
+                        "global model stays as it was", server_round, len(accepted),
+                        self.min_replies, self.rejections.count(server_round))
             return None, None
-        return self.strategy.aggregate_train(server_round, accepted)
+        return self.strategy.aggregate_train(server_round, accepted + failures)
 
-    def _declare(self, reply: Message) -> None:
-        metrics = reply.content.metric_records.get(records.METRICS, {})
-        size = metrics.get(records.DATASET_SIZE)
+    def _declared(self, reply: Message) -> int | None:
+        """The bound on the reply's ``num-examples`` (its node's first ``dataset-size``).
+
+        The node's first accepted ``dataset-size``, or this reply's own if it has none yet.
+        """
         node = reply.metadata.src_node_id
-        if node not in self.declared and isinstance(size, int) and size > 0:
-            self.declared[node] = size
+        if node in self.declared:
+            return self.declared[node]
+        size = reply.content.metric_records.get(records.METRICS, {}).get(records.DATASET_SIZE)
+        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 \
+            else None
+
+    def _reject(self, server_round: int, reply: Message, rejection: RejectedUpdate) -> None:
+        self.rejections.add(server_round, rejection.reason)
+        log.warning("round %d: rejected the update of node %d: %s", server_round,
+                    reply.metadata.src_node_id, rejection)

@@ -1,1 +1,1 @@
-"""Datasets, partitioning, the synthetic IoT generator and the simulation launchers."""
+"""What runs the apps: the Ray simulation engine and the sequential in-process runner."""

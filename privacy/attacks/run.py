@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedmosaic.config import RunConfig
+from fedmosaic.config import RunConfig, renamed_to_current
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
@@ -49,7 +49,7 @@ def load_checkpoint(run_dir: Path, server_round: int | None = None
         raise FileNotFoundError(f"run {run_dir} has no checkpoint for round {chosen}; it has "
                                 f"rounds {sorted(rounds)}")
     checkpoint = torch.load(rounds[chosen], map_location="cpu", weights_only=False)
-    config = RunConfig.from_mapping(checkpoint["config"])
+    config = RunConfig.from_mapping(renamed_to_current(checkpoint["config"]))
     dataset = cached_dataset(config)
     model = build_model(config, dataset)
     model.load_state_dict(checkpoint["model_state"])

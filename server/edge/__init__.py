@@ -1,1 +1,1 @@
-"""The edge tier: which edge each device belongs to, and what an edge does with its devices."""
+"""The edge tier: what an edge does with its devices, simulated or on its own machine."""

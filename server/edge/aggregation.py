@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from fedmosaic.compression import CompressionSpec, compress, decode
+from fedmosaic.compression import CompressionSpec, WireFormatError, compress, decode
+from fedmosaic.server.validation import RejectedUpdate, Rejections
 
 log = logging.getLogger("fedmosaic")
 
@@ -100,6 +101,19 @@ def weighted_average(deltas: Sequence[Arrays], weights: Sequence[int]) -> Arrays
     }
 
 
+def rejection_reason(error: BaseException) -> str:
+    """The reason a rejected update is counted under.
+
+    The validator's own reason, ``payload`` for a payload that does not decode or fit the
+    model, else ``malformed``.
+    """
+    if isinstance(error, RejectedUpdate):
+        return error.reason
+    if isinstance(error, WireFormatError):
+        return "payload"
+    return "malformed"
+
+
 def weighted_metrics(updates: Sequence[DeviceUpdate]) -> dict[str, float]:
     """Examples-weighted mean of every metric all ``updates`` report."""
     if not updates:
@@ -132,6 +146,7 @@ class EdgeAggregator:
         self.seed = seed
         self.combine = combine or weighted_average
         self.residual: Arrays | None = None
+        self.rejections = Rejections()
 
     def decode_valid(self, update: DeviceUpdate, reference: Arrays) -> Arrays:
         """The delta ``update`` carries, if its payload decodes and the update is valid.
@@ -141,13 +156,7 @@ class EdgeAggregator:
         """
         if update.num_examples <= 0:
             raise ValueError(f"num-examples must be > 0, got {update.num_examples}")
-        delta = decode(update.payload)
-        if list(delta) != list(reference) or any(
-            delta[k].shape != reference[k].shape for k in reference
-        ):
-            expected = [(k, v.shape) for k, v in reference.items()]
-            raise ValueError(f"expected a delta of the global arrays {expected}, got "
-                             f"{[(k, v.shape) for k, v in delta.items()]}")
+        delta = decode(update.payload, expected=reference)  # layout checked before allocating
         self.validate({k: reference[k] + delta[k] for k in reference}, reference,
                       update.num_examples)
         return delta
@@ -166,10 +175,11 @@ class EdgeAggregator:
         for update in updates:
             try:
                 deltas.append(self.decode_valid(update, reference))
-            except ValueError as error:
+            except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
+                self.rejections.add(server_round, rejection_reason(error))
                 log.warning("edge %d: rejected the update of device %s in round %d: %s: %s",
-                            self.edge_id, update.device, server_round, type(error).__name__,
-                            error)
+                            self.edge_id, update.device, server_round,
+                            rejection_reason(error), error)
                 continue
             accepted.append(update)
         rejected = len(updates) - len(accepted)

@@ -13,7 +13,8 @@ from fedmosaic.compression import CompressionSpec
 from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import EdgeAggregator
 from fedmosaic.server.edge.robust import edge_combiner
-from fedmosaic.server.validation import update_validator
+from fedmosaic.server.validation import ReplyContract, update_validator
+from fedmosaic.task import cached_dataset
 
 
 def edge_aggregator(config: RunConfig, edge_id: int) -> EdgeAggregator:
@@ -22,6 +23,11 @@ def edge_aggregator(config: RunConfig, edge_id: int) -> EdgeAggregator:
         edge_id, CompressionSpec(topk_ratio=config.edge_topk, bits=config.edge_bits),
         update_validator(config), config.seed,
         edge_combiner(config.edge_aggregation, config.trim_fraction))
+
+
+def device_contract(config: RunConfig) -> ReplyContract:
+    """What an edge expects from each of its devices (``edge-id`` among the metrics)."""
+    return ReplyContract.for_devices(config, len(cached_dataset(config).specs), below_edge=True)
 
 
 def cloud_config(config: RunConfig) -> RunConfig:

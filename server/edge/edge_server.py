@@ -25,7 +25,7 @@ from fedmosaic.compression.spool import EdgeReply, EdgeSpool
 from fedmosaic.compression.topology import edge_of
 from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import EdgeAggregator
-from fedmosaic.server.edge.configured import edge_aggregator
+from fedmosaic.server.edge.configured import device_contract, edge_aggregator
 from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
     receive_device_replies,
@@ -75,15 +75,16 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
         messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                             group_id=str(server_round)) for node in devices]
         replies = grid.send_and_receive(messages, timeout=DEVICE_TIMEOUT_SECONDS)
-        received = receive_device_replies(replies, config.num_edges, server_round)
+        received = receive_device_replies(replies, device_contract(config), server_round)
         updates = received.by_edge.get(request.edge_id, [])
         aggregate = aggregator.aggregate(updates, request.arrays, server_round)
         if aggregate is None:
             spool.put_reply(server_round, EdgeReply(b"", {}))
             continue
+        malformed = sum(received.rejected.values())
         sent = edge_aggregate_content(aggregate, sum(received.bytes_by_edge.values()),
-                                      malformed=received.rejected)
+                                      malformed=malformed)
         spool.put_reply(server_round, EdgeReply(aggregate.payload,
                                                 dict(sent[records.METRICS])))  # type: ignore[arg-type]
         log.info("edge %d, round %d: %d devices averaged, %d rejected", request.edge_id,
-                 server_round, aggregate.accepted, aggregate.rejected + received.rejected)
+                 server_round, aggregate.accepted, aggregate.rejected + malformed)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -35,17 +35,13 @@ from fedmosaic.compression import (
 )
 from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import Arrays, EdgeAggregator
-from fedmosaic.server.edge.configured import edge_aggregator
+from fedmosaic.server.edge.configured import device_contract, edge_aggregator
 from fedmosaic.server.edge.messages import (
-    EDGE_ACCEPTED,
-    EDGE_BYTES_IN,
-    EDGE_REJECTED,
-    EDGE_TIER_METRICS,
     edge_aggregate_content,
-    is_edge_aggregate,
     receive_device_replies,
 )
 from fedmosaic.server.traffic import message_bytes
+from fedmosaic.server.validation import MetricRule, RejectedUpdate, Rejections, ReplyContract
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -68,9 +64,14 @@ class HierarchicalStrategy(StrategyWrapper):
         strategy: the cloud strategy; it sees one reply per edge.
         edges: one aggregator per edge, ``edges[e].edge_id == e`` (device replies must report
             ``edge-id`` in ``[0, len(edges))``).
+        contract: what every device reply must carry
+            (:func:`~fedmosaic.server.edge.configured.device_contract`).
+        deployed: the replies come from edge machines (``edge-role=cloud``), each already an
+            edge aggregate; otherwise from devices, which this wrapper's edges aggregate.
     """
 
-    def __init__(self, strategy: Strategy, edges: Sequence[EdgeAggregator]) -> None:
+    def __init__(self, strategy: Strategy, edges: Sequence[EdgeAggregator],
+                 contract: ReplyContract, deployed: bool = False) -> None:
         if not edges:
             raise ValueError("an edge tier needs at least one edge, got none")
         if [edge.edge_id for edge in edges] != list(range(len(edges))):
@@ -78,24 +79,33 @@ class HierarchicalStrategy(StrategyWrapper):
                              f"{[edge.edge_id for edge in edges]}")
         super().__init__(strategy)
         self.edges = list(edges)
+        self.contract = contract
+        self.deployed = deployed
+        self.intake = Rejections()
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
         self._global: dict[int, Arrays] = {}
 
     @classmethod
     def from_config(cls, strategy: Strategy, config: RunConfig) -> HierarchicalStrategy:
         """``strategy`` behind the config's ``num-edges`` edges (``configured.edge_aggregator``)."""
-        return cls(strategy, [edge_aggregator(config, e) for e in range(config.num_edges)])
+        return cls(strategy, [edge_aggregator(config, e) for e in range(config.num_edges)],
+                   device_contract(config), deployed=config.edge_role == "cloud")
 
     def round_traffic(self, server_round: int) -> dict[str, int]:
         """A round's edge-tier traffic, as :class:`~fedmosaic.server.recorder.RoundRecord` fields.
 
         Returns:
-            ``bytes_device_to_edge``, ``bytes_edge_to_cloud`` and ``edge_rejected_updates``.
+            ``bytes_device_to_edge``, ``bytes_edge_to_cloud``, ``edge_rejected_updates`` and
+            ``edge_rejected_reasons`` (in simulation; a deployed edge logs its reasons).
         """
         hops = self.hops[server_round]
+        reasons = Counter(self.intake.reasons(server_round))
+        for edge in self.edges:
+            reasons.update(edge.rejections.reasons(server_round))
         return {"bytes_device_to_edge": hops.bytes_device_to_edge,
                 "bytes_edge_to_cloud": hops.bytes_edge_to_cloud,
-                "edge_rejected_updates": hops.rejected_updates}
+                "edge_rejected_updates": hops.rejected_updates,
+                "edge_rejected_reasons": dict(sorted(reasons.items()))}
 
     def summary(self) -> None:
         """Log the edge tier and the cloud strategy's summary."""
@@ -118,10 +128,13 @@ class HierarchicalStrategy(StrategyWrapper):
         reference = self._global.pop(server_round)
         traffic = self.hops[server_round]
         replies = [r for r in replies if not r.has_error()]
-        sent = [r for r in replies if is_edge_aggregate(r)]
-        received = receive_device_replies([r for r in replies if not is_edge_aggregate(r)],
-                                          len(self.edges), server_round)
-        traffic.rejected_updates += received.rejected
+        sent = replies if self.deployed else []
+        received = receive_device_replies([] if self.deployed else replies, self.contract,
+                                          server_round)
+        for reason, count in received.rejected.items():
+            for _ in range(count):
+                self.intake.add(server_round, reason)
+        traffic.rejected_updates += sum(received.rejected.values())
         for edge_id in sorted(received.by_edge):
             updates = received.by_edge[edge_id]
             aggregate = self.edges[edge_id].aggregate(updates, reference, server_round)
@@ -134,17 +147,32 @@ class HierarchicalStrategy(StrategyWrapper):
             sent.append(Message(content, metadata=copy.copy(received.metadata[edge_id])))
         cloud_replies = []
         for reply in sent:
-            metrics = reply.content[records.METRICS]
-            counters = {k: int(metrics.get(k, 0)) for k in EDGE_TIER_METRICS}  # type: ignore[arg-type]
             traffic.bytes_edge_to_cloud += message_bytes(reply)
-            traffic.bytes_device_to_edge += counters[EDGE_BYTES_IN]
-            traffic.accepted_updates += counters[EDGE_ACCEPTED]
-            traffic.rejected_updates += counters[EDGE_REJECTED]
             try:
+                counters = edge_counters(reply)
                 cloud_replies.append(as_weights(reply, reference))
-            except ValueError as error:
+            except Exception as error:  # noqa: BLE001 - an edge's bytes must not end the round
                 log.warning("round %d: rejected an edge aggregate: %s", server_round, error)
+                continue
+            traffic.bytes_device_to_edge += counters[records.EDGE_BYTES_IN]
+            traffic.accepted_updates += counters[records.EDGE_ACCEPTED]
+            traffic.rejected_updates += counters[records.EDGE_REJECTED]
         return self.strategy.aggregate_train(server_round, cloud_replies)
+
+
+def edge_counters(sent: Message) -> dict[str, int]:
+    """The edge-tier counters of an edge's reply (:data:`~fedmosaic.records.EDGE_TIER_METRICS`).
+
+    Raises:
+        RejectedUpdate: if a counter is missing or not a non-negative integer.
+    """
+    metrics = sent.content.metric_records.get(records.METRICS, {})
+    rule = MetricRule(0, 2**53, integer=True)
+    for key in records.EDGE_TIER_METRICS:
+        if key not in metrics:
+            raise RejectedUpdate("metrics", f"an edge aggregate needs the metric {key!r}")
+        rule.check(key, metrics[key])
+    return {key: int(metrics[key]) for key in records.EDGE_TIER_METRICS}  # type: ignore[arg-type]
 
 
 def as_weights(sent: Message, reference: Arrays) -> Message:
@@ -156,13 +184,10 @@ def as_weights(sent: Message, reference: Arrays) -> Message:
         ValueError: (``WireFormatError`` included) if the payload does not decode to a delta
             of the global arrays.
     """
-    delta = decode(payload_from_record(sent.content[records.COMPRESSED_DELTA]))
-    if list(delta) != list(reference) or any(delta[k].shape != v.shape
-                                             for k, v in reference.items()):
-        raise ValueError(f"edge aggregate holds arrays {list(delta)}, expected the global "
-                         f"arrays {list(reference)} with their shapes")
+    delta = decode(payload_from_record(sent.content[records.COMPRESSED_DELTA]),
+                   expected=reference)
     weights = {name: reference[name] + delta[name] for name in reference}
     metrics = MetricRecord({k: v for k, v in sent.content[records.METRICS].items()
-                            if k not in EDGE_TIER_METRICS})
+                            if k not in records.EDGE_TIER_METRICS})
     content = RecordDict({records.ARRAYS: arrays_record(weights), records.METRICS: metrics})
     return Message(content, metadata=copy.copy(sent.metadata))

@@ -10,7 +10,7 @@ the examples-weighted means of its devices' metrics, and the edge-tier counters
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -18,55 +18,36 @@ from flwr.app import Message, Metadata, MetricRecord, RecordDict
 
 from fedmosaic import records
 from fedmosaic.compression import payload_from_record, payload_to_record
-from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregate
+from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregate, rejection_reason
 from fedmosaic.server.traffic import message_bytes
-
-EDGE_ACCEPTED = "edge-accepted"
-"""Metric of an edge's reply: device updates it averaged."""
-EDGE_REJECTED = "edge-rejected"
-"""Metric of an edge's reply: device updates it rejected."""
-EDGE_BYTES_IN = "edge-bytes-in"
-"""Metric of an edge's reply: serialized bytes of its devices' replies this round."""
-EDGE_TIER_METRICS = (EDGE_ACCEPTED, EDGE_REJECTED, EDGE_BYTES_IN)
+from fedmosaic.server.validation import RejectedUpdate, ReplyContract
 
 log = logging.getLogger("fedmosaic")
 
 
-class MalformedReplyError(ValueError):
-    """A device reply lacks what the edge tier needs; the reply is rejected."""
-
-
-def device_update_from_reply(reply: Message) -> tuple[int, DeviceUpdate]:
-    """The edge ID a device reports and its update.
+def device_update_from_reply(reply: Message, contract: ReplyContract) -> tuple[int, DeviceUpdate]:
+    """The edge ID a device reports and its update, once the reply fits ``contract``.
 
     Raises:
-        MalformedReplyError: if the reply lacks the payload, ``num-examples`` or ``edge-id``.
+        RejectedUpdate: if the reply lacks the payload record or its metrics break the
+            contract (``edge-id`` in range, ``num-examples`` bounded, every value finite).
         WireFormatError: if the payload record is not a codec payload.
     """
     content = reply.content
-    device = str(reply.metadata.src_node_id)
-    if records.COMPRESSED_DELTA not in content.array_records:
-        raise MalformedReplyError(
-            f"device {device}: expected an ArrayRecord {records.COMPRESSED_DELTA!r} in the "
-            f"reply, got array records {sorted(content.array_records)}"
-        )
-    metrics = content.metric_records.get(records.METRICS)
-    missing = [k for k in (records.NUM_EXAMPLES, records.EDGE_ID)
-               if metrics is None or k not in metrics]
-    if missing:
-        raise MalformedReplyError(
-            f"device {device}: expected metrics {missing} in the reply's "
-            f"{records.METRICS!r} record, got {sorted(metrics or {})}"
-        )
-    scalars = {k: float(v) for k, v in metrics.items()  # type: ignore[arg-type]
-               if k not in (records.NUM_EXAMPLES, records.EDGE_ID) and isinstance(v, int | float)}
+    if list(content.array_records) != [records.COMPRESSED_DELTA] or list(
+            content.metric_records) != [records.METRICS]:
+        raise RejectedUpdate("malformed", f"a device reply below an edge needs exactly the "
+                                          f"records {records.COMPRESSED_DELTA!r} and "
+                                          f"{records.METRICS!r}, got {sorted(content.keys())[:10]}")
+    metrics = content.metric_records[records.METRICS]
+    contract.check_metrics(metrics)
     update = DeviceUpdate(
-        device=device,
+        device=str(reply.metadata.src_node_id),
         payload=payload_from_record(content[records.COMPRESSED_DELTA]),
-        num_examples=int(metrics[records.NUM_EXAMPLES]),  # type: ignore[arg-type, index]
-        metrics=scalars,
+        num_examples=int(metrics[records.NUM_EXAMPLES]),  # type: ignore[arg-type]
+        metrics={k: float(metrics[k]) for k in records.EDGE_AGGREGATE_METRICS},  # type: ignore[arg-type]
     )
-    return int(metrics[records.EDGE_ID]), update  # type: ignore[arg-type, index]
+    return int(metrics[records.EDGE_ID]), update  # type: ignore[arg-type]
 
 
 @dataclass
@@ -77,29 +58,34 @@ class ReceivedUpdates:
         by_edge: the well-formed updates of each edge.
         metadata: the metadata of each edge's first reply (what its reply upward mirrors).
         bytes_by_edge: serialized bytes of each edge's device replies.
-        rejected: replies rejected because they lacked what the edge tier needs.
+        rejected: replies rejected at intake, by reason.
     """
 
     by_edge: dict[int, list[DeviceUpdate]] = field(default_factory=lambda: defaultdict(list))
     metadata: dict[int, Metadata] = field(default_factory=dict)
     bytes_by_edge: dict[int, int] = field(default_factory=lambda: defaultdict(int))
-    rejected: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
 
 
-def receive_device_replies(replies: Iterable[Message], num_edges: int,
+def receive_device_replies(replies: Iterable[Message], contract: ReplyContract,
                            server_round: int) -> ReceivedUpdates:
-    """Parse device replies; log and count the malformed ones (error replies are skipped)."""
+    """Parse device replies; log and count the malformed ones (error replies are skipped).
+
+    Nothing a device sends escapes as an exception: a reply that breaks the contract, carries
+    no codec payload, or fails in any other way is rejected with its reason (``payload`` for a
+    payload record that is not one) and the other replies go on.
+    """
     received = ReceivedUpdates()
     for reply in replies:
         if reply.has_error():
             continue
         try:
-            edge_id, update = device_update_from_reply(reply)
-            if not 0 <= edge_id < num_edges:
-                raise MalformedReplyError(f"edge-id must lie in [0, {num_edges}), got {edge_id}")
-        except ValueError as error:
-            log.warning("round %d: rejected a device reply: %s", server_round, error)
-            received.rejected += 1
+            edge_id, update = device_update_from_reply(reply, contract)
+        except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
+            reason = rejection_reason(error)
+            log.warning("round %d: rejected the reply of device %s: %s: %s", server_round,
+                        reply.metadata.src_node_id, reason, error)
+            received.rejected[reason] += 1
             continue
         received.by_edge[edge_id].append(update)
         received.metadata.setdefault(edge_id, reply.metadata)
@@ -113,7 +99,7 @@ def edge_aggregate_content(aggregate: EdgeAggregate, bytes_device_to_edge: int,
 
     ``compressed-delta`` holds the aggregate's payload; ``metrics`` the devices' weighted
     metrics, ``num-examples`` (the edge's total) and the edge-tier counters
-    :data:`EDGE_TIER_METRICS` (``edge-rejected`` adds the ``malformed`` replies the edge
+    :data:`records.EDGE_TIER_METRICS` (``edge-rejected`` adds the ``malformed`` replies the edge
     could not even parse to the aggregator's rejections).
     """
     return RecordDict({
@@ -121,14 +107,8 @@ def edge_aggregate_content(aggregate: EdgeAggregate, bytes_device_to_edge: int,
         records.METRICS: MetricRecord({
             **aggregate.metrics,
             records.NUM_EXAMPLES: aggregate.num_examples,
-            EDGE_ACCEPTED: aggregate.accepted,
-            EDGE_REJECTED: aggregate.rejected + malformed,
-            EDGE_BYTES_IN: bytes_device_to_edge,
+            records.EDGE_ACCEPTED: aggregate.accepted,
+            records.EDGE_REJECTED: aggregate.rejected + malformed,
+            records.EDGE_BYTES_IN: bytes_device_to_edge,
         }),
     })
-
-
-def is_edge_aggregate(reply: Message) -> bool:
-    """Whether ``reply`` comes from an edge (as opposed to a device)."""
-    metrics = reply.content.metric_records.get(records.METRICS)
-    return metrics is not None and EDGE_ACCEPTED in metrics

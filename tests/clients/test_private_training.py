@@ -9,10 +9,10 @@ from fedmosaic.clients.app import train_locally
 from fedmosaic.clients.private_training import (
     client_epsilon_budget,
     prior_segments,
-    read_budget_file,
 )
 from fedmosaic.config import RunConfig
 from fedmosaic.privacy.accounting import Segment
+from fedmosaic.privacy.budgets import read_budget_file
 from fedmosaic.privacy.client_account import ClientPrivacyAccount
 from fedmosaic.task import build_model, cached_dataset
 

@@ -12,7 +12,7 @@ from fedmosaic.privacy.report import load_ledger
 def ledger():
     book = PrivacyLedger()
     book.record_reply(1, {records.PARTITION_ID: 3, records.DP_EPSILON_SPENT: 0.5,
-                          records.DP_EPSILON_BUDGET: 2.0, records.DP_DELTA: 1e-5,
+                          records.DP_EPSILON_BUDGET: 3.0, records.DP_DELTA: 1e-5,
                           records.DP_NOISE_MULTIPLIER: 1.5, records.DP_SAMPLE_RATE: 0.2,
                           records.DP_STEPS: 5, records.DP_REFUSED: 0})
     book.record_reply(2, {records.PARTITION_ID: 3, records.DP_EPSILON_SPENT: 0.5,
@@ -30,7 +30,7 @@ def test_privacy_report_prints_the_summary_ledger(tmp_path):
     cells = [cell.strip() for cell in row.strip().strip("│").split("│")]
     spent = f"{ledger().devices[3].epsilon_spent:.4f}"
     # device, ε spent, budget, δ, σ, rounds joined (1), refusals (round 2)
-    assert cells == ["partition 3", spent, "2", "1e-05", "1.5000", "1", "2"]
+    assert cells == ["partition 3", spent, "3", "1e-05", "1.5000", "1", "2"]
 
 
 def test_mid_run_the_newest_checkpoint_is_read(tmp_path):

@@ -35,7 +35,8 @@ def dp_metrics(partition, refused):
     return {records.NUM_EXAMPLES: 0 if refused else 20, records.PARTITION_ID: partition,
             records.DP_EPSILON_SPENT: 1.0, records.DP_EPSILON_BUDGET: 2.0,
             records.DP_DELTA: 1e-5, records.DP_NOISE_MULTIPLIER: 1.0,
-            records.DP_REFUSED: int(refused)}
+            records.DP_REFUSED: int(refused), records.DP_SAMPLE_RATE: 0.05,
+            records.DP_STEPS: 0 if refused else 2}
 
 
 def test_refusals_are_ledgered_and_not_aggregated(train_reply):

@@ -78,8 +78,8 @@ def test_the_wrapper_drops_bad_replies_counts_them_and_averages_the_rest(train_r
     arrays, _ = strategy.aggregate_train(1, replies)
 
     np.testing.assert_allclose(arrays["w"].numpy(), [2.0, 2.0])  # mean of (3, 4) and (1, 0)
-    assert strategy.rejected[1] == 3
-    assert sorted(strategy.reasons[1]) == ["non-finite", "norm", "num-examples"]
+    assert strategy.rejections.count(1) == 3
+    assert strategy.rejections.reasons(1) == {"non-finite": 1, "norm": 1, "num-examples": 1}
     assert "rejected the update of node 3" in caplog.text
 
 
@@ -92,7 +92,7 @@ def test_a_node_cannot_claim_more_examples_than_it_first_declared(train_reply):
         2, [train_reply(GOOD, {"num-examples": 500, "dataset-size": 500})])
 
     assert result == (None, None)
-    assert strategy.reasons[2] == ["num-examples"]
+    assert strategy.rejections.reasons(2) == {"num-examples": 1}
 
 
 def test_too_few_valid_replies_skip_the_round(train_reply):
@@ -102,7 +102,7 @@ def test_too_few_valid_replies_skip_the_round(train_reply):
                train_reply({"w": GOOD["w"]}, {"num-examples": 4}, node=2)]
 
     assert strategy.aggregate_train(3, replies) == (None, None)
-    assert strategy.rejected[3] == 1
+    assert strategy.rejections.count(3) == 1
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -121,7 +121,7 @@ def test_replies_without_their_records_are_malformed(train_reply):
     empty = Message(content=RecordDict(), reply_to=train_reply(GOOD, {"num-examples": 1}))
 
     assert strategy.aggregate_train(1, [empty]) == (None, None)
-    assert strategy.reasons[1] == ["malformed"]
+    assert strategy.rejections.reasons(1) == {"malformed": 1}
 
 
 def test_the_run_config_bound_reaches_the_edge_validator():

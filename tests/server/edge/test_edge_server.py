@@ -9,7 +9,6 @@ from fedmosaic.clients.edge_forward import forward_to_edge
 from fedmosaic.compression import arrays_record, decode, payload_from_record
 from fedmosaic.config import RunConfig, default_run_config
 from fedmosaic.server.edge.edge_server import expected_devices, serve_edge
-from fedmosaic.server.edge.messages import EDGE_ACCEPTED
 from fedmosaic.simulation.inprocess import InProcessGrid
 from fedmosaic.task import build_model, cached_dataset
 
@@ -48,7 +47,7 @@ def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
     for reply in replies:
         metrics = reply.content[records.METRICS]
         assert metrics[records.NUM_EXAMPLES] == examples
-        assert metrics[EDGE_ACCEPTED] == 2
+        assert metrics[records.EDGE_ACCEPTED] == 2
         delta = decode(payload_from_record(reply.content[records.COMPRESSED_DELTA]))
         assert list(delta) == list(global_arrays)
         assert any(np.abs(d).max() > 0 for d in delta.values())

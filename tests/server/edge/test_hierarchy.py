@@ -14,13 +14,17 @@ from fedmosaic.compression import (
     compress,
     payload_to_record,
 )
+from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import EdgeAggregate, EdgeAggregator
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.edge.messages import edge_aggregate_content
 from fedmosaic.server.traffic import message_bytes
+from fedmosaic.server.validation import ReplyContract
 from fedmosaic.simulation.inprocess import run_in_process
 
 LOSSLESS = CompressionSpec()
+CONTRACT = ReplyContract.for_devices(RunConfig.from_mapping({"num-clients": 4, "num-edges": 2}),
+                                     num_modalities=1, below_edge=True)
 GLOBAL = {"w": np.array([1.0, -1.0, 0.5], np.float32)}
 
 
@@ -60,7 +64,10 @@ def reply(delta, num_examples, edge_id):
     content = RecordDict({
         records.COMPRESSED_DELTA: payload_to_record(payload),
         records.METRICS: MetricRecord({records.NUM_EXAMPLES: num_examples, records.EDGE_ID: edge_id,
-                                       records.TRAIN_LOSS: float(num_examples)}),
+                                       records.TRAIN_LOSS: float(num_examples),
+                                       records.EMBEDDING_VARIANCE: 1.0,
+                                       records.DATASET_SIZE: num_examples,
+                                       records.MODALITIES_HELD: [1]}),
     })
     return as_reply(content)
 
@@ -79,7 +86,7 @@ def run_round(strategy, replies):
 
 def test_the_cloud_strategy_sees_one_reply_per_edge_with_the_edge_weights():
     cloud = Recording()
-    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2))
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2), CONTRACT)
     replies = [reply({"w": np.array([1.0, 0.0, 0.0], np.float32)}, 1, 0),
                reply({"w": np.array([4.0, 0.0, 0.0], np.float32)}, 3, 0),
                reply({"w": np.array([0.0, 2.0, 0.0], np.float32)}, 2, 1)]
@@ -97,7 +104,7 @@ def test_the_cloud_strategy_sees_one_reply_per_edge_with_the_edge_weights():
 
 
 def test_bytes_are_counted_per_hop_from_the_serialized_messages():
-    hierarchy = HierarchicalStrategy(Recording(), lossless_edges(1))
+    hierarchy = HierarchicalStrategy(Recording(), lossless_edges(1), CONTRACT)
     replies = [reply({"w": np.ones(3, np.float32)}, 1, 0), reply({"w": np.ones(3, np.float32)},
                                                                    1, 0)]
 
@@ -112,7 +119,7 @@ def test_bytes_are_counted_per_hop_from_the_serialized_messages():
 
 def test_malformed_device_replies_are_rejected_and_counted():
     cloud = Recording()
-    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2))
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2), CONTRACT)
     good = reply({"w": np.ones(3, np.float32)}, 1, 1)
     no_payload = as_reply(RecordDict({records.METRICS: MetricRecord({records.NUM_EXAMPLES: 1,
                                                                       records.EDGE_ID: 0})}))
@@ -130,7 +137,7 @@ def test_malformed_device_replies_are_rejected_and_counted():
 
 def test_replies_of_deployed_edges_are_taken_as_sent():
     cloud = Recording()
-    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2))
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2), CONTRACT, deployed=True)
     payload, _ = compress({"w": np.array([2.0, 0.0, 0.0], np.float32)}, LOSSLESS, None,
                           np.random.default_rng(0))
     aggregate = EdgeAggregate(edge_id=1, payload=payload, num_examples=5,
