@@ -45,7 +45,11 @@ MODEL_POISONING_ATTACKS = ("sign-flip", "gaussian", "scale-10", "scale-100", "na
 COLLUDING_ATTACKS = ("alie", "ipm")
 """Attacks that need the round's honest updates, played in the server chain
 (``server/collusion.py``)."""
-ATTACKS = ("none", *DATA_POISONING_ATTACKS, *MODEL_POISONING_ATTACKS, *COLLUDING_ATTACKS)
+REPLY_TAMPERING_ATTACKS = ("malformed",)
+"""Attacks on the reply's bytes rather than the model: a rogue device breaking the reply
+contract (``clients/poisoning.py``), which every tier must reject."""
+ATTACKS = ("none", *DATA_POISONING_ATTACKS, *MODEL_POISONING_ATTACKS, *COLLUDING_ATTACKS,
+           *REPLY_TAMPERING_ATTACKS)
 """Behaviours of simulated malicious clients (``attack``)."""
 ACCOUNTANTS = ("rdp", "prv")
 """Accountants a run may select (``dp-accountant``)."""
@@ -102,8 +106,7 @@ class RunConfig:
     )
     num_malicious_nodes: int = setting("attackers Krum, MultiKrum and Bulyan assume per round")
     attack: str = setting(
-        "behaviour of simulated malicious clients: `label-flip`, `sign-flip`, `gaussian`, "
-        '`scale-10`, `scale-100`, `alie`, `ipm`, `nan`; see "Attack simulation"',
+        'behaviour of simulated malicious clients; see "Attack simulation"',
         choices=ATTACKS,
     )
     malicious_fraction: float = setting(

@@ -17,6 +17,8 @@ trains honestly from the global weights ``w_g`` (on flipped labels for ``label-f
 ``nan``         sends NaN in every floating-point array (a garbage payload).
 ``alie``,       train honestly and tag the reply with ``records.ATTACKER_TAG``; the server
 ``ipm``         chain's colluding attacker (``server/collusion.py``) replaces tagged replies.
+``malformed``   a rogue device: trains honestly, then breaks the reply contract
+                (:meth:`ClientAttack.tamper_reply`); every tier must reject it.
 ==============  ============================================================================
 
 Threat model: the local behaviours alter only the malicious device's own data or reply.
@@ -32,13 +34,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord, RecordDict
 
 from fedmosaic import records
+from fedmosaic.compression import payload_to_record
 from fedmosaic.config import (
     COLLUDING_ATTACKS,
     DATA_POISONING_ATTACKS,
     MODEL_POISONING_ATTACKS,
+    REPLY_TAMPERING_ATTACKS,
     RunConfig,
 )
 from fedmosaic.data.modality import MultimodalArrays
@@ -120,3 +124,22 @@ class ClientAttack:
     def reply_metrics(self) -> dict[str, int]:
         """Extra metrics of the reply: the tag a colluding attacker's reply carries."""
         return {records.ATTACKER_TAG: 1} if self.attack in COLLUDING_ATTACKS else {}
+
+    def tamper_reply(self, reply: RecordDict) -> None:
+        """``malformed``: break the reply contract in place, as a rogue device's bytes would.
+
+        The reply claims ``num-examples = 10^15`` (to outweigh every other device), carries a
+        metric the contract does not know, and its update is in float64 instead of the
+        model's float32 (below an edge: a payload that is not a codec payload).
+        """
+        if self.attack not in REPLY_TAMPERING_ATTACKS:
+            return
+        metrics = reply[records.METRICS]
+        metrics[records.NUM_EXAMPLES] = 10**15
+        metrics["injected"] = 1.0
+        if records.COMPRESSED_DELTA in reply.array_records:
+            reply[records.COMPRESSED_DELTA] = payload_to_record(b"FMZC" + bytes(64))
+        else:
+            arrays = reply[records.ARRAYS]
+            reply[records.ARRAYS] = ArrayRecord({name: Array(array.numpy().astype(np.float64))
+                                                 for name, array in arrays.items()})

@@ -18,6 +18,7 @@ train_model         ``model`` trained from the global weights, ``result``, DP-SG
 clip_update         ``central-dp=client``: ``w ← w_g + clip(w − w_g, C)``
 poison_model        simulation only: a malicious device's model poisoning
 reply_update        ``reply``: the full weights, or below an edge the compressed delta
+tamper_reply        simulation only: a rogue device breaks the reply contract
 attach_telemetry    ``telemetry=true``: local-DP sensor summaries added to ``reply``
 ==================  ==========================================================================
 """
@@ -193,6 +194,11 @@ def reply_update(state: DeviceRound) -> None:
                                   records.METRICS: metrics})
 
 
+def tamper_reply(state: DeviceRound) -> None:
+    """Simulation only: a rogue device (``attack=malformed``) breaks its reply's contract."""
+    state.attack.tamper_reply(state.reply)
+
+
 def attach_telemetry(state: DeviceRound) -> None:
     """``telemetry=true``: this round's local-DP sensor summaries, in the reply."""
     if state.config.telemetry:
@@ -207,6 +213,7 @@ TRAIN_STAGES: tuple[Stage, ...] = (
     clip_update,
     poison_model,
     reply_update,
+    tamper_reply,
     attach_telemetry,
 )
 """The device's training round, in order (module docstring)."""

@@ -10,6 +10,7 @@ gRPC/HTTP on loopback.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from fedmosaic.launch.flower_commands import (
 )
 from fedmosaic.launch.processes import ProcessGroup
 from fedmosaic.launch.runs import (
+    RunFailedError,
     flower_environment,
     follow,
     read_summary,
@@ -78,13 +80,19 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
             logs / "flwr-run.log",
         )
 
+        died: list[subprocess.Popen[bytes]] = []
+
         def finished() -> int | None:
             for process in group.processes:
                 if process is submit or process.poll() is None:
                     continue
                 if process not in edge_runs or process.returncode != 0:
+                    died.append(process)
                     return process.returncode or 1
             return submit.poll()
 
         code = follow(run_dir, config.num_server_rounds, finished, show_progress)
+        if died:
+            raise RunFailedError(f"the run stopped because a process of the federation ended: "
+                                 f"{group.describe_exit(died[0])}")
     return read_summary(run_dir, logs / "flwr-run.log", code)

@@ -32,6 +32,7 @@ class ProcessGroup:
         self.env = {**os.environ, **(env or {}), self.MARKER: self.token}
         self.grace_seconds = grace_seconds
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.log_files: dict[int, Path] = {}
         self._logs: list[object] = []
 
     def start(self, command: Sequence[str], log_file: Path) -> subprocess.Popen[bytes]:
@@ -44,7 +45,20 @@ class ProcessGroup:
             env=self.env, start_new_session=True,
         )
         self.processes.append(process)
+        self.log_files[process.pid] = log_file
         return process
+
+    def describe_exit(self, process: subprocess.Popen[bytes], tail_lines: int = 20) -> str:
+        """Which process ended, how, and the end of its own log."""
+        code = process.returncode
+        how = (f"was killed by {signal.Signals(-code).name}" if code is not None and code < 0
+               and -code in signal.valid_signals() else f"exited with code {code}")
+        log_file = self.log_files.get(process.pid)
+        tail = ("\n".join(log_file.read_text(errors="replace").splitlines()[-tail_lines:])
+                if log_file is not None and log_file.exists() else "(no log)")
+        command = " ".join(str(a) for a in process.args[:1]) if isinstance(  # type: ignore[index]
+            process.args, list) else str(process.args)
+        return f"{command} (log {log_file}) {how}; its log ends:\n{tail}"
 
     def __enter__(self) -> ProcessGroup:
         return self

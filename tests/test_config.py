@@ -125,8 +125,9 @@ def test_every_key_is_documented_once_and_the_readme_table_is_generated_from_it(
     assert config_table() in README.read_text(), (
         "README's configuration table differs from the RunConfig fields; regenerate it with "
         "`python -m fedmosaic.config`")
-    assert config_table().splitlines()[2] == '| `run-name` | `""` | run folder name; empty: ' \
+    assert config_table().splitlines()[2] == '| `run-name` | `""` |  | run folder name; empty: ' \
                                              '`<dataset>-<strategy>-<timestamp>` |'
+    assert '| `edge-bits` | `32` | `4`, `8`, `32` |' in config_table()
 
 
 @pytest.mark.parametrize(("key", "value"), [

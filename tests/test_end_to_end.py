@@ -1,13 +1,18 @@
 """Tiny runs of each entry point: the CLI on Ray, a synthetic run, a loopback deployment."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
 
 from fedmosaic.launch.deployment import deploy_locally
-from fedmosaic.launch.runs import run_simulation
+from fedmosaic.launch.runs import RunFailedError, run_simulation
 
 QUICK = ["-c", "num-server-rounds=2", "-c", "local-epochs=1"]
 
@@ -90,3 +95,49 @@ def test_cli_rejects_unknown_keys_before_starting_anything(tmp_path):
     assert result.returncode == 2
     assert "unknown run-config key" in result.stdout
     assert not (tmp_path / "x").exists()
+
+
+def test_a_rogue_device_in_a_loopback_deployment_is_rejected_and_the_run_completes(
+        tmp_path, leftover_processes):
+    run_dir = tmp_path / "rogue"
+
+    # 3 SuperNodes, round(0.34 * 3) = 1 sends malformed replies over the wire every round
+    summary = deploy_locally({"num-server-rounds": 2, "local-epochs": 1, "attack": "malformed",
+                              "malicious-fraction": 0.34, "fraction-evaluate": 0.0},
+                             supernodes=3, out=run_dir, show_progress=False)
+
+    assert_complete_run(run_dir, rounds=2)
+    for entry in summary["history"]:
+        assert entry["replies"] == 3 and entry["rejected"] == 1
+        assert entry["rejected_reasons"] == {"metrics": 1}
+    assert summary["final_accuracy"] != summary["initial_accuracy"]  # the honest two trained
+    assert leftover_processes(run_dir) == []
+
+
+def test_a_lost_supernode_is_named_with_how_it_ended(tmp_path, leftover_processes):
+    run_dir = tmp_path / "lost"
+    failure = {}
+
+    def deploy():
+        try:
+            deploy_locally({"num-server-rounds": 30, "local-epochs": 1}, supernodes=2,
+                           out=run_dir, show_progress=False)
+        except RunFailedError as error:
+            failure["message"] = str(error)
+
+    thread = threading.Thread(target=deploy)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not (run_dir / "history.jsonl").exists() or not (
+            run_dir / "history.jsonl").read_text().strip():
+        assert time.monotonic() < deadline and thread.is_alive(), "the run never got going"
+        time.sleep(1)
+    supernode = next(pid for pid in leftover_processes(run_dir)
+                     if "flower-supernode" in Path(f"/proc/{pid}/cmdline").read_text())
+    os.kill(supernode, signal.SIGKILL)
+    thread.join(timeout=300)
+
+    assert "message" in failure
+    assert "flower-supernode (log" in failure["message"]
+    assert "supernode-" in failure["message"] and "was killed by SIGKILL" in failure["message"]
+    assert leftover_processes(run_dir) == []

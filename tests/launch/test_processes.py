@@ -67,3 +67,19 @@ def test_descendants_in_their_own_session_are_found_by_marker_and_killed(tmp_pat
 
     assert not alive(detached)
 
+
+
+def test_an_ended_process_is_described_by_its_command_its_end_and_its_own_log(tmp_path):
+    with ProcessGroup() as group:
+        failed = group.start(["sh", "-c", "echo loading data; echo disk full >&2; exit 3"],
+                             tmp_path / "device-1.log")
+        killed = group.start(["sleep", "30"], tmp_path / "device-2.log")
+        failed.wait()
+        killed.kill()
+        killed.wait()
+
+        failed_text, killed_text = group.describe_exit(failed), group.describe_exit(killed)
+
+    assert failed_text.startswith(f"sh (log {tmp_path / 'device-1.log'}) exited with code 3")
+    assert failed_text.endswith("loading data\ndisk full")
+    assert "sleep (log" in killed_text and "was killed by SIGKILL" in killed_text

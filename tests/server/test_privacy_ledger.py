@@ -1,4 +1,6 @@
 import json
+import logging
+import math
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from fedmosaic import records
 from fedmosaic.clients.poisoning import malicious_partitions
+from fedmosaic.config import RunConfig
 from fedmosaic.privacy.central import round_noise_multiplier
 from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy
@@ -150,3 +153,55 @@ def test_central_dp_sees_only_validated_updates_and_accounts_the_aggregated_ones
     assert np.isfinite(summary["final_accuracy"])
     np.testing.assert_allclose(summary["privacy"]["central"]["round_noise_multipliers"],
                                [expected, expected])
+
+
+DP_RUN = RunConfig.from_mapping({"dp": True, "dp-epsilon-budget": 2.0, "num-clients": 4})
+
+
+def test_the_ledger_refuses_an_over_cap_update_that_claims_not_to_be(train_reply):
+    inner, ledger = RecordingStrategy(), PrivacyLedger()
+    strategy = PrivacyLedgerStrategy(inner, ledger, config=DP_RUN)
+    # claims epsilon 0.9 of 2.0; sigma 0.5, q 0.2, 50 steps compose to about 43
+    lying = dp_metrics(0, False) | {records.DP_EPSILON_SPENT: 0.9,
+                                    records.DP_NOISE_MULTIPLIER: 0.5,
+                                    records.DP_SAMPLE_RATE: 0.2, records.DP_STEPS: 50}
+    honest = train_reply({"w": np.ones(2, np.float32)}, dp_metrics(1, False), node=8)
+
+    strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, lying, node=7), honest])
+
+    assert inner.aggregated == [honest]
+    assert strategy.rejections.reasons(1) == {"dp-over-cap": 1}
+    assert ledger.devices[0].over_cap == [1] and ledger.devices[0].epsilon_spent > 40
+
+
+@pytest.mark.parametrize(("metrics", "why"), [
+    ({records.NUM_EXAMPLES: 20}, "needs the metrics"),  # a DP run's reply without DP metadata
+    (dp_metrics(0, False) | {records.DP_STEPS: 0}, "must report >= 1 step"),
+    (dp_metrics(0, True) | {records.NUM_EXAMPLES: 20}, "refusal must report 0 steps"),
+    (dp_metrics(0, False) | {records.DP_DELTA: 0.1}, "'dp-delta' must be"),
+    (dp_metrics(9, False), "'partition-id' must be an integer in"),
+    (dp_metrics(0, False) | {records.DP_SAMPLE_RATE: math.nan}, "'dp-sample-rate' must be"),
+])
+def test_missing_or_inconsistent_dp_metadata_is_refused(train_reply, metrics, why, caplog):
+    inner = RecordingStrategy()
+    strategy = PrivacyLedgerStrategy(inner, PrivacyLedger(), config=DP_RUN)
+    logger = logging.getLogger("fedmosaic")  # another test's run may stop its propagation
+    logger.addHandler(caplog.handler)
+
+    try:
+        result = strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, metrics)])
+    finally:
+        logger.removeHandler(caplog.handler)
+
+    assert result == (None, None) and inner.aggregated is None
+    assert strategy.rejections.reasons(1) == {"dp-metadata": 1}
+    assert why in caplog.text
+
+
+def test_a_node_cannot_change_its_partition(train_reply):
+    strategy = PrivacyLedgerStrategy(RecordingStrategy(), PrivacyLedger(), config=DP_RUN)
+    strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, dp_metrics(0, False), node=7)])
+
+    strategy.aggregate_train(2, [train_reply({"w": np.ones(2)}, dp_metrics(1, False), node=7)])
+
+    assert strategy.rejections.reasons(2) == {"dp-metadata": 1}
