@@ -36,6 +36,8 @@ EDGE_ROLES = ("simulated", "cloud", "edge")
 ``edge``: the run is one edge's sub-round server (see ``server/edge/``)."""
 EDGE_AGGREGATIONS = ("mean", "trimmed-mean", "median")
 """How an edge combines its devices' deltas (``server/edge/robust.py``)."""
+PARTITIONERS = ("iid", "dirichlet")
+"""How a data file without a ``device`` column is split across devices (``data/files.py``)."""
 SENSOR_ENCODERS = ("tcn", "features")
 """Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
 DATA_POISONING_ATTACKS = ("label-flip",)
@@ -130,7 +132,18 @@ class RunConfig:
     gate_balance_weight: float = setting(
         "weight of the gate's load-balancing loss (keeps every modality's encoder learning)"
     )
-    dirichlet_alpha: float = setting("label skew of the synthetic devices (smaller: more skew)")
+    partitioner: str = setting(
+        "how a data file without a `device` column is split across devices: `iid` (after a "
+        "shuffle with `seed`) or `dirichlet` (label skew, `dirichlet-alpha`)",
+        choices=PARTITIONERS,
+    )
+    local_test_fraction: float = setting(
+        "share of each device's partition it keeps for its own (federated) evaluation, never "
+        "trained on (datasets built with `from_arrays` and file datasets)"
+    )
+    dirichlet_alpha: float = setting(
+        "label skew of the synthetic devices and of `partitioner=dirichlet` (smaller: more skew)"
+    )
     missing_modality_prob: float = setting("chance a synthetic device lacks each modality")
     samples_per_client: int = setting("training samples per synthetic device")
     synthetic_noise: float = setting(
@@ -240,6 +253,9 @@ class RunConfig:
             raise ValueError(f"learning-rate must be > 0, got {self.learning_rate}")
         if self.dirichlet_alpha <= 0:
             raise ValueError(f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
+        if not 0.0 <= self.local_test_fraction < 1.0:
+            raise ValueError(
+                f"local-test-fraction must lie in [0, 1), got {self.local_test_fraction}")
         if not 0.0 <= self.missing_modality_prob < 1.0:
             raise ValueError(
                 f"missing-modality-prob must lie in [0, 1), got {self.missing_modality_prob}"

@@ -10,7 +10,9 @@ Plugging in your own data takes one of two routes (README, "Adding a dataset"):
    ``flwr_datasets`` partitioner (IID, Dirichlet, natural id, ...);
 2. or register a factory, ``@register_dataset("name")``, or point the run config at
    ``dataset = "package.module:factory"``. A factory takes the :class:`RunConfig` and returns
-   a :class:`FederatedDataset`.
+   a :class:`FederatedDataset`;
+3. or name a data file, ``dataset = "path/to/data.npz"`` (or ``.csv``), no Python needed
+   (``data/files.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import abc
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset
@@ -61,8 +64,15 @@ class PartitionedArrays(FederatedDataset):
 
     The partitioner sees a ``datasets.Dataset`` with one row per sample and the columns
     ``index`` (row in ``pool``), ``label`` and every entry of ``columns`` (for example a
-    ``subject`` column for ``NaturalIdPartitioner(partition_by="subject")``). Each partition
-    is then split into local train and test parts with ``test_fraction``.
+    ``subject`` column for ``NaturalIdPartitioner(partition_by="subject")``). With ``shuffle``
+    (the default) the rows are in an order drawn from ``seed``, so a partitioner that cuts
+    contiguous chunks (flwr-datasets' ``IidPartitioner`` does not shuffle) is IID even when
+    the pool is stored sorted by label. Each partition is then split into local train and
+    test parts, ``test_fraction`` of it held out for the device's own evaluation.
+
+    ``seed`` and ``test_fraction`` left at ``None`` are taken from the run config when the
+    run loads the dataset (``seed``, ``local-test-fraction``; :meth:`bind`), or 0 and 0.2
+    outside a run.
     """
 
     pool: MultimodalArrays
@@ -71,22 +81,35 @@ class PartitionedArrays(FederatedDataset):
     num_classes: int
     partitioner: Partitioner
     columns: dict[str, np.ndarray]
-    test_fraction: float = 0.2
-    seed: int = 0
+    test_fraction: float | None = None
+    seed: int | None = None
+    shuffle: bool = True
 
     def __post_init__(self) -> None:
         self.pool.validate(self.specs, self.num_classes)
         self.test.validate(self.specs, self.num_classes)
-        if not 0.0 <= self.test_fraction < 1.0:
+        if self.test_fraction is not None and not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test_fraction must lie in [0, 1), got {self.test_fraction}")
-        table = {"index": np.arange(len(self.pool)), "label": self.pool.labels}
         for name, column in self.columns.items():
             if len(column) != len(self.pool):
                 raise ValueError(
                     f"column {name!r} needs {len(self.pool)} entries, got {len(column)}"
                 )
-            table[name] = column
+        self._bound = False
+
+    def bind(self, seed: int, test_fraction: float) -> None:
+        """Fill ``seed`` and ``test_fraction`` where left ``None``; hand the rows over.
+
+        The partitioner gets the pool's rows in the order drawn from ``seed`` (``shuffle``).
+        """
+        self.seed = seed if self.seed is None else self.seed
+        self.test_fraction = test_fraction if self.test_fraction is None else self.test_fraction
+        order = (np.random.default_rng([self.seed, 0x5EED]).permutation(len(self.pool))
+                 if self.shuffle else np.arange(len(self.pool)))
+        table = {"index": order, "label": self.pool.labels[order]}
+        table |= {name: np.asarray(column)[order] for name, column in self.columns.items()}
         self.partitioner.dataset = Dataset.from_dict(table)
+        self._bound = True
 
     @property
     def num_partitions(self) -> int:
@@ -95,6 +118,8 @@ class PartitionedArrays(FederatedDataset):
 
     def partition(self, partition_id: int) -> tuple[MultimodalArrays, MultimodalArrays]:
         """Local ``(train, test)`` of one partition, split at random by ``test_fraction``."""
+        if not self._bound:
+            self.bind(0, DEFAULT_TEST_FRACTION)
         self.check_partition_id(partition_id)
         index = np.asarray(self.partitioner.load_partition(partition_id)["index"])
         rng = np.random.default_rng([self.seed, partition_id])
@@ -107,6 +132,10 @@ class PartitionedArrays(FederatedDataset):
         return self.test
 
 
+DEFAULT_TEST_FRACTION = 0.2
+"""Local test share of a partition outside a run (a run uses ``local-test-fraction``)."""
+
+
 def from_arrays(
     pool: MultimodalArrays,
     test: MultimodalArrays,
@@ -114,10 +143,16 @@ def from_arrays(
     num_classes: int,
     partitioner: Partitioner,
     columns: dict[str, np.ndarray] | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
+    test_fraction: float | None = None,
+    seed: int | None = None,
+    shuffle: bool = True,
 ) -> FederatedDataset:
-    """Wrap pooled arrays and a ``flwr_datasets`` partitioner as a :class:`FederatedDataset`."""
+    """Wrap pooled arrays and a ``flwr_datasets`` partitioner as a :class:`FederatedDataset`.
+
+    The pool is shuffled with the run's ``seed`` before the partitioner sees it (``shuffle``);
+    each device keeps ``local-test-fraction`` of its partition for local evaluation. Both
+    come from the run config unless given here (:class:`PartitionedArrays`).
+    """
     return PartitionedArrays(
         pool=pool,
         test=test,
@@ -127,11 +162,13 @@ def from_arrays(
         columns=dict(columns or {}),
         test_fraction=test_fraction,
         seed=seed,
+        shuffle=shuffle,
     )
 
 
 DatasetFactory = Callable[[RunConfig], FederatedDataset]
 _REGISTRY: dict[str, DatasetFactory] = {}
+_FILE_TYPES: dict[str, DatasetFactory] = {}
 
 
 def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
@@ -141,6 +178,16 @@ def register_dataset(name: str) -> Callable[[DatasetFactory], DatasetFactory]:
         if name in _REGISTRY and _REGISTRY[name] is not factory:
             raise ValueError(f"dataset {name!r} is already registered")
         _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def register_file_type(suffix: str) -> Callable[[DatasetFactory], DatasetFactory]:
+    """Decorator: make ``dataset = "path/to/file<suffix>"`` load with ``factory``."""
+
+    def decorate(factory: DatasetFactory) -> DatasetFactory:
+        _FILE_TYPES[suffix.lower()] = factory
         return factory
 
     return decorate
@@ -156,7 +203,10 @@ def load_dataset(config: RunConfig) -> FederatedDataset:
     """The dataset named by ``config.dataset``: a registered name or ``module:factory``."""
     _import_builtins()
     name = config.dataset
-    if ":" in name:
+    suffix = Path(name).suffix.lower()
+    if suffix in _FILE_TYPES:
+        factory = _FILE_TYPES[suffix]
+    elif ":" in name:
         module_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
@@ -169,8 +219,8 @@ def load_dataset(config: RunConfig) -> FederatedDataset:
         factory = _REGISTRY[name]
     else:
         raise ValueError(
-            f"unknown dataset {name!r}; expected one of {sorted(_REGISTRY)} or a "
-            "'package.module:factory' path"
+            f"unknown dataset {name!r}; expected one of {sorted(_REGISTRY)}, a data file "
+            f"({', '.join(sorted(_FILE_TYPES))}) or a 'package.module:factory' path"
         )
     dataset = factory(config)
     if not isinstance(dataset, FederatedDataset):
@@ -178,6 +228,8 @@ def load_dataset(config: RunConfig) -> FederatedDataset:
             f"dataset factory {name!r} must return a FederatedDataset, got "
             f"{type(dataset).__name__}"
         )
+    if isinstance(dataset, PartitionedArrays):
+        dataset.bind(config.seed, config.local_test_fraction)
     return dataset
 
 
@@ -185,3 +237,4 @@ def _import_builtins() -> None:
     """Import the modules whose ``@register_dataset`` calls fill the registry."""
     importlib.import_module("fedmosaic.data.smartwatch")
     importlib.import_module("fedmosaic.data.synthetic")
+    importlib.import_module("fedmosaic.data.files")

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.data.report import partition_report, partition_warnings
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.server.chain import build_chain
@@ -64,6 +65,12 @@ def main(grid: Grid, context: Context) -> None:
                         chain.get(ValidatingStrategy).rejections]
     edge_tier = chain.find(HierarchicalStrategy)
     recorder = RunRecorder(run_dir, config.to_mapping())
+    report = partition_report(dataset)
+    log.info("%s", report.table())
+    warnings = partition_warnings(report)
+    for warning in warnings:
+        log.warning("partitions: %s", warning)
+    recorder.record_partitions(report, warnings)
     round_started = time.time()
 
     def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord:

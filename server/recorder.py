@@ -22,12 +22,17 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from fedmosaic.data.report import PartitionReport  # noqa: E402
 
 HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "summary.png"
+PARTITIONS_PLOT_FILE = "partitions.png"
+"""Training samples per device and label, drawn before the first round."""
 
 
 @dataclass
@@ -68,6 +73,7 @@ class RunRecorder:
     config: dict[str, Any]
     history: list[RoundRecord] = field(default_factory=list)
     initial_accuracy: float | None = None
+    partitions: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -111,6 +117,24 @@ class RunRecorder:
         )
         return path
 
+    def record_partitions(self, report: PartitionReport, warnings: list[str]) -> None:
+        """Keep the partition report for ``summary.json`` and draw ``partitions.png``."""
+        self.partitions = {**report.to_dict(), "warnings": warnings}
+        devices = report.devices
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(devices) + 2), 3.6))
+        bottom = np.zeros(len(devices))
+        for label in range(report.classes):
+            counts = np.array([d.label_counts[label] for d in devices], dtype=float)
+            ax.bar([d.partition_id for d in devices], counts, bottom=bottom, label=str(label))
+            bottom += counts
+        ax.set(title=f"Training samples per device and label ({report.partitioner or 'dataset'})",
+               xlabel="device (partition id)", ylabel="samples")
+        if report.classes <= 20:
+            ax.legend(title="label", fontsize="small", ncols=2, loc="upper right")
+        fig.tight_layout()
+        fig.savefig(self.run_dir / PARTITIONS_PLOT_FILE, dpi=110)
+        plt.close(fig)
+
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Write ``summary.json`` and ``summary.png``; close TensorBoard; return the summary."""
         self._writer.close()
@@ -125,6 +149,7 @@ class RunRecorder:
             "wall_seconds": time.time() - self._started,
             "history": [asdict(r) for r in self.history],
             "config": self.config,
+            "partitions": self.partitions,
             **(extra or {}),
         }
         (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
