@@ -39,49 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import common
-import torch
 
 from fedmosaic.config import RunConfig
-from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.launch.runs import run_simulation
-from fedmosaic.models.training import evaluate, make_loader, train
-from fedmosaic.task import build_model, cached_dataset, loss_weights
 
 NAME = "accuracy_smartwatch"
 TARGET_GAP_POINTS = 3.0
 QUICK_ROUNDS = 2
-CENTRALIZED_THREADS = 1
-
-
-def centralized(config: RunConfig) -> dict[str, Any]:
-    """Train the run's model on the pooled partitions; evaluate on the central test set.
-
-    Torch gets one thread, like each ClientApp actor of the simulations (one CPU each).
-    """
-    torch.set_num_threads(CENTRALIZED_THREADS)
-    started = time.perf_counter()
-    dataset = cached_dataset(config)
-    pooled = MultimodalArrays.concatenate(
-        [dataset.partition(p)[0] for p in range(config.num_clients)]
-    )
-    model = build_model(config, dataset)
-    loader = make_loader(pooled, dataset.specs, config.batch_size, shuffle=True,
-                         seed=config.seed)
-    epochs = config.num_server_rounds * config.local_epochs
-    trained = train(model, loader, dataset.specs, epochs=epochs,
-                    learning_rate=config.learning_rate, weights=loss_weights(config))
-    test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
-    with torch.no_grad():
-        result = evaluate(model, test_loader, dataset.specs)
-    return {
-        "accuracy": result.accuracy,
-        "loss": result.loss,
-        "epochs": epochs,
-        "train_examples": len(pooled),
-        "test_examples": result.num_examples,
-        "final_train_loss": trained.loss,
-        "wall_seconds": time.perf_counter() - started,
-    }
 
 
 def federated(overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -123,7 +87,7 @@ def main() -> None:
           f"seed {config.seed}; run folders in {runs_dir}", flush=True)
 
     print("centralized training ...", flush=True)
-    central = centralized(config)
+    central = common.centralized(config)
     runs: dict[str, dict[str, Any]] = {}
     for strategy, extra in (("fedavg", {}), ("fedprox", {"proximal-mu": args.proximal_mu})):
         print(f"federated {strategy} ...", flush=True)
@@ -150,7 +114,7 @@ def main() -> None:
                   **central},
         config={"rounds": config.num_server_rounds, "local_epochs": config.local_epochs,
                 "epochs_centralized": central["epochs"], "proximal_mu": args.proximal_mu,
-                "seed": config.seed, "centralized_torch_threads": CENTRALIZED_THREADS,
+                "seed": config.seed, "centralized_torch_threads": common.CENTRALIZED_THREADS,
                 "run_config": config.to_mapping()},
         runs=runs,
     )

@@ -13,14 +13,24 @@ import json
 import platform
 import statistics
 import sys
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from fedmosaic.config import RunConfig
+from fedmosaic.data.modality import MultimodalArrays
+from fedmosaic.models.training import evaluate, make_loader, train
+from fedmosaic.task import build_model, cached_dataset, loss_weights
+
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS_DIR / "results"
+CENTRALIZED_THREADS = 1
+"""Torch threads of a centralized baseline, like each simulated client's one CPU."""
 
 
 def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
@@ -128,3 +138,34 @@ def print_table(title: str, rows: Sequence[tuple[str, Any]]) -> None:
     for label, value in rows:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         print(f"{label:<{width}}  {shown}")
+
+
+def centralized(config: RunConfig) -> dict[str, Any]:
+    """Train the run's model on the pooled partitions; evaluate on the central test set.
+
+    Torch gets one thread, like each ClientApp actor of the simulations (one CPU each).
+    """
+    torch.set_num_threads(CENTRALIZED_THREADS)
+    started = time.perf_counter()
+    dataset = cached_dataset(config)
+    pooled = MultimodalArrays.concatenate(
+        [dataset.partition(p)[0] for p in range(config.num_clients)]
+    )
+    model = build_model(config, dataset)
+    loader = make_loader(pooled, dataset.specs, config.batch_size, shuffle=True,
+                         seed=config.seed)
+    epochs = config.num_server_rounds * config.local_epochs
+    trained = train(model, loader, dataset.specs, epochs=epochs,
+                    learning_rate=config.learning_rate, weights=loss_weights(config))
+    test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
+    with torch.no_grad():
+        result = evaluate(model, test_loader, dataset.specs)
+    return {
+        "accuracy": result.accuracy,
+        "loss": result.loss,
+        "epochs": epochs,
+        "train_examples": len(pooled),
+        "test_examples": result.num_examples,
+        "final_train_loss": trained.loss,
+        "wall_seconds": time.perf_counter() - started,
+    }

@@ -193,6 +193,12 @@ def register_file_type(suffix: str) -> Callable[[DatasetFactory], DatasetFactory
     return decorate
 
 
+def is_file_dataset(name: str) -> bool:
+    """Whether ``dataset = name`` names a data file of a registered type."""
+    _import_builtins()
+    return Path(name).suffix.lower() in _FILE_TYPES
+
+
 def available_datasets() -> list[str]:
     """Names of the registered datasets."""
     _import_builtins()
@@ -201,11 +207,9 @@ def available_datasets() -> list[str]:
 
 def load_dataset(config: RunConfig) -> FederatedDataset:
     """The dataset named by ``config.dataset``: a registered name or ``module:factory``."""
-    _import_builtins()
     name = config.dataset
-    suffix = Path(name).suffix.lower()
-    if suffix in _FILE_TYPES:
-        factory = _FILE_TYPES[suffix]
+    if is_file_dataset(name):
+        factory = _FILE_TYPES[Path(name).suffix.lower()]
     elif ":" in name:
         module_name, _, attr = name.partition(":")
         try:

@@ -123,7 +123,10 @@ class SmartwatchDataset(FederatedDataset):
             partitioner=NaturalIdPartitioner(partition_by="subject"),
             columns={"subject": train_subjects},
             test_fraction=0.0,
+            seed=0,
+            shuffle=False,  # partition p stays the p-th subject in recording order
         )
+        self._train.bind(seed=0, test_fraction=0.0)
 
     @property
     def num_partitions(self) -> int:

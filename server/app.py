@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import is_file_dataset
 from fedmosaic.data.report import partition_report, partition_warnings
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.privacy.ledger import PrivacyLedger
@@ -35,6 +36,9 @@ def warn_pointless_settings(config: RunConfig) -> None:
     if config.proximal_mu > 0 and config.strategy != "fedprox":
         log.warning("proximal-mu=%s has no effect with strategy=%s (only fedprox sends it)",
                     config.proximal_mu, config.strategy)
+    if config.partitioner != "iid" and not is_file_dataset(config.dataset):
+        log.warning("partitioner=%s has no effect with dataset=%s (it splits data files "
+                    "without a device column)", config.partitioner, config.dataset)
     compression = (config.device_topk, config.device_bits, config.edge_topk, config.edge_bits)
     if config.num_edges == 0 and compression != (1.0, 32, 1.0, 32):
         log.warning("device-/edge- compression settings have no effect with num-edges=0 "

@@ -26,3 +26,8 @@ def communication():
 @pytest.fixture(scope="module")
 def robustness():
     return import_benchmark("robustness")
+
+
+@pytest.fixture(scope="module")
+def own_data():
+    return import_benchmark("own_data")
