@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedmosaic import records
@@ -38,7 +39,7 @@ from fedmosaic.clients.private_training import train_private_round
 from fedmosaic.clients.telemetry import publish_telemetry
 from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset
-from fedmosaic.data.modality import MultimodalArrays
+from fedmosaic.data.modality import ModalityKind, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import TrainResult, make_loader, train
 from fedmosaic.privacy.central import clip_model_update
@@ -150,6 +151,11 @@ def train_model(state: DeviceRound) -> None:
                              learning_rate=learning_rate, weights=loss_weights(config),
                              proximal_mu=proximal_mu, reference_params=reference)
         return
+    if any(np.isnan(state.train_arrays.inputs[s.name]).any() for s in specs
+           if s.kind == ModalityKind.SENSOR):
+        raise ValueError("dp=true does not support ragged (NaN-padded) sensor series yet: "
+                         "Opacus's per-sample gradients assume GroupNorm over every step; "
+                         "pad or crop the series to one length")
     private = train_private_round(model, loader, specs, config, state.context,
                                   state.partition_id, state.received,
                                   learning_rate=learning_rate, proximal_mu=proximal_mu,

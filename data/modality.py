@@ -8,6 +8,7 @@ presence mask; a missing modality's tensor is all zeros and its mask entry is ``
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,3 +132,30 @@ class MultimodalArrays:
             mask=np.concatenate([p.mask for p in parts]),
             labels=np.concatenate([p.labels for p in parts]),
         )
+
+
+def pad_series(series: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+    """Stack ``(C, T_i)`` series of different lengths into ``(N, C, T)`` float32, NaN-padded.
+
+    Each series is padded at its end with NaN up to ``length`` (default: the longest), which
+    the sensor encoder reads as padding (it pools and normalises over the valid steps only).
+    Equal-length series come back exactly as ``np.stack`` gives them.
+
+    Raises:
+        ValueError: If ``series`` is empty, the channel counts differ, or a series is longer
+            than ``length``.
+    """
+    if not series:
+        raise ValueError("pad_series needs at least one series, got none")
+    channels = {s.shape[0] for s in series}
+    if len(channels) != 1 or any(s.ndim != 2 for s in series):
+        raise ValueError(f"every series must be (C, T) with the same C, got shapes "
+                         f"{sorted({s.shape for s in series})[:5]}")
+    longest = max(s.shape[1] for s in series)
+    length = longest if length is None else length
+    if longest > length:
+        raise ValueError(f"a series has {longest} steps, more than length={length}")
+    padded = np.full((len(series), channels.pop(), length), np.nan, dtype=np.float32)
+    for row, values in enumerate(series):
+        padded[row, :, :values.shape[1]] = values
+    return padded

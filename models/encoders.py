@@ -61,6 +61,28 @@ class _DilatedResidualBlock(nn.Module):
         """Apply the residual block to ``(B, channels, T)``; the length is preserved."""
         return self.act(x + self.norm(self.conv(x)))
 
+    def masked(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The block on the valid steps ``valid`` ``(B, 1, T)`` only; padded steps are 0."""
+        return self.act(x + masked_group_norm(self.conv(x), valid, self.norm)) * valid
+
+
+def masked_group_norm(x: torch.Tensor, valid: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
+    r"""``norm`` with its statistics over the valid time steps only.
+
+    Per sample and group :math:`g`, :math:`\mu_g` and :math:`\sigma^2_g` are taken over the
+    group's channels and the steps where ``valid`` ``(B, 1, T)`` is 1, exactly what
+    ``GroupNorm`` computes on the unpadded series; then ``norm``'s affine map.
+    """
+    batch, channels, steps = x.shape
+    groups = norm.num_groups
+    grouped = x.reshape(batch, groups, channels // groups, steps)
+    mask = valid.reshape(batch, 1, 1, steps).to(x.dtype)
+    count = (mask.sum(dim=(2, 3), keepdim=True) * (channels // groups)).clamp(min=1.0)
+    mean = (grouped * mask).sum(dim=(2, 3), keepdim=True) / count
+    variance = (((grouped - mean) * mask) ** 2).sum(dim=(2, 3), keepdim=True) / count
+    normalised = ((grouped - mean) / torch.sqrt(variance + norm.eps)).reshape(x.shape)
+    return normalised * norm.weight.reshape(1, -1, 1) + norm.bias.reshape(1, -1, 1)
+
 
 class SensorEncoder(nn.Module):
     r"""Temporal convolutional network for ``(C, T)`` sensor windows.
@@ -70,6 +92,12 @@ class SensorEncoder(nn.Module):
     :math:`1 + 2(1 + 2 + 4) = 15` steps; padding equals the dilation so the length ``T`` is
     kept. Global average pooling over time, :math:`p_c = \frac{1}{T}\sum_t a_{c,t}`, makes
     the features independent of ``T`` before the projection to ``hidden_dim``.
+
+    Ragged series: a window shorter than ``T`` is padded with NaN at the end
+    (:func:`~fedmosaic.data.modality.pad_series`). The steps that hold a NaN in any channel
+    are padding: their values are zeroed after every block, group statistics and the pooling
+    use the valid steps only, so a padded series encodes exactly as the unpadded one. A batch
+    without padding takes the plain path.
     """
 
     def __init__(self, in_channels: int, hidden_dim: int, channels: int = 32) -> None:
@@ -82,8 +110,18 @@ class SensorEncoder(nn.Module):
         self.project = _projection(channels, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode ``(B, C, T)`` float windows into ``(B, hidden_dim)`` features."""
-        return self.project(self.features(x).mean(dim=2))
+        """Encode ``(B, C, T)`` float windows (NaN-padded if ragged) into ``(B, hidden_dim)``."""
+        padding = torch.isnan(x)
+        if not bool(padding.any()):
+            return self.project(self.features(x).mean(dim=2))
+        valid = (~padding.any(dim=1, keepdim=True)).to(x.dtype)  # (B, 1, T)
+        h = torch.nan_to_num(x) * valid
+        conv, norm, act = self.features[0]
+        h = act(masked_group_norm(conv(h), valid, norm)) * valid
+        for block in self.features[1:]:
+            h = block.masked(h, valid)
+        pooled = h.sum(dim=2) / valid.sum(dim=2).clamp(min=1.0)
+        return self.project(pooled)
 
 
 class SensorFeatureEncoder(nn.Module):
@@ -126,7 +164,14 @@ class SensorFeatureEncoder(nn.Module):
         self.project = _projection(self.num_features, hidden_dim)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The fixed ``(B, C (5 + J))`` features of ``(B, C, T)`` windows (no parameters)."""
+        """The fixed ``(B, C (5 + J))`` features of ``(B, C, T)`` windows (no parameters).
+
+        Raises:
+            ValueError: For ragged (NaN-padded) windows: the spectrum needs equal lengths.
+        """
+        if bool(torch.isnan(x).any()):
+            raise ValueError("sensor-encoder=features needs equal-length windows, got NaN "
+                             "padding (ragged series); use sensor-encoder=tcn")
         power = torch.fft.rfft(x - x.mean(dim=2, keepdim=True), dim=2).abs().pow(2)
         statistics = [x.mean(dim=2), x.std(dim=2, unbiased=False), x.amin(dim=2),
                       x.amax(dim=2), (x[..., 1:] - x[..., :-1]).abs().mean(dim=2)]

@@ -217,6 +217,8 @@ def sensor_readings(arrays: MultimodalArrays, specs: Sequence[ModalitySpec]) -> 
         present = arrays.inputs[spec.name][arrays.mask[:, index]]
         for channel in range(spec.shape[0]):
             series = present[:, channel] if len(present) else np.zeros(1)
-            readings[f"{spec.name}.ch{channel}.mean"] = float(np.mean(series))
-            readings[f"{spec.name}.ch{channel}.std"] = float(np.std(series))
+            valid = series[~np.isnan(series)] if np.isnan(series).any() else series
+            valid = valid if valid.size else np.zeros(1)  # NaN: padding of ragged series
+            readings[f"{spec.name}.ch{channel}.mean"] = float(np.mean(valid))
+            readings[f"{spec.name}.ch{channel}.std"] = float(np.std(valid))
     return readings

@@ -3,11 +3,15 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
+from fedmosaic import records
+from fedmosaic.clients.app import train_locally
 from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import load_dataset
-from fedmosaic.data.modality import ModalityKind
+from fedmosaic.data.modality import ModalityKind, pad_series
 from fedmosaic.simulation.inprocess import run_in_process
+from fedmosaic.task import build_model
 
 N = 120
 
@@ -118,3 +122,37 @@ def test_a_run_on_an_npz_file_completes_and_reports_its_partitions(tmp_path):
     assert [sum(d["label_counts"]) for d in partitions["devices"]] == [
         d["train_samples"] for d in partitions["devices"]]
     assert (config.run_dir() / "partitions.png").stat().st_size > 0
+
+
+def ragged_npz(tmp_path):
+    rng = np.random.default_rng(3)
+    labels = np.repeat(np.arange(2), 30)
+    windows = [rng.normal(label, 1.0, (2, int(rng.integers(8, 25)))).astype(np.float32)
+               for label in labels]
+    path = tmp_path / "ragged.npz"
+    np.savez(path, labels=labels, accel=pad_series(windows, length=24))
+    return path
+
+
+def test_a_run_on_ragged_series_completes(tmp_path):
+    config = run_in_process({"dataset": str(ragged_npz(tmp_path)), "num-clients": 2,
+                             "num-server-rounds": 1, "local-epochs": 1, "telemetry": True,
+                             "out-dir": str(tmp_path), "run-name": "ragged"})
+
+    summary = json.loads((config.run_dir() / "summary.json").read_text())
+    assert summary["rounds"] == 1 and summary["history"][0]["replies"] >= 2
+    assert np.isfinite(summary["final_loss"])
+
+
+def test_dp_sgd_on_ragged_series_is_a_clear_error(tmp_path):
+    run_config = RunConfig.from_mapping({"dataset": str(ragged_npz(tmp_path)),
+                                         "num-clients": 2, "dp": True}).to_mapping()
+    context = Context(run_id=1, node_id=1, node_config={records.PARTITION_ID: 0},
+                      state=RecordDict(), run_config=run_config)
+    dataset = load_dataset(RunConfig.from_mapping(run_config))
+    arrays = ArrayRecord(build_model(RunConfig.from_mapping(run_config), dataset).state_dict())
+    message = Message(RecordDict({records.ARRAYS: arrays, records.CONFIG: ConfigRecord({})}),
+                      dst_node_id=1, message_type="train")
+
+    with pytest.raises(ValueError, match="does not support ragged"):
+        train_locally(message, context)
