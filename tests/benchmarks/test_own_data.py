@@ -43,7 +43,9 @@ def test_quick_mode_writes_the_figures(tmp_path):
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads(out.read_text())
     figures, wine = result["figures"], result["datasets"]["wine"]
+    (run,) = wine["runs"]
     assert figures["iid_gap_points"] == pytest.approx(
-        100 * (wine["centralized"]["accuracy"] - wine["iid"]["accuracy"]))
+        100 * (run["centralized"]["accuracy"] - run["iid"]["accuracy"]))
+    assert figures["wine_iid_accuracy"] == run["iid"]["accuracy"]
     assert figures["iid_target_met"] == (figures["iid_gap_points"] <= 2.0)
-    assert wine["iid"]["partition_warnings"] == []
+    assert wine["partition_warnings"] == []
