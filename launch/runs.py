@@ -19,6 +19,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedmosaic.config import ConfigValue, RunConfig
+from fedmosaic.data.datasets import is_file_dataset
 from fedmosaic.launch.processes import ProcessGroup
 from fedmosaic.server.recorder import HISTORY_FILE, SUMMARY_FILE
 
@@ -28,10 +29,17 @@ class RunFailedError(RuntimeError):
 
 
 def resolve_run(overrides: dict[str, ConfigValue], out: Path | None) -> tuple[RunConfig, Path]:
-    """Validate the config and fix the run folder; ``out`` wins over ``out-dir/run-name``."""
+    """Validate the config and fix the run folder; ``out`` wins over ``out-dir/run-name``.
+
+    A data file named by a relative path (``dataset = data.npz``) is made absolute, so every
+    process of the run finds it whatever its working directory.
+    """
     if out is not None:
         out = Path(out).expanduser().resolve()
         overrides = {**overrides, "out-dir": str(out.parent), "run-name": out.name}
+    dataset = str(overrides.get("dataset", ""))
+    if is_file_dataset(dataset):
+        overrides = {**overrides, "dataset": str(Path(dataset).expanduser().resolve())}
     run_dir = RunConfig.from_mapping(overrides).run_dir()
     config = RunConfig.from_mapping(
         {**overrides, "out-dir": str(run_dir.parent), "run-name": run_dir.name}
