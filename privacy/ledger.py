@@ -101,7 +101,8 @@ class PrivacyLedger:
 
         Raises:
             ValueError: If a DP reply lacks ``partition-id``, reports a negative ε or a
-                malformed segment.
+                malformed segment; ``ArithmeticError`` or ``MemoryError`` if the accountant
+                cannot compose the segment. The ledger is then as it was.
 
         """
         if records.DP_EPSILON_SPENT not in metrics:
@@ -112,23 +113,26 @@ class PrivacyLedger:
         spent = float(metrics[records.DP_EPSILON_SPENT])
         if not spent >= 0.0:
             raise ValueError(f"{records.DP_EPSILON_SPENT} must be >= 0, got {spent}")
-        entry = self.devices.setdefault(int(metrics[records.PARTITION_ID]), LedgerEntry())
+        partition = int(metrics[records.PARTITION_ID])
+        entry = self.devices.get(partition, LedgerEntry())
+        noise = float(metrics.get(records.DP_NOISE_MULTIPLIER, entry.noise_multiplier))
+        refused = bool(metrics.get(records.DP_REFUSED, 0))
+        steps = int(metrics.get(records.DP_STEPS, 0))
+        segments = list(entry.segments)
+        delta = float(metrics.get(records.DP_DELTA, entry.delta))
+        composed = entry.epsilon_spent
+        if not refused and steps > 0:  # composed before anything is entered: it may raise
+            segments.append([noise, float(metrics.get(records.DP_SAMPLE_RATE, 0.0)), steps])
+            composed = epsilon_spent([Segment(s, q, int(n)) for s, q, n in segments], delta,
+                                     self.accountant)
+        self.devices[partition] = entry
         entry.epsilon_reported = spent
         entry.epsilon_budget = float(metrics.get(records.DP_EPSILON_BUDGET, entry.epsilon_budget))
-        entry.delta = float(metrics.get(records.DP_DELTA, entry.delta))
-        entry.noise_multiplier = float(metrics.get(records.DP_NOISE_MULTIPLIER,
-                                                   entry.noise_multiplier))
-        if bool(metrics.get(records.DP_REFUSED, 0)):
+        entry.delta, entry.noise_multiplier = delta, noise
+        if refused:
             entry.refusals.append(server_round)
             return "refused"
-        steps = int(metrics.get(records.DP_STEPS, 0))
-        if steps > 0:
-            segment = Segment(entry.noise_multiplier,
-                              float(metrics.get(records.DP_SAMPLE_RATE, 0.0)), steps)
-            entry.segments.append([segment.noise_multiplier, segment.sample_rate, steps])
-            entry.epsilon_spent = epsilon_spent(
-                [Segment(s, q, int(n)) for s, q, n in entry.segments], entry.delta,
-                self.accountant)
+        entry.segments, entry.epsilon_spent = segments, composed
         if entry.epsilon_spent > min(cap, entry.epsilon_budget) * (1.0 + CAP_TOLERANCE):
             entry.over_cap.append(server_round)
             return "over-cap"

@@ -73,6 +73,11 @@ class PrivacyLedgerStrategy(StrategyWrapper):
         self._restored = {pid: dataclasses.replace(entry, segments=list(entry.segments))
                           for pid, entry in ledger.devices.items()} if round_offset else {}
         self._node_partition: dict[int, int] = {}
+        self._partition_node: dict[int, int] = {}
+        self._connected: set[int] = set()
+        self._sent_budgets: dict[int, float] = {}
+        if config is not None and config.dp:
+            assigned_epsilon_budget(config, 0)  # a malformed budgets file fails at start
 
     def set_epsilon_budget(self, partition_id: int, epsilon_budget: float) -> None:
         """Send device ``partition_id`` the ε budget from its next training message on.
@@ -91,6 +96,7 @@ class PrivacyLedgerStrategy(StrategyWrapper):
     ) -> Iterable[Message]:
         """Configure through ``strategy``; add per-device budgets to copies of the content."""
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self._connected = set(grid.get_node_ids()) if grid is not None else set()
         priors = self._prior_segments()
         for message in messages:
             partition_id = self._node_partition.get(message.metadata.dst_node_id)
@@ -103,6 +109,7 @@ class PrivacyLedgerStrategy(StrategyWrapper):
                                        **priors})
             if budget is not None:
                 own_config[records.DP_EPSILON_BUDGET] = budget
+                self._sent_budgets[partition_id] = budget  # type: ignore[index]
             content[records.CONFIG] = own_config
             message.content = content
         return messages
@@ -131,7 +138,8 @@ class PrivacyLedgerStrategy(StrategyWrapper):
             metrics = (reply.content.metric_records.get(records.METRICS)
                        if not reply.has_error() else None)
             dp_reply = metrics is not None and records.DP_EPSILON_SPENT in metrics
-            if reply.has_error() or not (dp_reply or (self.config and self.config.dp)):
+            dp_run = self.config.dp if self.config is not None else dp_reply
+            if reply.has_error() or not dp_run:  # without DP, validation judges DP metrics
                 trained.append(reply)
                 continue
             try:
@@ -159,15 +167,27 @@ class PrivacyLedgerStrategy(StrategyWrapper):
             raise RejectedUpdate("dp-metadata", f"a reply of a DP-SGD run needs the metrics "
                                                 f"{list(records.DP_METRICS)}, got none")
         check_dp_metadata(metrics, self._rules)
+        if self.config is not None:
+            check_dp_plan(metrics, self.config)
         partition = int(metrics[records.PARTITION_ID])  # type: ignore[arg-type]
         node = reply.metadata.src_node_id
         if self._node_partition.setdefault(node, partition) != partition:
             raise RejectedUpdate("dp-metadata", f"node {node} reported partition "
                                                 f"{self._node_partition[node]} before, now "
                                                 f"{partition}")
-        cap = self.epsilon_budgets.get(partition, assigned_epsilon_budget(
+        holder = self._partition_node.setdefault(partition, node)
+        if holder != node and holder in self._connected:
+            raise RejectedUpdate("dp-metadata", f"node {node} claims partition {partition}, "
+                                                f"which node {holder} holds")
+        self._partition_node[partition] = node  # a reconnected device may have a new node id
+        cap = self._sent_budgets.get(partition, assigned_epsilon_budget(
             self.config, partition) if self.config is not None else math.inf)
-        outcome = self.ledger.record_reply(self.round_offset + server_round, metrics, cap)
+        try:
+            outcome = self.ledger.record_reply(self.round_offset + server_round, metrics, cap)
+        except (ArithmeticError, ValueError, MemoryError) as error:
+            raise RejectedUpdate("dp-metadata", f"the reported (σ, q, steps) cannot be "
+                                                f"accounted ({type(error).__name__}: {error})"
+                                 ) from None
         if outcome == "refused":
             log.info("round %d: partition %s did not train (ε budget %.3g would be exceeded; "
                      "spent %.3g)", server_round, partition, metrics[records.DP_EPSILON_BUDGET],
@@ -181,6 +201,33 @@ class PrivacyLedgerStrategy(StrategyWrapper):
                                                 f"(the device reported ε = "
                                                 f"{entry.epsilon_reported:.4g})")
         return outcome
+
+
+MIN_NOISE_MULTIPLIER = 1e-3
+"""Smallest σ a trained DP-SGD round may report (smaller ones cannot be accounted)."""
+
+
+def check_dp_plan(metrics: Mapping[str, Any], config: RunConfig) -> None:
+    r"""Raise ``dp-metadata`` unless a trained round's (σ, q, steps) is one an honest device runs.
+
+    An honest device samples with :math:`q = 1/b`, :math:`b = \lceil n/B \rceil` batches of
+    its :math:`n \le` ``max-examples`` examples, and takes ``local-epochs`` × b steps
+    (:func:`~fedmosaic.privacy.accounting.poisson_plan`); σ is at least
+    :data:`MIN_NOISE_MULTIPLIER`. Anything else is refused before it reaches the accountant.
+    """
+    if metrics[records.DP_REFUSED]:
+        return
+    rate, steps = float(metrics[records.DP_SAMPLE_RATE]), int(metrics[records.DP_STEPS])
+    batches = round(1.0 / rate)
+    most = math.ceil(config.max_examples / config.batch_size)
+    if not (1 <= batches <= most and math.isclose(rate, 1.0 / batches, rel_tol=1e-9)
+            and steps == config.local_epochs * batches
+            and metrics[records.DP_NOISE_MULTIPLIER] >= MIN_NOISE_MULTIPLIER):
+        raise RejectedUpdate("dp-metadata", f"a trained round must report q = 1/b for b in "
+                                            f"[1, {most}], local-epochs x b steps and σ >= "
+                                            f"{MIN_NOISE_MULTIPLIER}, got q={rate!r}, "
+                                            f"steps={steps!r}, "
+                                            f"σ={metrics[records.DP_NOISE_MULTIPLIER]!r}")
 
 
 def check_dp_metadata(metrics: Mapping[str, Any], rules: Mapping[str, MetricRule]) -> None:

@@ -155,23 +155,29 @@ def test_central_dp_sees_only_validated_updates_and_accounts_the_aggregated_ones
                                [expected, expected])
 
 
-DP_RUN = RunConfig.from_mapping({"dp": True, "dp-epsilon-budget": 2.0, "num-clients": 4})
+DP_RUN = RunConfig.from_mapping({"dp": True, "dp-epsilon-budget": 3.0, "num-clients": 4,
+                                 "local-epochs": 1})
+
+
+def planned(partition):
+    """An honest trained round under DP_RUN: q = 1/20, 1 epoch of 20 steps (epsilon 2.48)."""
+    return dp_metrics(partition, False) | {records.DP_EPSILON_BUDGET: 3.0,
+                                           records.DP_STEPS: 20}
 
 
 def test_the_ledger_refuses_an_over_cap_update_that_claims_not_to_be(train_reply):
     inner, ledger = RecordingStrategy(), PrivacyLedger()
     strategy = PrivacyLedgerStrategy(inner, ledger, config=DP_RUN)
-    # claims epsilon 0.9 of 2.0; sigma 0.5, q 0.2, 50 steps compose to about 43
-    lying = dp_metrics(0, False) | {records.DP_EPSILON_SPENT: 0.9,
-                                    records.DP_NOISE_MULTIPLIER: 0.5,
-                                    records.DP_SAMPLE_RATE: 0.2, records.DP_STEPS: 50}
-    honest = train_reply({"w": np.ones(2, np.float32)}, dp_metrics(1, False), node=8)
+    # claims epsilon 0.9 of 3.0; sigma 0.5, q 1/5, 5 steps compose to about 15.9
+    lying = planned(0) | {records.DP_EPSILON_SPENT: 0.9, records.DP_NOISE_MULTIPLIER: 0.5,
+                          records.DP_SAMPLE_RATE: 0.2, records.DP_STEPS: 5}
+    honest = train_reply({"w": np.ones(2, np.float32)}, planned(1), node=8)
 
     strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, lying, node=7), honest])
 
     assert inner.aggregated == [honest]
     assert strategy.rejections.reasons(1) == {"dp-over-cap": 1}
-    assert ledger.devices[0].over_cap == [1] and ledger.devices[0].epsilon_spent > 40
+    assert ledger.devices[0].over_cap == [1] and ledger.devices[0].epsilon_spent > 15
 
 
 @pytest.mark.parametrize(("metrics", "why"), [
@@ -198,10 +204,43 @@ def test_missing_or_inconsistent_dp_metadata_is_refused(train_reply, metrics, wh
     assert why in caplog.text
 
 
-def test_a_node_cannot_change_its_partition(train_reply):
+def test_a_node_cannot_change_its_partition_nor_take_a_connected_nodes(train_reply, caplog):
     strategy = PrivacyLedgerStrategy(RecordingStrategy(), PrivacyLedger(), config=DP_RUN)
-    strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, dp_metrics(0, False), node=7)])
+    strategy._connected = {7, 8}
+    strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, planned(0), node=7)])
+    assert strategy.rejections.count(1) == 0
 
-    strategy.aggregate_train(2, [train_reply({"w": np.ones(2)}, dp_metrics(1, False), node=7)])
+    strategy.aggregate_train(2, [train_reply({"w": np.ones(2)}, planned(1), node=7),
+                                 train_reply({"w": np.ones(2)}, planned(0), node=8)])
 
-    assert strategy.rejections.reasons(2) == {"dp-metadata": 1}
+    assert strategy.rejections.reasons(2) == {"dp-metadata": 2}
+    strategy._connected = {8}  # node 7 is gone: its device may come back as node 8
+    strategy.aggregate_train(3, [train_reply({"w": np.ones(2)}, planned(0), node=8)])
+    assert strategy.rejections.count(3) == 0
+
+
+@pytest.mark.parametrize("extreme", [
+    {records.DP_NOISE_MULTIPLIER: 1e-300},  # the accountant would divide by zero
+    {records.DP_NOISE_MULTIPLIER: 1e300},   # or overflow
+    {records.DP_SAMPLE_RATE: 1.0, records.DP_STEPS: 2000},  # no honest device's plan
+    {records.DP_SAMPLE_RATE: 0.03, records.DP_STEPS: 20},  # q is not 1/b
+])
+def test_extreme_dp_metadata_is_refused_and_leaves_the_ledger_as_it_was(train_reply, extreme):
+    ledger = PrivacyLedger()
+    strategy = PrivacyLedgerStrategy(RecordingStrategy(), ledger, config=DP_RUN)
+
+    result = strategy.aggregate_train(1, [train_reply({"w": np.ones(2)}, planned(0) | extreme)])
+
+    assert result == (None, None)
+    assert strategy.rejections.reasons(1) == {"dp-metadata": 1}
+    assert ledger.devices.get(0) is None or ledger.devices[0].segments == []
+
+
+def test_without_dp_the_ledger_leaves_dp_metrics_to_validation(train_reply):
+    inner, ledger = RecordingStrategy(), PrivacyLedger()
+    strategy = PrivacyLedgerStrategy(inner, ledger, config=RunConfig.from_mapping({}))
+    reply = train_reply({"w": np.ones(2)}, planned(0) | {records.DP_NOISE_MULTIPLIER: 1e-300})
+
+    strategy.aggregate_train(1, [reply])
+
+    assert inner.aggregated == [reply] and ledger.devices == {}
