@@ -250,7 +250,8 @@ class _TensorParser:
     def fail(self, message: str) -> WireFormatError:
         return WireFormatError(f"tensor {self.name!r}: {message}")
 
-    def parse(self, number: int) -> EncodedTensor:
+    def parse(self, number: int, expected: np.ndarray | None = None,
+              expected_name: str | None = None) -> EncodedTensor:
         table = self.table
         table.tensor = self.data.tensor = ""
         (name_length,) = table.unpack("<H", f"the name length of tensor #{number}")
@@ -269,6 +270,11 @@ class _TensorParser:
         size = math.prod(shape)
         if size > MAX_ELEMENTS:
             raise self.fail(f"expected at most {MAX_ELEMENTS} entries, shape {shape} has {size}")
+        if expected is not None and (self.name != expected_name or shape != expected.shape
+                                     or dtype != expected.dtype):
+            raise WireFormatError(f"tensor #{number}: expected {expected_name!r}, "
+                                  f"{expected.dtype} of shape {expected.shape}, got "
+                                  f"{_show_name(self.name)}, {dtype} of shape {shape}")
         mode_code, encoding = table.unpack("<BB", "the mode and index encoding")
         if mode_code not in ValueMode._value2member_map_:
             raise self.fail(f"unknown value mode {mode_code}; expected one of "
@@ -374,8 +380,13 @@ def _inflate_table(deflated: memoryview) -> bytes:
     return table
 
 
-def parse(payload: bytes) -> list[EncodedTensor]:
+def parse(payload: bytes, expected: Mapping[str, np.ndarray] | None = None
+          ) -> list[EncodedTensor]:
     """The tensors of a payload, after checking magic, version, checksum and every field.
+
+    With ``expected`` (the model's arrays) each tensor's name, dtype and shape are checked as
+    soon as its table entry is read, before its positions or values are: a payload cannot
+    make the parser allocate more than the model it claims to update.
 
     Raises:
         WireFormatError: saying what was expected and what came.
@@ -404,8 +415,13 @@ def parse(payload: bytes) -> list[EncodedTensor]:
     parser = _TensorParser(table, data)
     tensors: list[EncodedTensor] = []
     names: set[str] = set()
+    layout = list((expected or {}).items())
+    if expected is not None and count != len(layout):
+        raise WireFormatError(f"expected the {len(layout)} arrays of the model, the payload "
+                              f"declares {count}")
     for number in range(count):
-        tensor = parser.parse(number)
+        tensor = (parser.parse(number, layout[number][1], layout[number][0]) if layout
+                  else parser.parse(number))
         if tensor.name in names:
             raise WireFormatError(f"tensor name {tensor.name!r} appears twice")
         names.add(tensor.name)
@@ -435,7 +451,7 @@ def decode(payload: bytes, expected: Mapping[str, np.ndarray] | None = None,
         WireFormatError: if the payload is malformed, truncated, corrupted or inconsistent,
             does not fit ``expected``, or declares more than ``max_bytes``.
     """
-    tensors = parse(payload)
+    tensors = parse(payload, expected)
     if expected is not None:
         check_layout(tensors, expected)
     declared = sum(t.size * t.dtype.itemsize for t in tensors)
@@ -443,6 +459,11 @@ def decode(payload: bytes, expected: Mapping[str, np.ndarray] | None = None,
         raise WireFormatError(f"payload declares {declared} bytes of arrays, at most "
                               f"{max_bytes} are accepted")
     return {tensor.name: tensor.dense() for tensor in tensors}
+
+
+def _show_name(name: str) -> str:
+    """A tensor name for an error message, at most 60 characters (a payload may hold any)."""
+    return repr(name) if len(name) <= 60 else repr(name[:57] + "...")
 
 
 def check_layout(tensors: Sequence[EncodedTensor], expected: Mapping[str, np.ndarray]) -> None:
@@ -455,7 +476,8 @@ def check_layout(tensors: Sequence[EncodedTensor], expected: Mapping[str, np.nda
         missing = sorted(set(expected) - set(names))
         extra = sorted(set(names) - set(expected))
         raise WireFormatError(f"expected the {len(expected)} arrays of the model in order, "
-                              f"missing {missing}, unexpected {extra}")
+                              f"missing {missing[:10]}, unexpected "
+                              f"{[_show_name(n) for n in extra[:10]]}")
     for tensor in tensors:
         reference = expected[tensor.name]
         if tensor.shape != tuple(reference.shape) or tensor.dtype != reference.dtype:

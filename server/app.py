@@ -65,8 +65,8 @@ def main(grid: Grid, context: Context) -> None:
         ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
     chain = build_chain(config, ledger, round_offset=resumed_round)
     traffic_meter = chain.get(MeteredStrategy)
-    cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections,
-                        chain.get(ValidatingStrategy).rejections]
+    validation = chain.get(ValidatingStrategy)
+    cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections, validation.rejections]
     edge_tier = chain.find(HierarchicalStrategy)
     recorder = RunRecorder(run_dir, config.to_mapping())
     report = partition_report(dataset)
@@ -104,6 +104,7 @@ def main(grid: Grid, context: Context) -> None:
             rejected=sum(r.count(server_round) for r in cloud_rejections),
             rejected_reasons=dict(sorted(sum((Counter(r.reasons(server_round))
                                               for r in cloud_rejections), Counter()).items())),
+            evaluate_rejected=validation.evaluate_rejections.count(server_round),
             **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
         recorder.checkpoint(server_round, model.state_dict(), {

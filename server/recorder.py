@@ -63,6 +63,8 @@ class RoundRecord:
     and its privacy ledger (``dp-metadata``, ``dp-over-cap``)."""
     rejected_reasons: dict[str, int] | None = None
     """Those rejections by reason (:data:`~fedmosaic.server.validation.REASONS`)."""
+    evaluate_rejected: int | None = None
+    """Evaluation replies the cloud rejected (malformed metrics)."""
 
 
 @dataclass

@@ -75,6 +75,11 @@ class RejectedUpdate(ValueError):
         self.reason = reason
 
 
+MAX_LOSS = 1e6
+"""Largest loss or variance a reply may report: a finite 1e308 would overflow the weighted
+means of an edge or of FedAvg's metrics and take honest devices' results down with it."""
+
+
 class Rejections:
     """Rejected updates of one tier, per round and reason."""
 
@@ -146,8 +151,8 @@ class ReplyContract:
         """What an honest device's ClientApp sends under ``config`` (module docstring)."""
         rules: dict[str, MetricRule] = {
             records.NUM_EXAMPLES: MetricRule(1, config.max_examples, integer=True),
-            records.TRAIN_LOSS: MetricRule(0.0),
-            records.EMBEDDING_VARIANCE: MetricRule(0.0),
+            records.TRAIN_LOSS: MetricRule(0.0, MAX_LOSS),
+            records.EMBEDDING_VARIANCE: MetricRule(0.0, MAX_LOSS),
             records.DATASET_SIZE: MetricRule(1, config.max_examples, integer=True),
             records.MODALITIES_HELD: MetricRule(0, 1, integer=True, length=num_modalities),
         }
@@ -162,10 +167,18 @@ class ReplyContract:
         """What an edge sends the cloud: its examples and its devices' averaged metrics."""
         most = config.max_examples * config.num_clients
         rules = {records.NUM_EXAMPLES: MetricRule(1, most, integer=True),
-                 records.TRAIN_LOSS: MetricRule(0.0),
-                 records.EMBEDDING_VARIANCE: MetricRule(0.0),
+                 records.TRAIN_LOSS: MetricRule(0.0, MAX_LOSS),
+                 records.EMBEDDING_VARIANCE: MetricRule(0.0, MAX_LOSS),
                  records.DATASET_SIZE: MetricRule(1, config.max_examples)}
         return cls(rules, most)
+
+    @classmethod
+    def for_evaluation(cls, config: RunConfig) -> ReplyContract:
+        """What a device's evaluation reply carries (``clients/app.py``)."""
+        rules = {records.NUM_EXAMPLES: MetricRule(1, config.max_examples, integer=True),
+                 records.EVAL_LOSS: MetricRule(0.0, MAX_LOSS),
+                 records.EVAL_ACCURACY: MetricRule(0.0, 1.0)}
+        return cls(rules, config.max_examples)
 
     def check_metrics(self, metrics: Mapping[str, Any], declared: int | None = None,
                       keys: Collection[str] | None = None) -> None:
@@ -319,6 +332,22 @@ def check_reply(reply: Message, reference: Arrays, declared: int | None, max_nor
                     declared_examples=declared, max_norm=max_norm)
 
 
+def check_evaluation(reply: Message, contract: ReplyContract | None) -> None:
+    """Raise :class:`RejectedUpdate` unless an evaluation reply is one sound MetricRecord."""
+    content = reply.content
+    if list(content.metric_records) != [records.METRICS] or content.array_records:
+        raise RejectedUpdate("malformed", f"an evaluation reply needs exactly the record "
+                                          f"{records.METRICS!r}, got {sorted(content.keys())[:10]}")
+    metrics = content.metric_records[records.METRICS]
+    if contract is not None:
+        contract.check_metrics(metrics)
+        return
+    MetricRule(1, math.inf, integer=True).check(records.NUM_EXAMPLES,
+                                                metrics.get(records.NUM_EXAMPLES), "num-examples")
+    for key, value in metrics.items():
+        MetricRule(length=len(value) if isinstance(value, list) else 0).check(key, value)
+
+
 def majority_keys(replies: list[Message]) -> tuple[list[Message], list[Message]]:
     """Split replies into those whose metric keys are the most common set, and the others.
 
@@ -346,10 +375,13 @@ class ValidatingStrategy(StrategyWrapper):
         min_replies: replies that must survive for the round to aggregate (at least 1).
         contract: the metrics every reply must carry (``None``: any finite metrics, the
             round keeps the majority's keys).
+        evaluate_contract: the same for evaluation replies
+            (:meth:`ReplyContract.for_evaluation`).
     """
 
     def __init__(self, strategy: Strategy, max_norm: float = math.inf,
-                 min_replies: int = 1, contract: ReplyContract | None = None) -> None:
+                 min_replies: int = 1, contract: ReplyContract | None = None,
+                 evaluate_contract: ReplyContract | None = None) -> None:
         if min_replies < 1:
             raise ValueError(f"min_replies must be >= 1, got {min_replies}")
         if not max_norm > 0:
@@ -358,7 +390,9 @@ class ValidatingStrategy(StrategyWrapper):
         self.max_norm = max_norm
         self.min_replies = min_replies
         self.contract = contract
+        self.evaluate_contract = evaluate_contract
         self.rejections = Rejections()
+        self.evaluate_rejections = Rejections()
         self.declared: dict[int, int] = {}
         self._reference: dict[int, dict[str, np.ndarray]] = {}
 
@@ -405,6 +439,30 @@ class ValidatingStrategy(StrategyWrapper):
                         self.min_replies, self.rejections.count(server_round))
             return None, None
         return self.strategy.aggregate_train(server_round, accepted + failures)
+
+    def aggregate_evaluate(self, server_round: int,
+                           replies: Iterable[Message]) -> MetricRecord | None:
+        """Aggregate the evaluation replies that carry exactly one sound MetricRecord."""
+        accepted: list[Message] = []
+        failures: list[Message] = []
+        for reply in replies:
+            if reply.has_error():
+                failures.append(reply)
+                continue
+            try:
+                check_evaluation(reply, self.evaluate_contract)
+            except RejectedUpdate as rejection:
+                self.evaluate_rejections.add(server_round, rejection.reason)
+                log.warning("round %d: rejected the evaluation of node %d: %s", server_round,
+                            reply.metadata.src_node_id, rejection)
+                continue
+            accepted.append(reply)
+        accepted, disagreeing = majority_keys(accepted)
+        for _ in disagreeing:
+            self.evaluate_rejections.add(server_round, "metrics")
+        if not accepted:
+            return None
+        return self.strategy.aggregate_evaluate(server_round, accepted + failures)
 
     def _declared(self, reply: Message) -> int | None:
         """The bound on the reply's ``num-examples`` (its node's first ``dataset-size``).

@@ -252,3 +252,54 @@ def test_the_edge_cases_found_by_hand_are_rejected_and_the_honest_device_kept():
     assert dict(received.rejected) == {"metrics": 2, "num-examples": 2}
     assert [u.device for u in received.by_edge[1]] == ["5"] and 0 not in received.by_edge
     assert payload_from_record(payload) == received.by_edge[1][0].payload
+
+
+EVALUATION = {records.NUM_EXAMPLES: 8, records.EVAL_LOSS: 0.7, records.EVAL_ACCURACY: 0.75}
+
+
+@pytest.mark.parametrize("bad", [
+    RecordDict({records.METRICS: MetricRecord(EVALUATION | {"injected": 1.0})}),
+    RecordDict({}),
+    RecordDict({records.METRICS: MetricRecord(EVALUATION | {records.NUM_EXAMPLES: -8})}),
+    RecordDict({records.METRICS: MetricRecord(EVALUATION | {records.EVAL_ACCURACY: 7.0})}),
+    RecordDict({records.METRICS: MetricRecord(EVALUATION),
+                "more": MetricRecord(EVALUATION)}),
+    RecordDict({records.METRICS: MetricRecord(EVALUATION), records.ARRAYS: weights(MODEL)}),
+])
+def test_a_malformed_evaluation_is_dropped_and_the_honest_ones_aggregated(bad):
+    strategy = ValidatingStrategy(FedAvg(), evaluate_contract=ReplyContract.for_evaluation(FLAT))
+    honest = [reply(RecordDict({records.METRICS: MetricRecord(EVALUATION)}), node)
+              for node in (1, 2)]
+
+    metrics = strategy.aggregate_evaluate(1, [honest[0], reply(bad, 3), honest[1]])
+
+    assert metrics[records.EVAL_ACCURACY] == pytest.approx(0.75)
+    assert strategy.evaluate_rejections.count(1) == 1
+
+
+def test_a_huge_finite_loss_is_rejected_before_it_overflows_an_edges_mean():
+    contract = ReplyContract.for_devices(EDGES, 2, below_edge=True)
+    huge = HONEST_METRICS | {records.EDGE_ID: 0, records.TRAIN_LOSS: 1.7e308}
+    replies = [reply(RecordDict({records.COMPRESSED_DELTA: payload_to_record(honest_payload()),
+                                 records.METRICS: MetricRecord(m)}), node)
+               for node, m in enumerate([huge, HONEST_METRICS | {records.EDGE_ID: 0}], start=1)]
+
+    received = receive_device_replies(replies, contract, 1)
+
+    assert dict(received.rejected) == {"metrics": 1} and len(received.by_edge[0]) == 1
+
+
+def test_a_large_payload_for_another_model_is_refused_before_its_entries_are_read():
+    positions = np.arange(0, 1 << 22, 2, dtype=np.int64)  # a bitmap of 2^22 bits, half set
+    payload = encode([EncodedTensor("bogus", np.dtype("<f4"), (1 << 22,), ValueMode.FLOAT32,
+                                    positions, np.ones(positions.size, np.float32)),
+                      EncodedTensor("b", np.dtype("<f4"), (3,), ValueMode.FLOAT32, None,
+                                    np.zeros(3, np.float32))])
+    tracemalloc.start()
+
+    with pytest.raises(WireFormatError, match="expected 'w'"):
+        decode(payload, expected=MODEL)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    assert len(payload) > 8 << 20 and peak < 1 << 20
