@@ -277,6 +277,11 @@ class RunConfig:
         if self.edge_role == "edge" and not self.edge_spool:
             raise ValueError("edge-role='edge' needs edge-spool, the edge's spool directory; "
                              "got ''")
+        if self.num_edges and self.attack in COLLUDING_ATTACKS and self.malicious_fraction > 0:
+            raise ValueError(
+                f"attack={self.attack!r} needs num-edges=0, got num-edges={self.num_edges}: the "
+                "colluding attacker is simulated at the cloud, which sees only edge aggregates"
+            )
         if self.num_edges and (self.dp or self.central_dp != "none"):
             raise ValueError(
                 f"dp={self.dp} / central-dp={self.central_dp!r} need num-edges=0, got "

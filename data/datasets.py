@@ -102,6 +102,8 @@ class PartitionedArrays(FederatedDataset):
 
         The partitioner gets the pool's rows in the order drawn from ``seed`` (``shuffle``).
         """
+        if self._bound:  # a dataset reused by a factory keeps the rows it was given
+            return
         self.seed = seed if self.seed is None else self.seed
         self.test_fraction = test_fraction if self.test_fraction is None else self.test_fraction
         order = (np.random.default_rng([self.seed, 0x5EED]).permutation(len(self.pool))
@@ -114,12 +116,12 @@ class PartitionedArrays(FederatedDataset):
     @property
     def num_partitions(self) -> int:
         """Number of partitions the partitioner produces."""
+        self.bind(0, DEFAULT_TEST_FRACTION)  # a no-op once bound
         return int(self.partitioner.num_partitions)
 
     def partition(self, partition_id: int) -> tuple[MultimodalArrays, MultimodalArrays]:
         """Local ``(train, test)`` of one partition, split at random by ``test_fraction``."""
-        if not self._bound:
-            self.bind(0, DEFAULT_TEST_FRACTION)
+        self.bind(0, DEFAULT_TEST_FRACTION)  # a no-op once bound
         self.check_partition_id(partition_id)
         index = np.asarray(self.partitioner.load_partition(partition_id)["index"])
         rng = np.random.default_rng([self.seed, partition_id])

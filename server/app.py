@@ -69,12 +69,16 @@ def main(grid: Grid, context: Context) -> None:
     cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections, validation.rejections]
     edge_tier = chain.find(HierarchicalStrategy)
     recorder = RunRecorder(run_dir, config.to_mapping())
-    report = partition_report(dataset)
-    log.info("%s", report.table())
-    warnings = partition_warnings(report)
-    for warning in warnings:
-        log.warning("partitions: %s", warning)
-    recorder.record_partitions(report, warnings)
+    try:
+        report = partition_report(dataset)
+    except ValueError as error:  # partitions that only exist on the devices
+        log.warning("partitions: no report, the server cannot read them (%s)", error)
+    else:
+        log.info("%s", report.table())
+        warnings = partition_warnings(report)
+        for warning in warnings:
+            log.warning("partitions: %s", warning)
+        recorder.record_partitions(report, warnings)
     round_started = time.time()
 
     def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord:

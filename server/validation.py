@@ -248,7 +248,8 @@ def validate_update(
         missing = sorted(set(reference) - set(update))
         extra = sorted(set(update) - set(reference))
         raise RejectedUpdate("keys", f"expected the {len(reference)} arrays of the global model "
-                                     f"in order, missing {missing}, unexpected {extra}")
+                                     f"in order, missing {_show(missing)}, unexpected "
+                                     f"{_show(extra)}")
     for name, ref in reference.items():
         value = update[name]
         if value.shape != ref.shape:

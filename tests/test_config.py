@@ -151,3 +151,8 @@ def test_a_renamed_key_says_its_new_name():
 def test_sampled_nodes_matches_what_flower_samples():
     assert [sampled_nodes(f, 10) for f in (0.0, 0.01, 0.25, 0.3, 1.0)] == [0, 1, 3, 3, 10]
     assert RunConfig.from_mapping({"fraction-train": 0.3}).train_nodes == 3
+
+
+def test_a_colluding_attack_needs_a_flat_federation():
+    with pytest.raises(ValueError, match="attack='alie' needs num-edges=0"):
+        RunConfig.from_mapping({"attack": "alie", "malicious-fraction": 0.2, "num-edges": 2})

@@ -34,7 +34,7 @@ from fedmosaic.compression import (
     payload_from_record,
 )
 from fedmosaic.config import RunConfig
-from fedmosaic.server.edge.aggregation import Arrays, EdgeAggregator
+from fedmosaic.server.edge.aggregation import Arrays, EdgeAggregator, rejection_reason
 from fedmosaic.server.edge.configured import device_contract, edge_aggregator
 from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
@@ -153,6 +153,8 @@ class HierarchicalStrategy(StrategyWrapper):
                 cloud_replies.append(as_weights(reply, reference))
             except Exception as error:  # noqa: BLE001 - an edge's bytes must not end the round
                 log.warning("round %d: rejected an edge aggregate: %s", server_round, error)
+                self.intake.add(server_round, rejection_reason(error))
+                traffic.rejected_updates += 1
                 continue
             traffic.bytes_device_to_edge += counters[records.EDGE_BYTES_IN]
             traffic.accepted_updates += counters[records.EDGE_ACCEPTED]
