@@ -111,6 +111,8 @@ def read_npz(path: Path) -> tuple[MultimodalArrays, tuple[ModalitySpec, ...], np
         raise ValueError(f"dataset {path}: array '{MASK}' must be bool of shape "
                          f"({len(labels)}, {len(specs)}), got {mask.dtype} {mask.shape}")
     inputs = {spec.name: _as_modality(arrays[spec.name], spec) for spec in specs}
+    for spec in specs:
+        _check_padding(path, spec, inputs[spec.name])
     samples = MultimodalArrays(inputs=inputs, mask=mask, labels=labels)
     samples.validate(specs, int(labels.max()) + 1 if len(labels) else 0)
     return samples, specs, devices
@@ -169,6 +171,27 @@ def _spec(path: Path, name: str, array: np.ndarray) -> ModalitySpec:
     raise ValueError(f"dataset {path}: array {name!r} of {array.dtype} with shape "
                      f"{array.shape} fits no modality; expected float (N, C, T), "
                      "(N, C, H, W) or (N, F), or integer tokens (N, L)")
+
+
+def _check_padding(path: Path, spec: ModalitySpec, values: np.ndarray) -> None:
+    """NaN is allowed only as the padding of ragged sensor series: trailing, in every channel.
+
+    Raises:
+        ValueError: naming the modality and the first offending sample.
+    """
+    if spec.kind == ModalityKind.TOKENS or not np.isnan(values).any():
+        return
+    if spec.kind != ModalityKind.SENSOR:
+        raise ValueError(f"dataset {path}: modality {spec.name!r} holds NaN; only sensor "
+                         "series may, as the padding of shorter series")
+    padding = np.isnan(values)  # (N, C, T)
+    whole_steps = padding.any(axis=1) == padding.all(axis=1)
+    trailing = np.all(np.diff(padding.any(axis=1).astype(np.int8), axis=1) >= 0, axis=1)
+    bad = np.flatnonzero(~whole_steps.all(axis=1) | ~trailing | padding[:, :, 0].any(axis=1))
+    if bad.size:
+        raise ValueError(f"dataset {path}: sensor series {spec.name!r} of sample {bad[0]} has "
+                         "NaN that is not padding: padding fills every channel from some step "
+                         "to the end, after at least one valid step")
 
 
 def _as_modality(array: np.ndarray, spec: ModalitySpec) -> np.ndarray:

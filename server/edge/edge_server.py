@@ -63,6 +63,7 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
     """Serve ``num-server-rounds`` cloud rounds from the spool ``config.edge_spool``."""
     spool = EdgeSpool(config.edge_spool)
     aggregator: EdgeAggregator | None = None
+    declared: dict[int, int] = {}  # each device's first dataset-size, across rounds
     for server_round in range(1, config.num_server_rounds + 1):
         request = spool.take_request(server_round, REQUEST_TIMEOUT_SECONDS)
         if aggregator is None:
@@ -75,7 +76,8 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
         messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                             group_id=str(server_round)) for node in devices]
         replies = grid.send_and_receive(messages, timeout=DEVICE_TIMEOUT_SECONDS)
-        received = receive_device_replies(replies, device_contract(config), server_round)
+        received = receive_device_replies(replies, device_contract(config), server_round,
+                                          declared)
         updates = received.by_edge.get(request.edge_id, [])
         aggregate = aggregator.aggregate(updates, request.arrays, server_round)
         if aggregate is None:

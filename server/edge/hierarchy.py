@@ -82,6 +82,7 @@ class HierarchicalStrategy(StrategyWrapper):
         self.contract = contract
         self.deployed = deployed
         self.intake = Rejections()
+        self.declared: dict[int, int] = {}
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
         self._global: dict[int, Arrays] = {}
 
@@ -130,7 +131,7 @@ class HierarchicalStrategy(StrategyWrapper):
         replies = [r for r in replies if not r.has_error()]
         sent = replies if self.deployed else []
         received = receive_device_replies([] if self.deployed else replies, self.contract,
-                                          server_round)
+                                          server_round, self.declared)
         for reason, count in received.rejected.items():
             for _ in range(count):
                 self.intake.add(server_round, reason)

@@ -25,7 +25,8 @@ from fedmosaic.server.validation import RejectedUpdate, ReplyContract
 log = logging.getLogger("fedmosaic")
 
 
-def device_update_from_reply(reply: Message, contract: ReplyContract) -> tuple[int, DeviceUpdate]:
+def device_update_from_reply(reply: Message, contract: ReplyContract,
+                             declared: int | None = None) -> tuple[int, DeviceUpdate]:
     """The edge ID a device reports and its update, once the reply fits ``contract``.
 
     Raises:
@@ -40,7 +41,7 @@ def device_update_from_reply(reply: Message, contract: ReplyContract) -> tuple[i
                                           f"records {records.COMPRESSED_DELTA!r} and "
                                           f"{records.METRICS!r}, got {sorted(content.keys())[:10]}")
     metrics = content.metric_records[records.METRICS]
-    contract.check_metrics(metrics)
+    contract.check_metrics(metrics, declared)
     update = DeviceUpdate(
         device=str(reply.metadata.src_node_id),
         payload=payload_from_record(content[records.COMPRESSED_DELTA]),
@@ -68,25 +69,35 @@ class ReceivedUpdates:
 
 
 def receive_device_replies(replies: Iterable[Message], contract: ReplyContract,
-                           server_round: int) -> ReceivedUpdates:
+                           server_round: int,
+                           declared: dict[int, int] | None = None) -> ReceivedUpdates:
     """Parse device replies; log and count the malformed ones (error replies are skipped).
 
     Nothing a device sends escapes as an exception: a reply that breaks the contract, carries
     no codec payload, or fails in any other way is rejected with its reason (``payload`` for a
-    payload record that is not one) and the other replies go on.
+    payload record that is not one) and the other replies go on. ``declared`` (kept by the
+    caller across rounds) pins each node's first accepted ``dataset-size``, which bounds its
+    ``num-examples`` from then on, as at the cloud.
     """
+    declared = {} if declared is None else declared
     received = ReceivedUpdates()
     for reply in replies:
         if reply.has_error():
             continue
         try:
-            edge_id, update = device_update_from_reply(reply, contract)
+            node = reply.metadata.src_node_id
+            metrics = reply.content.metric_records.get(records.METRICS, {})
+            size = metrics.get(records.DATASET_SIZE)
+            own = size if isinstance(size, int) and not isinstance(size, bool) else None
+            edge_id, update = device_update_from_reply(reply, contract,
+                                                       declared.get(node, own))
         except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
             reason = rejection_reason(error)
             log.warning("round %d: rejected the reply of device %s: %s: %s", server_round,
                         reply.metadata.src_node_id, reason, error)
             received.rejected[reason] += 1
             continue
+        declared.setdefault(node, int(metrics[records.DATASET_SIZE]))  # type: ignore[arg-type]
         received.by_edge[edge_id].append(update)
         received.metadata.setdefault(edge_id, reply.metadata)
         received.bytes_by_edge[edge_id] += message_bytes(reply)

@@ -78,6 +78,13 @@ def test_a_csv_round_trip_and_a_label_skewed_split(tmp_path):
     assert iid_classes == [4, 4, 4, 4] and min(skewed_classes) < 4
 
 
+def partly_padded():
+    """Sensor series whose last step is NaN in one channel only: not padding."""
+    accel = np.zeros((N, 3, 16), np.float32)
+    accel[:, 0, -1] = np.nan
+    return accel
+
+
 @pytest.mark.parametrize(("arrays", "message"), [
     ({"labels": None}, "expected an array 'labels' of shape \\(N,\\)"),
     ({"labels": np.zeros(N)}, "'labels' must hold integer class ids"),
@@ -85,6 +92,10 @@ def test_a_csv_round_trip_and_a_label_skewed_split(tmp_path):
     ({"weird": np.zeros((N, 2, 2, 2, 2), np.float32)}, "'weird' of float32 .* fits no modality"),
     ({"log": -np.ones((N, 5), np.int64)}, "token array 'log' must hold ids >= 0"),
     ({"mask": np.ones((N, 2), bool)}, "'mask' must be bool of shape \\(120, 4\\)"),
+    ({"camera": np.full((N, 1, 8, 8), np.nan, np.float32)}, "'camera' holds NaN"),
+    ({"accel": np.concatenate([np.full((N, 3, 1), np.nan), np.zeros((N, 3, 15))], axis=2)
+      .astype(np.float32)}, "'accel' of sample 0 has NaN that is not padding"),
+    ({"accel": partly_padded()}, "'accel' of sample 0 has NaN that is not padding"),
 ])
 def test_a_malformed_npz_names_what_was_expected(tmp_path, arrays, message):
     with pytest.raises(ValueError, match=message):

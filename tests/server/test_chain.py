@@ -38,12 +38,14 @@ def test_the_default_chain_meters_enters_the_ledger_validates_and_aggregates():
 
 
 def test_every_stage_in_the_documented_order():
-    edges = chain_of(**{"num-clients": 10, "num-edges": 2, "attack": "ipm",
-                        "malicious-fraction": 0.2})
+    edges = chain_of(**{"num-clients": 10, "num-edges": 2})
+    colluding = chain_of(**{"num-clients": 10, "attack": "ipm", "malicious-fraction": 0.2})
     central = chain_of(**{"central-dp": "server", "num-clients": 10, "fraction-train": 0.3})
 
     assert kinds(edges) == [MeteredStrategy, HierarchicalStrategy, PrivacyLedgerStrategy,
-                            CollusionSimulation, ValidatingStrategy, FedAvg]
+                            ValidatingStrategy, FedAvg]
+    assert kinds(colluding) == [MeteredStrategy, PrivacyLedgerStrategy, CollusionSimulation,
+                                ValidatingStrategy, FedAvg]
     assert kinds(central) == [MeteredStrategy, PrivacyLedgerStrategy, ValidatingStrategy,
                               CentralDPAccounting, DifferentialPrivacyServerSideFixedClipping,
                               FedAvg]

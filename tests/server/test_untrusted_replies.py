@@ -303,3 +303,21 @@ def test_a_large_payload_for_another_model_is_refused_before_its_entries_are_rea
     tracemalloc.stop()
 
     assert len(payload) > 8 << 20 and peak < 1 << 20
+
+
+def test_an_edge_bounds_a_device_by_the_dataset_size_it_declared_first():
+    contract = ReplyContract.for_devices(EDGES, 2, below_edge=True)
+    payload = payload_to_record(honest_payload())
+    declared = {}
+
+    def one_round(num_examples, size):
+        metrics = HONEST_METRICS | {records.EDGE_ID: 0, records.NUM_EXAMPLES: num_examples,
+                                    records.DATASET_SIZE: size}
+        replies = [reply(RecordDict({records.COMPRESSED_DELTA: payload,
+                                     records.METRICS: MetricRecord(metrics)}), 7)]
+        return receive_device_replies(replies, contract, 1, declared)
+
+    first, inflated = one_round(10, 10), one_round(900, 900)
+
+    assert len(first.by_edge[0]) == 1 and declared == {7: 10}
+    assert dict(inflated.rejected) == {"num-examples": 1}

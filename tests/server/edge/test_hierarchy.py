@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -72,8 +73,11 @@ def reply(delta, num_examples, edge_id):
     return as_reply(content)
 
 
+NODES = itertools.count(7)
+
+
 def as_reply(content):
-    metadata = Metadata(run_id=1, message_id="m", src_node_id=7, dst_node_id=0,
+    metadata = Metadata(run_id=1, message_id="m", src_node_id=next(NODES), dst_node_id=0,
                         reply_to_message_id="i", group_id="1", created_at=0.0, ttl=60.0,
                         message_type="train")
     return Message(content=content, metadata=metadata)
