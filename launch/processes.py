@@ -56,8 +56,7 @@ class ProcessGroup:
         log_file = self.log_files.get(process.pid)
         tail = ("\n".join(log_file.read_text(errors="replace").splitlines()[-tail_lines:])
                 if log_file is not None and log_file.exists() else "(no log)")
-        command = " ".join(str(a) for a in process.args[:1]) if isinstance(  # type: ignore[index]
-            process.args, list) else str(process.args)
+        command = process.args[0] if isinstance(process.args, list) else process.args
         return f"{command} (log {log_file}) {how}; its log ends:\n{tail}"
 
     def __enter__(self) -> ProcessGroup:

@@ -86,9 +86,9 @@ class Rejections:
     def __init__(self) -> None:
         self.by_round: dict[int, Counter[str]] = defaultdict(Counter)
 
-    def add(self, server_round: int, reason: str) -> None:
-        """Count one rejection."""
-        self.by_round[server_round][reason] += 1
+    def add(self, server_round: int, reason: str, count: int = 1) -> None:
+        """Count ``count`` rejections for ``reason``."""
+        self.by_round[server_round][reason] += count
 
     def count(self, server_round: int) -> int:
         """Rejections in ``server_round``."""
@@ -333,6 +333,28 @@ def check_reply(reply: Message, reference: Arrays, declared: int | None, max_nor
                     declared_examples=declared, max_norm=max_norm)
 
 
+def _dataset_size(reply: Message) -> int | None:
+    """The reply's ``dataset-size`` if it is a positive integer, else ``None``."""
+    size = reply.content.metric_records.get(records.METRICS, {}).get(records.DATASET_SIZE)
+    return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else None
+
+
+def dataset_size_bound(declared: Mapping[int, int], reply: Message) -> int | None:
+    """The bound on a reply's ``num-examples``.
+
+    Its node's first accepted ``dataset-size``, or the reply's own if the node has none yet;
+    every tier keeps ``declared`` across rounds.
+    """
+    return declared.get(reply.metadata.src_node_id, _dataset_size(reply))
+
+
+def pin_dataset_size(declared: dict[int, int], reply: Message) -> None:
+    """Remember an accepted reply's ``dataset-size`` as its node's, if it is the first."""
+    size = _dataset_size(reply)
+    if size is not None:
+        declared.setdefault(reply.metadata.src_node_id, size)
+
+
 def check_evaluation(reply: Message, contract: ReplyContract | None) -> None:
     """Raise :class:`RejectedUpdate` unless an evaluation reply is one sound MetricRecord."""
     content = reply.content
@@ -419,8 +441,8 @@ class ValidatingStrategy(StrategyWrapper):
                 if reference is None:
                     raise RejectedUpdate("malformed", f"no global arrays were sent in round "
                                                       f"{server_round}")
-                check_reply(reply, reference, self._declared(reply), self.max_norm,
-                            self.contract)
+                check_reply(reply, reference, dataset_size_bound(self.declared, reply),
+                            self.max_norm, self.contract)
             except RejectedUpdate as rejection:
                 self._reject(server_round, reply, rejection)
                 continue
@@ -431,9 +453,7 @@ class ValidatingStrategy(StrategyWrapper):
                 "metrics", f"metric keys {sorted(reply.content[records.METRICS].keys())[:10]} "
                            "differ from the round's majority"))
         for reply in accepted:
-            size = reply.content[records.METRICS].get(records.DATASET_SIZE)
-            if isinstance(size, int) and size > 0:
-                self.declared.setdefault(reply.metadata.src_node_id, size)
+            pin_dataset_size(self.declared, reply)
         if len(accepted) < self.min_replies:
             log.warning("round %d skipped: %d acceptable replies, %d needed (%d rejected); the "
                         "global model stays as it was", server_round, len(accepted),
@@ -464,18 +484,6 @@ class ValidatingStrategy(StrategyWrapper):
         if not accepted:
             return None
         return self.strategy.aggregate_evaluate(server_round, accepted + failures)
-
-    def _declared(self, reply: Message) -> int | None:
-        """The bound on the reply's ``num-examples`` (its node's first ``dataset-size``).
-
-        The node's first accepted ``dataset-size``, or this reply's own if it has none yet.
-        """
-        node = reply.metadata.src_node_id
-        if node in self.declared:
-            return self.declared[node]
-        size = reply.content.metric_records.get(records.METRICS, {}).get(records.DATASET_SIZE)
-        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 \
-            else None
 
     def _reject(self, server_round: int, reply: Message, rejection: RejectedUpdate) -> None:
         self.rejections.add(server_round, rejection.reason)

@@ -133,8 +133,7 @@ class HierarchicalStrategy(StrategyWrapper):
         received = receive_device_replies([] if self.deployed else replies, self.contract,
                                           server_round, self.declared)
         for reason, count in received.rejected.items():
-            for _ in range(count):
-                self.intake.add(server_round, reason)
+            self.intake.add(server_round, reason, count)
         traffic.rejected_updates += sum(received.rejected.values())
         for edge_id in sorted(received.by_edge):
             updates = received.by_edge[edge_id]

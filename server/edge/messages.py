@@ -20,7 +20,12 @@ from fedmosaic import records
 from fedmosaic.compression import payload_from_record, payload_to_record
 from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregate, rejection_reason
 from fedmosaic.server.traffic import message_bytes
-from fedmosaic.server.validation import RejectedUpdate, ReplyContract
+from fedmosaic.server.validation import (
+    RejectedUpdate,
+    ReplyContract,
+    dataset_size_bound,
+    pin_dataset_size,
+)
 
 log = logging.getLogger("fedmosaic")
 
@@ -85,19 +90,15 @@ def receive_device_replies(replies: Iterable[Message], contract: ReplyContract,
         if reply.has_error():
             continue
         try:
-            node = reply.metadata.src_node_id
-            metrics = reply.content.metric_records.get(records.METRICS, {})
-            size = metrics.get(records.DATASET_SIZE)
-            own = size if isinstance(size, int) and not isinstance(size, bool) else None
             edge_id, update = device_update_from_reply(reply, contract,
-                                                       declared.get(node, own))
+                                                       dataset_size_bound(declared, reply))
         except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
             reason = rejection_reason(error)
             log.warning("round %d: rejected the reply of device %s: %s: %s", server_round,
                         reply.metadata.src_node_id, reason, error)
             received.rejected[reason] += 1
             continue
-        declared.setdefault(node, int(metrics[records.DATASET_SIZE]))  # type: ignore[arg-type]
+        pin_dataset_size(declared, reply)
         received.by_edge[edge_id].append(update)
         received.metadata.setdefault(edge_id, reply.metadata)
         received.bytes_by_edge[edge_id] += message_bytes(reply)
