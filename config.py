@@ -223,6 +223,36 @@ class RunConfig:
         "z of central DP: noise std z·C/m on the aggregate of m sampled devices"
     )
     central_clipping_norm: float = setting("C of central DP: bound on each device's update norm")
+    anonymizer_rounds: int = setting(
+        "federated rounds that train the GAN anonymizer before the model's rounds (0: none); "
+        'see "Anonymizer"'
+    )
+    anonymizer_steps: int = setting(
+        "adversarial steps (batches) each device runs per anonymizer round"
+    )
+    anonymizer: str = setting(
+        "an `anonymizer.pt` written by an earlier run, used instead of training one"
+    )
+    anonymize_training: bool = setting(
+        "training path: devices train the shared model on their anonymized samples"
+    )
+    anonymizer_release: int = setting(
+        "release path: anonymized records each device publishes per round (0: none)"
+    )
+    release_k: int = setting(
+        "k-anonymity of released records' metadata (modalities held, label); smaller classes "
+        "are suppressed"
+    )
+    anonymizer_strength: float = setting(
+        "the anonymizer's privacy strength λ in [0, 1] (0: the identity); the controller may "
+        "set it per device"
+    )
+    anonymizer_noise: float = setting(
+        "Gaussian noise added after the anonymizer, in units of each sample's std"
+    )
+    anonymizer_discard: float = setting(
+        "share of each anonymized sample's entries discarded, in [0, 1)"
+    )
     resume_from: str = setting(
         "a `checkpoints/round-NNN.pt` to continue from: restores the global model and the privacy "
         "ledger"
@@ -395,6 +425,40 @@ def _check_privacy(config: RunConfig) -> None:
         value = getattr(config, name)
         if not 0.0 < value < math.inf:
             raise ValueError(f"{_key(name)} must be finite and > 0, got {value}")
+
+
+def _check_anonymizer(config: RunConfig) -> None:
+    """Range checks of the anonymizer's keys (the knobs by :class:`AnonymizerKnobs`' rules)."""
+    for name in ("anonymizer_rounds", "anonymizer_release"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{_key(name)} must be >= 0, got {getattr(config, name)}")
+    for name in ("anonymizer_steps", "release_k"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{_key(name)} must be >= 1, got {getattr(config, name)}")
+    if not 0.0 <= config.anonymizer_strength <= 1.0:
+        raise ValueError(f"anonymizer-strength must lie in [0, 1], got "
+                         f"{config.anonymizer_strength}")
+    if not 0.0 <= config.anonymizer_noise < math.inf:
+        raise ValueError(f"anonymizer-noise must be finite and >= 0, got "
+                         f"{config.anonymizer_noise}")
+    if not 0.0 <= config.anonymizer_discard < 1.0:
+        raise ValueError(f"anonymizer-discard must lie in [0, 1), got {config.anonymizer_discard}")
+    uses = config.anonymize_training or config.anonymizer_release > 0
+    if uses and not (config.anonymizer_rounds or config.anonymizer):
+        raise ValueError("anonymize-training / anonymizer-release need an anonymizer: set "
+                         "anonymizer-rounds >= 1 (train one in this run) or anonymizer=PATH "
+                         "(an earlier run's anonymizer.pt), got neither")
+    if uses and config.edge_role != "simulated":
+        raise ValueError(f"anonymize-training / anonymizer-release reach devices directly (a flat "
+                         f"federation or simulated edges), got edge-role={config.edge_role!r}")
+    if config.anonymizer_rounds and config.edge_role != "simulated":
+        raise ValueError(f"anonymizer-rounds need the devices connected to this server (a flat "
+                         f"federation or simulated edges), got edge-role={config.edge_role!r}; "
+                         f"train the anonymizer in a flat run and pass anonymizer=PATH")
+    if config.anonymizer_rounds and config.anonymizer:
+        raise ValueError(f"set anonymizer-rounds or anonymizer, not both: got "
+                         f"anonymizer-rounds={config.anonymizer_rounds} and "
+                         f"anonymizer={config.anonymizer!r}")
 
 
 def _key(field_name: str) -> str:

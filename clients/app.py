@@ -13,6 +13,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmosaic import records
+from fedmosaic.clients.anonymizer_round import run_anonymizer_round
 from fedmosaic.clients.edge_forward import forward_to_edge, is_edge_node
 from fedmosaic.clients.round import partition_id, run_train_round
 from fedmosaic.config import RunConfig
@@ -28,6 +29,12 @@ def train_locally(msg: Message, context: Context) -> Message:
     if is_edge_node(context):
         return forward_to_edge(msg, context)
     return run_train_round(msg, context)
+
+
+@app.train(records.ANONYMIZER_ACTION)
+def train_anonymizer_locally(msg: Message, context: Context) -> Message:
+    """One federated anonymizer round (``clients/anonymizer_round.py``)."""
+    return run_anonymizer_round(msg, context)
 
 
 @app.evaluate()

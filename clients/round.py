@@ -12,6 +12,8 @@ is one function and one line in :data:`TRAIN_STAGES`.
 stage               contract
 ==================  ==========================================================================
 load_partition      ``train_arrays``: the device's training split (node config partition)
+anonymize_inputs    ``anonymize-training``: ``train_arrays`` through the anonymizer the message
+                    carries, at the knobs it names (``anonymizer-knobs``)
 poison_data         simulation only: a malicious device's data poisoning (label flips)
 train_model         ``model`` trained from the global weights, ``result``, DP-SGD ``metrics``;
                     plain training, or DP-SGD with ``dp=true`` (a refusal sets ``reply``)
@@ -20,17 +22,20 @@ poison_model        simulation only: a malicious device's model poisoning
 reply_update        ``reply``: the full weights, or below an edge the compressed delta
 tamper_reply        simulation only: a rogue device breaks the reply contract
 attach_telemetry    ``telemetry=true``: local-DP sensor summaries added to ``reply``
+release_records     ``anonymizer-release``: anonymized records and the device's pseudonym
+                    added to ``reply``
 ==================  ==========================================================================
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedmosaic import records
 from fedmosaic.clients.edge_reply import edge_reply_content
@@ -42,6 +47,10 @@ from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.data.modality import ModalityKind, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import TrainResult, make_loader, train
+from fedmosaic.privacy.anonymization import pseudonym
+from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
+from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
+from fedmosaic.privacy.anonymizer.training import anonymize, generator_from_state
 from fedmosaic.privacy.central import clip_model_update
 from fedmosaic.task import build_model, cached_dataset, loss_weights
 
@@ -73,7 +82,9 @@ class DeviceRound:
         partition_id: The device's partition.
         received: The training message's config record (``lr``, ``server-round``, ...).
         attack: The device's simulated behaviour (a no-op on honest devices).
-        train_arrays: The training samples (``load_partition``, ``poison_data``).
+        train_arrays: The training samples (``load_partition``, ``anonymize_inputs``,
+            ``poison_data``).
+        anonymizer: The generator the message carries, if any (``anonymize_inputs``).
         model: The model, holding the trained weights after ``train_model``.
         result: The training result.
         metrics: Reply metrics added by the stages (DP-SGD's ``dp-*``).
@@ -89,6 +100,7 @@ class DeviceRound:
     received: dict[str, Any]
     attack: ClientAttack
     train_arrays: MultimodalArrays | None = None
+    anonymizer: MultimodalAnonymizer | None = None
     model: MultimodalClassifier | None = None
     result: TrainResult | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -111,6 +123,13 @@ class DeviceRound:
         return self.message.content[records.ARRAYS]
 
     @property
+    def knobs(self) -> AnonymizerKnobs:
+        """The anonymizer knobs the message names for this device (the run's by default)."""
+        sent = self.message.content.config_records.get(records.ANONYMIZER_KNOBS)
+        return AnonymizerKnobs.from_mapping(sent if sent is not None
+                                            else self.config.to_mapping())
+
+    @property
     def server_round(self) -> int:
         """The cloud's round (0 if the strategy does not send it)."""
         return int(self.received.get(records.SERVER_ROUND, 0))
@@ -122,6 +141,16 @@ Stage = Callable[[DeviceRound], None]
 def load_partition(state: DeviceRound) -> None:
     """The device's training split of its partition."""
     state.train_arrays, _ = state.dataset.partition(state.partition_id)
+
+
+def anonymize_inputs(state: DeviceRound) -> None:
+    """``anonymize-training``: train on the samples as the anonymizer rewrites them."""
+    if records.ANONYMIZER not in state.message.content.array_records:
+        return
+    state.anonymizer = generator_from_state(
+        state.message.content[records.ANONYMIZER].to_torch_state_dict(), state.dataset.specs)
+    if state.config.anonymize_training:
+        state.train_arrays = anonymize(state.anonymizer, state.train_arrays, state.knobs)
 
 
 def poison_data(state: DeviceRound) -> None:
@@ -212,8 +241,40 @@ def attach_telemetry(state: DeviceRound) -> None:
             state.train_arrays, state.dataset.specs, state.config, state.context)
 
 
+def release_records(state: DeviceRound) -> None:
+    """``anonymizer-release``: publish up to that many anonymized records under a pseudonym.
+
+    The records are drawn at random from the training split and rewritten by the anonymizer
+    (already rewritten with ``anonymize-training``). The pseudonym is the HMAC of the
+    device's partition under a key the device draws once and keeps in its context state, so
+    the server can link a device's releases but cannot recompute whose they are.
+    """
+    count = min(state.config.anonymizer_release, len(state.train_arrays))
+    if not count or state.anonymizer is None:
+        return
+    picked = np.random.default_rng().choice(len(state.train_arrays), count, replace=False)
+    chosen = state.train_arrays.subset(np.isin(np.arange(len(state.train_arrays)), picked))
+    released = chosen if state.config.anonymize_training else anonymize(
+        state.anonymizer, chosen, state.knobs)
+    state.reply[records.RELEASE] = ArrayRecord({
+        **{name: Array(values) for name, values in released.inputs.items()},
+        "mask": Array(released.mask), "labels": Array(released.labels)})
+    state.reply[records.RELEASE_META] = ConfigRecord({
+        records.PSEUDONYM: pseudonym(str(state.partition_id), device_key(state.context))})
+
+
+def device_key(context: Context) -> bytes:
+    """The device's secret pseudonym key, drawn once and kept in its context state."""
+    saved = context.state.config_records.get(records.PSEUDONYM_KEY)
+    if saved is None:
+        saved = ConfigRecord({"key": secrets.token_bytes(32)})
+        context.state[records.PSEUDONYM_KEY] = saved
+    return bytes(saved["key"])
+
+
 TRAIN_STAGES: tuple[Stage, ...] = (
     load_partition,
+    anonymize_inputs,
     poison_data,
     train_model,
     clip_update,
@@ -221,6 +282,7 @@ TRAIN_STAGES: tuple[Stage, ...] = (
     reply_update,
     tamper_reply,
     attach_telemetry,
+    release_records,
 )
 """The device's training round, in order (module docstring)."""
 

@@ -50,6 +50,25 @@ class FederatedDataset(abc.ABC):
     def central_test(self) -> MultimodalArrays:
         """Held-out samples the server evaluates the global model on."""
 
+    sensitive_attribute: str | None = None
+    """The protected attribute of a device's data (``subject``, ``site``), if the data has one:
+    what the anonymizer hides and the re-identification attacks try to recover."""
+    num_sensitive_values: int = 0
+    """How many values :attr:`sensitive_attribute` takes (ids ``0 .. n - 1``)."""
+
+    def sensitive_value(self, partition_id: int) -> int:
+        """The value of :attr:`sensitive_attribute` on device ``partition_id``'s samples.
+
+        A device knows it about its own data (a subject knows who wears the watch).
+
+        Raises:
+            ValueError: If the dataset declares no sensitive attribute.
+        """
+        raise ValueError(f"dataset {type(self).__name__} declares no sensitive attribute; the "
+                         "anonymizer and the re-identification attacks need one (set "
+                         "`sensitive_attribute`, `num_sensitive_values` and override "
+                         "`sensitive_value`)")
+
     def check_partition_id(self, partition_id: int) -> None:
         """Raise ``ValueError`` unless ``0 <= partition_id < num_partitions``."""
         if not 0 <= partition_id < self.num_partitions:

@@ -111,6 +111,8 @@ class SmartwatchDataset(FederatedDataset):
     """Ten clients, one per subject, with the subject's held-out windows as local test."""
 
     num_classes = NUM_CLASSES
+    sensitive_attribute = "subject"
+    num_sensitive_values = NUM_SUBJECTS
 
     def __init__(self, window_seconds: float = 2.0) -> None:
         self.specs = smartwatch_specs(window_seconds)
@@ -144,6 +146,8 @@ class SmartwatchDataset(FederatedDataset):
         self.check_partition_id(partition_id)
         index = self._train.partitioner.load_partition(partition_id)["subject"]
         return int(index[0])
+
+    sensitive_value = subject_of
 
     def central_test(self) -> MultimodalArrays:
         """Held-out windows of all subjects."""

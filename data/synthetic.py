@@ -418,9 +418,11 @@ class SyntheticIoTDataset(FederatedDataset):
 
     specs = SYNTHETIC_SPECS
     num_classes = NUM_CLASSES
+    sensitive_attribute = "site"
 
     def __init__(self, config: SyntheticConfig) -> None:
         self.config = config
+        self.num_sensitive_values = config.num_sites
         self._central: MultimodalArrays | None = None
 
     @property
@@ -444,6 +446,8 @@ class SyntheticIoTDataset(FederatedDataset):
         """Return device ``partition_id``'s site (the sensitive attribute), without its samples."""
         self.check_partition_id(partition_id)
         return _profile(self.config, partition_id).site
+
+    sensitive_value = site_of
 
 
 @register_dataset("synthetic")

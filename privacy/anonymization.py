@@ -136,6 +136,28 @@ def check_release(
         )
 
 
+def suppress_small_classes(table: pd.DataFrame, quasi_identifiers: Sequence[str], k: int,
+                           sensitive: str | None = None, l_distinct: int = 1) -> pd.DataFrame:
+    """The rows of ``table`` in classes that pass :func:`check_release`; the rest suppressed.
+
+    A class is kept with ``>= k`` rows and, with ``sensitive``, ``>= l_distinct`` distinct
+    sensitive values. Suppression is the simplest way to make a table pass.
+
+    Raises:
+        ValueError: If ``k`` or ``l_distinct`` is below 1 or a column is missing.
+    """
+    if k < 1 or l_distinct < 1:
+        raise ValueError(f"k and l_distinct must be >= 1, got {k} and {l_distinct}")
+    _check_columns(table, [*quasi_identifiers, *([sensitive] if sensitive else [])])
+    if table.empty:
+        return table.copy()
+    groups = table.groupby(list(quasi_identifiers), dropna=False)
+    keep = groups[quasi_identifiers[0]].transform("size") >= k
+    if sensitive is not None:
+        keep &= groups[sensitive].transform("nunique") >= l_distinct
+    return table[keep].copy()
+
+
 def _describe(quasi_identifiers: Sequence[str], index_value: object) -> dict[str, object]:
     values = index_value if isinstance(index_value, tuple) else (index_value,)
     return dict(zip(quasi_identifiers, values, strict=True))

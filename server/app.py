@@ -14,10 +14,19 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
-from fedmosaic.data.datasets import is_file_dataset
+from fedmosaic.data.datasets import FederatedDataset, is_file_dataset
 from fedmosaic.data.report import partition_report, partition_warnings
 from fedmosaic.models.training import evaluate, make_loader
+from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
+from fedmosaic.privacy.anonymizer.training import (
+    AnonymizerTraining,
+    TrainedAnonymizer,
+    load_anonymizer,
+    save_anonymizer,
+)
 from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.server.anonymizer_rounds import train_federated_anonymizer
+from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.chain import build_chain
 from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
@@ -63,12 +72,17 @@ def main(grid: Grid, context: Context) -> None:
     ledger, resumed_round = PrivacyLedger(accountant=config.dp_accountant), 0
     if config.resume_from:  # the global weights into ``model``, the ledger from the checkpoint
         ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
-    chain = build_chain(config, ledger, round_offset=resumed_round)
+    recorder = RunRecorder(run_dir, config.to_mapping())
+    generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder)
+    chain = build_chain(config, ledger, round_offset=resumed_round, anonymizer=generator,
+                        run_dir=run_dir)
     traffic_meter = chain.get(MeteredStrategy)
     validation = chain.get(ValidatingStrategy)
     cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections, validation.rejections]
     edge_tier = chain.find(HierarchicalStrategy)
-    recorder = RunRecorder(run_dir, config.to_mapping())
+    anonymizer_stage = chain.find(AnonymizerStage)
+    if anonymizer_stage is not None:
+        cloud_rejections.append(anonymizer_stage.rejections)
     try:
         report = partition_report(dataset)
     except ValueError as error:  # partitions that only exist on the devices
@@ -109,6 +123,7 @@ def main(grid: Grid, context: Context) -> None:
             rejected_reasons=dict(sorted(sum((Counter(r.reasons(server_round))
                                               for r in cloud_rejections), Counter()).items())),
             evaluate_rejected=validation.evaluate_rejections.count(server_round),
+            **(anonymizer_stage.round_releases(server_round) if anonymizer_stage else {}),
             **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
         recorder.checkpoint(server_round, model.state_dict(), {
@@ -128,9 +143,34 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
         evaluate_fn=evaluate_and_record,
     )
-    summary = recorder.finish({"privacy": ledger.state_dict()})
+    summary = recorder.finish({"privacy": ledger.state_dict(),
+                               **({"anonymizer": anonymizer_history} if anonymizer_history
+                                  else {})})
     log.info("final accuracy %.4f after %d rounds; outputs in %s",
              summary["final_accuracy"], summary["rounds"], run_dir)
+
+
+def prepare_anonymizer(grid: Grid, config: RunConfig, dataset: FederatedDataset,
+                       recorder: RunRecorder
+                       ) -> tuple[MultimodalAnonymizer | None, list[dict[str, float]]]:
+    """The run's generator and the history of its federated rounds.
+
+    Trained in ``anonymizer-rounds`` federated rounds (saved as ``anonymizer.pt`` in the run
+    folder, its rounds in TensorBoard under ``anonymizer/``), loaded from ``anonymizer``, or
+    ``None``.
+    """
+    if config.anonymizer:
+        return load_anonymizer(Path(config.anonymizer).expanduser(), dataset.specs), []
+    if not config.anonymizer_rounds:
+        return None, []
+    outcome = train_federated_anonymizer(grid, config, dataset)
+    for entry in outcome.history:
+        recorder.add_scalars({f"anonymizer/{k}": v for k, v in entry.items() if k != "round"},
+                             int(entry["round"]))
+    save_anonymizer(TrainedAnonymizer(outcome.models.generator, outcome.models.num_attributes,
+                                      AnonymizerTraining.from_config(config), outcome.history),
+                    recorder.run_dir / "anonymizer.pt")
+    return outcome.models.generator, outcome.history
 
 
 def _metric(record: MetricRecord | None, key: str) -> float | None:

@@ -10,6 +10,8 @@ config does not ask for is ``None`` and left out. Adding a stage is one line the
 stage                   what it does to a round
 ======================  ======================================================================
 metering                counts the serialized bytes of every message, both directions
+anonymizer              sends the generator and each device's knobs; takes out and k-anonymizes
+                        released records (``anonymize-training``, ``anonymizer-release``)
 edge tier               devices' compressed deltas → one reply per edge (``num-edges > 0``)
 privacy ledger          enters each DP-SGD reply's spend; drops refusals; sends budgets
 colluding attacker      simulation only: crafts ALIE / IPM updates (``attack=alie|ipm``)
@@ -31,13 +33,17 @@ import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic.config import COLLUDING_ATTACKS, RunConfig
+from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
+from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 from fedmosaic.privacy.central import wrap_central_dp
 from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.collusion import CollusionSimulation
 from fedmosaic.server.edge.configured import cloud_config
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
@@ -98,7 +104,9 @@ def cloud_contract(config: RunConfig) -> ReplyContract:
     return ReplyContract.for_devices(config, len(cached_dataset(config).specs))
 
 
-def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0) -> ServerChain:
+def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
+                anonymizer: MultimodalAnonymizer | None = None,
+                run_dir: Path | None = None) -> ServerChain:
     """The server chain of ``config`` (module docstring), around ``config``'s aggregator.
 
     Args:
@@ -106,11 +114,25 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0)
         ledger: The run's privacy ledger (fresh, or restored by ``resume-from``).
         round_offset: Rounds run before a resume; the ledger counts round ``r`` as
             ``round_offset + r``.
+        anonymizer: The trained generator (needed by ``anonymize-training`` and
+            ``anonymizer-release``).
+        run_dir: The run folder (released records go to its ``releases/``).
+
+    Raises:
+        ValueError: If the config uses the anonymizer and none is given.
     """
+    uses_anonymizer = config.anonymize_training or config.anonymizer_release > 0
+    if uses_anonymizer and anonymizer is None:
+        raise ValueError("anonymize-training / anonymizer-release need a trained anonymizer, "
+                         "got none")
     central = config.central_dp != "none"
     colluding = config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0
     return ServerChain.around(build_aggregator(cloud_config(config)), [
         MeteredStrategy,
+        functools.partial(AnonymizerStage, generator=anonymizer,
+                          knobs=AnonymizerKnobs.from_mapping(config.to_mapping()),
+                          release_dir=run_dir / "releases" if run_dir else None,
+                          release_k=config.release_k) if uses_anonymizer else None,
         functools.partial(HierarchicalStrategy.from_config, config=config)
         if config.num_edges else None,
         functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset,

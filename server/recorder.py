@@ -65,6 +65,10 @@ class RoundRecord:
     """Those rejections by reason (:data:`~fedmosaic.server.validation.REASONS`)."""
     evaluate_rejected: int | None = None
     """Evaluation replies the cloud rejected (malformed metrics)."""
+    released: int | None = None
+    """Anonymized records written to ``releases/`` (``anonymizer-release``)."""
+    release_suppressed: int | None = None
+    """Released records suppressed for k-anonymity of their metadata."""
 
 
 @dataclass

@@ -1,0 +1,61 @@
+"""The anonymizer's knobs: what the controller sets per device between rounds, no retraining.
+
+* ``strength`` λ ∈ [0, 1]: the privacy/utility trade-off the generator is conditioned on (FiLM,
+  Perez et al. 2018, arXiv:1709.07871); λ = 0 passes the input through unchanged, λ = 1 is the
+  strongest anonymization the generator learned.
+* ``noise`` ≥ 0: Gaussian noise added to the anonymized float modalities, in units of each
+  sample's own standard deviation.
+* ``discard`` ∈ [0, 1): the share of each sample's entries (float values, or log tokens)
+  discarded (set to 0, the padding token for logs).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class AnonymizerKnobs:
+    """The three knobs (module docstring).
+
+    Raises:
+        ValueError: If a knob is outside its range.
+    """
+
+    strength: float = 1.0
+    noise: float = 0.0
+    discard: float = 0.0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> AnonymizerKnobs:
+        """The knobs a training message or a run config names; a missing one keeps its default.
+
+        Names: ``strength``, ``noise``, ``discard``, or ``anonymizer-strength``, ....
+
+        Raises:
+            ValueError: If a knob is not a number or lies outside its range.
+        """
+        knobs = {}
+        for name in ("strength", "noise", "discard"):
+            value = values.get(name, values.get(f"anonymizer-{name}"))
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"anonymizer knob {name!r} must be a number, got {value!r}")
+            knobs[name] = float(value)
+        return cls(**knobs)
+
+    def to_mapping(self) -> dict[str, float]:
+        """``{"strength": λ, "noise": ν, "discard": p}``, as a training message carries them."""
+        return {"strength": self.strength, "noise": self.noise, "discard": self.discard}
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.strength <= 1.0:
+            raise ValueError(f"anonymizer strength must lie in [0, 1], got {self.strength}")
+        if not (0.0 <= self.noise < math.inf):
+            raise ValueError(f"anonymizer noise must be finite and >= 0, got {self.noise}")
+        if not 0.0 <= self.discard < 1.0:
+            raise ValueError(f"anonymizer discard ratio must lie in [0, 1), got {self.discard}")
