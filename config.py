@@ -253,6 +253,13 @@ class RunConfig:
     anonymizer_discard: float = setting(
         "share of each anonymized sample's entries discarded, in [0, 1)"
     )
+    risk_perception: bool = setting(
+        "score every device's risk each round from what the server observes (flat federations; "
+        'see "Risk perception")'
+    )
+    risk_sensitivities: str = setting(
+        "data sensitivity per modality, `name=value,...` in [0, 1], over the built-in table"
+    )
     resume_from: str = setting(
         "a `checkpoints/round-NNN.pt` to continue from: restores the global model and the privacy "
         "ledger"

@@ -93,7 +93,14 @@ EDGE_SPOOL = "edge-spool"
 """Node-config key of an edge SuperNode: the spool directory it shares with its edge's run
 (also the run-config key of that run)."""
 
-TRAIN_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, EMBEDDING_VARIANCE, DATASET_SIZE, MODALITIES_HELD)
+CPU_LOAD = "cpu-load"
+"""Metric of a device's training reply: its CPU load (1-minute load average per core, capped at
+1) as it reports it; risk perception's resource criterion."""
+MEMORY_LOAD = "memory-load"
+"""Metric of a device's training reply: the share of its memory in use, as it reports it."""
+
+TRAIN_METRICS = (NUM_EXAMPLES, TRAIN_LOSS, EMBEDDING_VARIANCE, DATASET_SIZE, MODALITIES_HELD,
+                 CPU_LOAD, MEMORY_LOAD)
 """The metrics of every device's training reply (the server's reply contract checks them)."""
 DP_METRICS = (PARTITION_ID, DP_EPSILON_SPENT, DP_EPSILON_BUDGET, DP_DELTA, DP_NOISE_MULTIPLIER,
               DP_REFUSED, DP_SAMPLE_RATE, DP_STEPS)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import psutil
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedmosaic import records
@@ -217,6 +218,7 @@ def reply_update(state: DeviceRound) -> None:
         records.EMBEDDING_VARIANCE: state.result.mean_embedding_variance,
         records.DATASET_SIZE: len(state.train_arrays),
         records.MODALITIES_HELD: [int(held) for held in state.train_arrays.mask.any(axis=0)],
+        **device_load(),
         **state.attack.reply_metrics(),
         **state.metrics,
     })
@@ -227,6 +229,16 @@ def reply_update(state: DeviceRound) -> None:
     else:
         state.reply = RecordDict({records.ARRAYS: ArrayRecord(state.model.state_dict()),
                                   records.METRICS: metrics})
+
+
+def device_load() -> dict[str, float]:
+    """The device's CPU load (load average per core, capped at 1) and memory in use, in [0, 1].
+
+    Reported to the server for risk perception's resource criterion (``privacy/risk``).
+    """
+    cpu = psutil.getloadavg()[0] / (psutil.cpu_count() or 1)
+    return {records.CPU_LOAD: min(1.0, cpu),
+            records.MEMORY_LOAD: psutil.virtual_memory().percent / 100.0}
 
 
 def tamper_reply(state: DeviceRound) -> None:

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -32,6 +33,7 @@ from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy, resume
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
+from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import ValidatingStrategy
 from fedmosaic.task import build_model, cached_dataset
@@ -81,6 +83,7 @@ def main(grid: Grid, context: Context) -> None:
     cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections, validation.rejections]
     edge_tier = chain.find(HierarchicalStrategy)
     anonymizer_stage = chain.find(AnonymizerStage)
+    risk_stage = chain.find(RiskStage)
     if anonymizer_stage is not None:
         cloud_rejections.append(anonymizer_stage.rejections)
     try:
@@ -124,6 +127,7 @@ def main(grid: Grid, context: Context) -> None:
                                               for r in cloud_rejections), Counter()).items())),
             evaluate_rejected=validation.evaluate_rejections.count(server_round),
             **(anonymizer_stage.round_releases(server_round) if anonymizer_stage else {}),
+            risk=risk_stage.round_scores(server_round) if risk_stage else None,
             **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
         recorder.checkpoint(server_round, model.state_dict(), {
@@ -133,6 +137,10 @@ def main(grid: Grid, context: Context) -> None:
             "privacy": ledger.state_dict(),
         })
         recorder.add_scalars(ledger.scalars(), server_round)
+        if risk_stage is not None and risk_stage.scores.get(server_round):
+            risks = [s.score for s in risk_stage.scores[server_round].values()]
+            recorder.add_scalars({"risk/mean": float(np.mean(risks)),
+                                  "risk/max": float(np.max(risks))}, server_round)
         round_started = time.time()
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 

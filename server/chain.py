@@ -10,6 +10,8 @@ config does not ask for is ``None`` and left out. Adding a stage is one line the
 stage                   what it does to a round
 ======================  ======================================================================
 metering                counts the serialized bytes of every message, both directions
+risk perception         scores each device from what the server observed of its round
+                        (``risk-perception``, flat federations)
 anonymizer              sends the generator and each device's knobs; takes out and k-anonymizes
                         released records (``anonymize-training``, ``anonymizer-release``)
 edge tier               devices' compressed deltas → one reply per edge (``num-edges > 0``)
@@ -43,11 +45,14 @@ from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 from fedmosaic.privacy.central import wrap_central_dp
 from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.privacy.risk.perception import RiskPerception
+from fedmosaic.privacy.risk.sensitivity import SensitivityTable, parse_sensitivities
 from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.collusion import CollusionSimulation
 from fedmosaic.server.edge.configured import cloud_config
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
+from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import ReplyContract, ValidatingStrategy
 from fedmosaic.strategies.registry import build_aggregator
@@ -127,8 +132,13 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
                          "got none")
     central = config.central_dp != "none"
     colluding = config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0
-    return ServerChain.around(build_aggregator(cloud_config(config)), [
+    risk = config.risk_perception and not config.num_edges
+    chain = ServerChain.around(build_aggregator(cloud_config(config)), [
         MeteredStrategy,
+        functools.partial(RiskStage, specs=cached_dataset(config).specs,
+                          perception=RiskPerception(sensitivity=SensitivityTable(
+                              parse_sensitivities(config.risk_sensitivities),
+                              specs=cached_dataset(config).specs))) if risk else None,
         functools.partial(AnonymizerStage, generator=anonymizer,
                           knobs=AnonymizerKnobs.from_mapping(config.to_mapping()),
                           release_dir=run_dir / "releases" if run_dir else None,
@@ -149,3 +159,8 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
                           clipping_norm=config.central_clipping_norm,
                           num_sampled_clients=config.train_nodes) if central else None,
     ])
+    risk_stage = chain.find(RiskStage)
+    if risk_stage is not None:  # a device's rejections are part of its channel
+        risk_stage.rejections = [chain.get(PrivacyLedgerStrategy).rejections,
+                                 chain.get(ValidatingStrategy).rejections]
+    return chain

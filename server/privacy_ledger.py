@@ -145,7 +145,8 @@ class PrivacyLedgerStrategy(StrategyWrapper):
             try:
                 outcome = self._enter(server_round, reply, metrics)
             except RejectedUpdate as rejection:
-                self.rejections.add(server_round, rejection.reason)
+                self.rejections.add(server_round, rejection.reason,
+                                    node=reply.metadata.src_node_id)
                 log.warning("round %d: the privacy ledger refused the update of node %d: %s",
                             server_round, reply.metadata.src_node_id, rejection)
                 continue

@@ -69,6 +69,8 @@ class RoundRecord:
     """Anonymized records written to ``releases/`` (``anonymizer-release``)."""
     release_suppressed: int | None = None
     """Released records suppressed for k-anonymity of their metadata."""
+    risk: dict[str, dict[str, float]] | None = None
+    """Per node id: its risk score and the criteria it was fused from (``risk-perception``)."""
 
 
 @dataclass
@@ -93,8 +95,11 @@ class RunRecorder:
         self.history.append(record)
         for name, value in asdict(record).items():
             if isinstance(value, dict):
-                for reason, count in value.items():
-                    self._writer.add_scalar(f"round/{name}/{reason}", count, record.round)
+                for key, entry in value.items():  # counts by reason, or per-node metrics
+                    leaves = entry.items() if isinstance(entry, dict) else [("", entry)]
+                    for leaf, number in leaves:
+                        tag = f"round/{name}/{key}" + (f"/{leaf}" if leaf else "")
+                        self._writer.add_scalar(tag, number, record.round)
             elif name != "round" and value is not None:
                 self._writer.add_scalar(f"round/{name}", value, record.round)
         self._writer.flush()

@@ -85,10 +85,14 @@ class Rejections:
 
     def __init__(self) -> None:
         self.by_round: dict[int, Counter[str]] = defaultdict(Counter)
+        self.by_node: Counter[int] = Counter()
 
-    def add(self, server_round: int, reason: str, count: int = 1) -> None:
-        """Count ``count`` rejections for ``reason``."""
+    def add(self, server_round: int, reason: str, count: int = 1,
+            node: int | None = None) -> None:
+        """Count ``count`` rejections for ``reason`` (of ``node``, if known)."""
         self.by_round[server_round][reason] += count
+        if node is not None:
+            self.by_node[node] += count
 
     def count(self, server_round: int) -> int:
         """Rejections in ``server_round``."""
@@ -155,6 +159,8 @@ class ReplyContract:
             records.EMBEDDING_VARIANCE: MetricRule(0.0, MAX_LOSS),
             records.DATASET_SIZE: MetricRule(1, config.max_examples, integer=True),
             records.MODALITIES_HELD: MetricRule(0, 1, integer=True, length=num_modalities),
+            records.CPU_LOAD: MetricRule(0.0, 1.0),
+            records.MEMORY_LOAD: MetricRule(0.0, 1.0),
         }
         if config.dp:
             rules |= dp_rules(config)
@@ -486,6 +492,6 @@ class ValidatingStrategy(StrategyWrapper):
         return self.strategy.aggregate_evaluate(server_round, accepted + failures)
 
     def _reject(self, server_round: int, reply: Message, rejection: RejectedUpdate) -> None:
-        self.rejections.add(server_round, rejection.reason)
+        self.rejections.add(server_round, rejection.reason, node=reply.metadata.src_node_id)
         log.warning("round %d: rejected the update of node %d: %s", server_round,
                     reply.metadata.src_node_id, rejection)

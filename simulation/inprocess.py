@@ -89,6 +89,10 @@ class InProcessGrid(Grid):
         """Deliver each message to its node's ClientApp now and keep the reply."""
         ids = []
         for message in messages:
+            # stamped when handed over, as a SuperNode pulls its instruction: a reply's
+            # created_at minus this is then the device's own round trip, not the wait for
+            # the devices served before it
+            message.metadata.__dict__["_created_at"] = time.time()
             delivered = self._deliver(message)
             self._replies[delivered.metadata.message_id] = self._call_client(delivered)
             ids.append(delivered.metadata.message_id)

@@ -36,7 +36,8 @@ MODEL = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 HONEST_DELTA = {"w": np.full((2, 3), 0.25, np.float32), "b": np.full(3, -0.5, np.float32)}
 HONEST_METRICS = {records.NUM_EXAMPLES: 10, records.TRAIN_LOSS: 0.5,
                   records.EMBEDDING_VARIANCE: 0.1, records.DATASET_SIZE: 10,
-                  records.MODALITIES_HELD: [1, 0]}
+                  records.MODALITIES_HELD: [1, 0], records.CPU_LOAD: 0.25,
+                  records.MEMORY_LOAD: 0.5}
 LOSSLESS = CompressionSpec()
 FUZZ = settings(max_examples=int(os.environ.get("FEDMOSAIC_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -47,6 +48,7 @@ INVALID_VALUES = {
     records.EMBEDDING_VARIANCE: [-0.1, math.nan, -math.inf],
     records.DATASET_SIZE: [0, 10**18, 2.5, math.nan, [10]],
     records.MODALITIES_HELD: [[1], [1, 2], [0.5, 1.0], [], 1],
+    records.CPU_LOAD: [-0.1, 1.5, math.nan, [0.5]],
     records.EDGE_ID: [2, -1, 0.5, math.inf, [0], 10**18],
 }
 

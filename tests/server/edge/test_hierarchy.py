@@ -68,7 +68,8 @@ def reply(delta, num_examples, edge_id):
                                        records.TRAIN_LOSS: float(num_examples),
                                        records.EMBEDDING_VARIANCE: 1.0,
                                        records.DATASET_SIZE: num_examples,
-                                       records.MODALITIES_HELD: [1]}),
+                                       records.MODALITIES_HELD: [1],
+                                       records.CPU_LOAD: 0.5, records.MEMORY_LOAD: 0.5}),
     })
     return as_reply(content)
 
