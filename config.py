@@ -334,6 +334,7 @@ class RunConfig:
                 f"{self.telemetry_epsilon}, got {self.telemetry_budget}"
             )
         _check_privacy(self)
+        _check_anonymizer(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:

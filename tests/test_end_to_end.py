@@ -141,3 +141,22 @@ def test_a_lost_supernode_is_named_with_how_it_ended(tmp_path, leftover_processe
     assert "flower-supernode (log" in failure["message"]
     assert "supernode-" in failure["message"] and "was killed by SIGKILL" in failure["message"]
     assert leftover_processes(run_dir) == []
+
+
+def test_the_anonymizer_trains_and_applies_in_a_loopback_deployment(tmp_path, leftover_processes):
+    run_dir = tmp_path / "anonymized"
+
+    summary = deploy_locally({"num-server-rounds": 1, "local-epochs": 1, "fraction-evaluate": 0.0,
+                              "window-seconds": 0.5, "anonymizer-rounds": 2,
+                              "anonymizer-steps": 2, "anonymize-training": True,
+                              "anonymizer-release": 8, "release-k": 2},
+                             supernodes=2, out=run_dir, show_progress=False)
+
+    assert_complete_run(run_dir, rounds=1)
+    assert [entry["replies"] for entry in summary["anonymizer"]] == [2, 2]
+    assert (run_dir / "anonymizer.pt").stat().st_size > 0
+    entry = summary["history"][0]
+    assert entry["replies"] == 2 and entry["rejected"] == 0
+    assert entry["released"] + entry["release_suppressed"] == 16
+    assert len(entry["risk"]) == 2
+    assert leftover_processes(run_dir) == []
