@@ -50,8 +50,11 @@ COLLUDING_ATTACKS = ("alie", "ipm")
 REPLY_TAMPERING_ATTACKS = ("malformed",)
 """Attacks on the reply's bytes rather than the model: a rogue device breaking the reply
 contract (``clients/poisoning.py``), which every tier must reject."""
+CHANNEL_ATTACKS = ("delay", "burst")
+"""``attack`` values where a device trains honestly but its channel looks wrong: it replies late
+(``delay``) or pads its reply (``burst``); what risk perception's channel score must notice."""
 ATTACKS = ("none", *DATA_POISONING_ATTACKS, *MODEL_POISONING_ATTACKS, *COLLUDING_ATTACKS,
-           *REPLY_TAMPERING_ATTACKS)
+           *REPLY_TAMPERING_ATTACKS, *CHANNEL_ATTACKS)
 """Behaviours of simulated malicious clients (``attack``)."""
 ACCOUNTANTS = ("rdp", "prv")
 """Accountants a run may select (``dp-accountant``)."""

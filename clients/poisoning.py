@@ -19,6 +19,10 @@ trains honestly from the global weights ``w_g`` (on flipped labels for ``label-f
 ``ipm``         chain's colluding attacker (``server/collusion.py``) replaces tagged replies.
 ``malformed``   a rogue device: trains honestly, then breaks the reply contract
                 (:meth:`ClientAttack.tamper_reply`); every tier must reject it.
+``delay``       trains honestly, replies :data:`DELAY_SECONDS` late (a straggler, or a device
+                whose traffic is being relayed or inspected).
+``burst``       trains honestly, pads its reply with :data:`BURST_BYTES` (a burst of traffic,
+                e.g. exfiltration riding on the channel).
 ==============  ============================================================================
 
 Threat model: the local behaviours alter only the malicious device's own data or reply.
@@ -30,11 +34,13 @@ poisons.
 from __future__ import annotations
 
 import math
+import os
+import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedmosaic import records
 from fedmosaic.compression import payload_to_record
@@ -49,6 +55,10 @@ from fedmosaic.data.modality import MultimodalArrays
 
 GAUSSIAN_STD = 1.0
 """σ of the ``gaussian`` attack's replacement update (per coordinate)."""
+DELAY_SECONDS = 2.0
+"""How late a ``delay`` device replies."""
+BURST_BYTES = 1_000_000
+"""Padding a ``burst`` device adds to its reply (a ``padding`` ConfigRecord)."""
 
 
 def malicious_partitions(num_clients: int, fraction: float, seed: int) -> frozenset[int]:
@@ -126,12 +136,18 @@ class ClientAttack:
         return {records.ATTACKER_TAG: 1} if self.attack in COLLUDING_ATTACKS else {}
 
     def tamper_reply(self, reply: RecordDict) -> None:
-        """``malformed``: break the reply contract in place, as a rogue device's bytes would.
+        """``delay``, ``burst``: the channel anomalies (module docstring); ``malformed``: below.
+
+        ``malformed`` breaks the reply contract in place, as a rogue device's bytes would.
 
         The reply claims ``num-examples = 10^15`` (to outweigh every other device), carries a
         metric the contract does not know, and its update is in float64 instead of the
         model's float32 (below an edge: a payload that is not a codec payload).
         """
+        if self.attack == "delay":
+            time.sleep(DELAY_SECONDS)
+        if self.attack == "burst":
+            reply["padding"] = ConfigRecord({"padding": os.urandom(BURST_BYTES)})
         if self.attack not in REPLY_TAMPERING_ATTACKS:
             return
         metrics = reply[records.METRICS]

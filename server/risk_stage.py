@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
 from fedmosaic.data.modality import ModalitySpec
-from fedmosaic.privacy.risk.channel import ChannelObservation
+from fedmosaic.privacy.risk.channel import CHANNEL_FIELDS, ChannelObservation
 from fedmosaic.privacy.risk.perception import DeviceObservation, RiskPerception, RiskScore
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import Rejections
@@ -89,8 +89,14 @@ class RiskStage(StrategyWrapper):
         return aggregated, metrics
 
     def round_scores(self, server_round: int) -> dict[str, dict[str, float]]:
-        """``{node id: {risk, risk-channel, ...}}`` of ``server_round`` (JSON keys)."""
-        return {str(node): score.to_metrics()
+        """``{node id: {risk, risk-channel, ..., round-trip-seconds, ...}}`` of a round.
+
+        The score, its criteria and the channel observation it came from (JSON keys).
+        """
+        observed = self.observations.get(server_round, {})
+        return {str(node): {**score.to_metrics(), **{
+                    name.replace("_", "-"): value for name, value in zip(
+                        CHANNEL_FIELDS, observed[node].channel.as_tuple(), strict=True)}}
                 for node, score in sorted(self.scores.get(server_round, {}).items())}
 
     def _update(self, reply: Message) -> np.ndarray | None:

@@ -80,3 +80,25 @@ def test_only_colluding_attackers_tag_their_reply():
     assert ClientAttack("alie", seed=0, partition_id=1).reply_metrics() == {
         records.ATTACKER_TAG: 1}
     assert ClientAttack("sign-flip", seed=0, partition_id=1).reply_metrics() == {}
+
+
+def test_channel_attacks_delay_or_pad_an_honest_reply(monkeypatch):
+    from flwr.app import MetricRecord, RecordDict
+
+    from fedmosaic.clients import poisoning
+
+    slept = []
+    monkeypatch.setattr(poisoning.time, "sleep", slept.append)
+    honest = {records.NUM_EXAMPLES: 5}
+
+    delayed = RecordDict({records.METRICS: MetricRecord(dict(honest))})
+    ClientAttack("delay", 0, 1).tamper_reply(delayed)
+    padded = RecordDict({records.METRICS: MetricRecord(dict(honest))})
+    ClientAttack("burst", 0, 1).tamper_reply(padded)
+    untouched = RecordDict({records.METRICS: MetricRecord(dict(honest))})
+    ClientAttack("none", 0, 1).tamper_reply(untouched)
+
+    assert slept == [poisoning.DELAY_SECONDS]
+    assert dict(delayed[records.METRICS]) == honest and list(delayed) == [records.METRICS]
+    assert len(padded["padding"]["padding"]) == poisoning.BURST_BYTES
+    assert list(untouched) == [records.METRICS]

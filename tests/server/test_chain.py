@@ -9,13 +9,17 @@ from flwr.serverapp.strategy import (
 )
 
 from fedmosaic.config import RunConfig
+from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.chain import ServerChain, build_chain
 from fedmosaic.server.collusion import CollusionSimulation
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
+from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import ValidatingStrategy
+from fedmosaic.task import cached_dataset
 
 
 def chain_of(**overrides):
@@ -29,7 +33,8 @@ def kinds(chain):
 def test_the_default_chain_meters_enters_the_ledger_validates_and_aggregates():
     chain = chain_of(**{"strategy": "fedmedian", "max-update-norm": 3.0})
 
-    assert kinds(chain) == [MeteredStrategy, PrivacyLedgerStrategy, ValidatingStrategy, FedMedian]
+    assert kinds(chain) == [MeteredStrategy, RiskStage, PrivacyLedgerStrategy, ValidatingStrategy,
+                            FedMedian]
     for outer, inner in itertools.pairwise(chain.stages):
         assert outer.strategy is inner
     assert chain.strategy is chain.stages[0]
@@ -41,14 +46,25 @@ def test_every_stage_in_the_documented_order():
     edges = chain_of(**{"num-clients": 10, "num-edges": 2})
     colluding = chain_of(**{"num-clients": 10, "attack": "ipm", "malicious-fraction": 0.2})
     central = chain_of(**{"central-dp": "server", "num-clients": 10, "fraction-train": 0.3})
+    anonymized = build_chain(
+        RunConfig.from_mapping({"anonymizer-rounds": 1, "anonymize-training": True,
+                                "risk-perception": False}),
+        PrivacyLedger(), anonymizer=MultimodalAnonymizer(
+            cached_dataset(RunConfig.from_mapping({})).specs, token_dim=8))
 
     assert kinds(edges) == [MeteredStrategy, HierarchicalStrategy, PrivacyLedgerStrategy,
                             ValidatingStrategy, FedAvg]
-    assert kinds(colluding) == [MeteredStrategy, PrivacyLedgerStrategy, CollusionSimulation,
-                                ValidatingStrategy, FedAvg]
-    assert kinds(central) == [MeteredStrategy, PrivacyLedgerStrategy, ValidatingStrategy,
-                              CentralDPAccounting, DifferentialPrivacyServerSideFixedClipping,
-                              FedAvg]
+    assert kinds(colluding) == [MeteredStrategy, RiskStage, PrivacyLedgerStrategy,
+                                CollusionSimulation, ValidatingStrategy, FedAvg]
+    assert kinds(central) == [MeteredStrategy, RiskStage, PrivacyLedgerStrategy,
+                              ValidatingStrategy, CentralDPAccounting,
+                              DifferentialPrivacyServerSideFixedClipping, FedAvg]
+    assert kinds(anonymized) == [MeteredStrategy, AnonymizerStage, PrivacyLedgerStrategy,
+                                 ValidatingStrategy, FedAvg]
+    default = chain_of()  # the risk stage counts what the ledger and validation reject
+    assert default.get(RiskStage).rejections == [default.get(PrivacyLedgerStrategy).rejections,
+                                                  default.get(ValidatingStrategy).rejections]
+    assert chain_of(**{"num-clients": 10, "num-edges": 2}).find(RiskStage) is None
     assert central.get(ValidatingStrategy).max_norm == math.inf
 
 
