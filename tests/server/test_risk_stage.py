@@ -36,15 +36,16 @@ def no_raw_data(monkeypatch):
             monkeypatch.setattr(subclass, name, refuse, raising=False)
 
 
-class Averaging:
-    """Sends to every node; aggregates the replies' ``arrays`` by their mean."""
+class Median:
+    """Sends to every node; aggregates the replies' ``arrays`` by their median (robust, so
+    the aggregate keeps the honest direction while one device attacks)."""
 
     def configure_train(self, server_round, arrays, config, grid):
         return [Message(content=RecordDict({records.ARRAYS: arrays}), dst_node_id=n,
                         message_type="train") for n in NODES]
 
     def aggregate_train(self, server_round, replies):
-        stacked = np.mean([r.content[records.ARRAYS]["w"].numpy() for r in replies], axis=0)
+        stacked = np.median([r.content[records.ARRAYS]["w"].numpy() for r in replies], axis=0)
         return ArrayRecord({"w": Array(stacked.astype(np.float32))}), None
 
 
@@ -77,7 +78,7 @@ def run_rounds(stage, rounds, rng):
 def test_every_replying_device_gets_a_score_from_its_messages_alone(no_raw_data):
     rejections = Rejections()
     rejections.add(1, "norm", node=3)
-    stage = RiskStage(Averaging(), SPECS, RiskPerception(), rejections=[rejections])
+    stage = RiskStage(Median(), SPECS, RiskPerception(), rejections=[rejections])
 
     run_rounds(stage, rounds=12, rng=np.random.default_rng(0))
 
@@ -99,7 +100,7 @@ def test_every_replying_device_gets_a_score_from_its_messages_alone(no_raw_data)
 
 
 def test_a_reply_whose_arrays_do_not_fit_is_scored_without_an_update(no_raw_data):
-    stage = RiskStage(Averaging(), SPECS, RiskPerception())
+    stage = RiskStage(Median(), SPECS, RiskPerception())
     sent = list(stage.configure_train(1, ArrayRecord({"w": Array(np.zeros(4, np.float32))}),
                                       ConfigRecord(), None))
     replies = [reply(m, np.ones(4)) for m in sent[:-1]]
