@@ -49,6 +49,7 @@ INVALID_VALUES = {
     records.DATASET_SIZE: [0, 10**18, 2.5, math.nan, [10]],
     records.MODALITIES_HELD: [[1], [1, 2], [0.5, 1.0], [], 1],
     records.CPU_LOAD: [-0.1, 1.5, math.nan, [0.5]],
+    records.MEMORY_LOAD: [-0.5, 2.0, math.inf],
     records.EDGE_ID: [2, -1, 0.5, math.inf, [0], 10**18],
 }
 
