@@ -30,7 +30,7 @@ def run_anonymizer_round(message: Message, context: Context) -> Message:
     train_arrays, _ = dataset.partition(device)
     settings = AnonymizerTraining.from_config(config)
     models = AnonymizerModels(dataset.specs, dataset.num_sensitive_values, dataset.num_classes,
-                              settings.token_dim)
+                              settings)
     models.load_state_dict(message.content[records.ANONYMIZER_MODELS].to_torch_state_dict())
     received = message.content.config_records.get(records.CONFIG, {})
     server_round = int(received.get(records.SERVER_ROUND, 0))

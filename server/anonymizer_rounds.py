@@ -57,7 +57,7 @@ def anonymizer_models(config: RunConfig, dataset: FederatedDataset) -> Anonymize
     """Fresh generator and critics for ``dataset``, seeded by the run's seed."""
     torch.manual_seed(config.seed)
     return AnonymizerModels(dataset.specs, dataset.num_sensitive_values, dataset.num_classes,
-                            AnonymizerTraining.from_config(config).token_dim)
+                            AnonymizerTraining.from_config(config))
 
 
 def train_federated_anonymizer(grid: Grid, config: RunConfig,

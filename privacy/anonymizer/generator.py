@@ -10,10 +10,15 @@ For a sample with modalities :math:`x_1..x_M` (mask :math:`m`) and strength :mat
 3. one Transformer block of multi-head attention across the modality tokens, with the missing
    modalities masked out as keys (Vaswani et al. 2017), so each modality's rewrite can use what
    the others reveal;
-4. each float modality is decoded back to its own shape from its token alone, and the output
-   moves from the input towards that reconstruction, :math:`x'_j = x_j + \lambda (\psi_j(h_j) -
-   x_j)`: :math:`\lambda = 0` is exactly the identity, :math:`\lambda = 1` keeps only what the
-   token carries (a replacement autoencoder, as Malekzadeh et al. 2019, arXiv:1810.11546);
+4. each token is squeezed to a small code with Gaussian noise, :math:`c_j = W_j h_j + \sigma
+   \varepsilon`, :math:`\varepsilon \sim \mathcal{N}(0, I)` (a noisy information bottleneck:
+   the code carries at most :math:`\frac{d_c}{2}\log(1 + \mathrm{SNR})` nats, so what the
+   adversary and the task do not both need is crowded out; without a code, :math:`c_j = h_j`);
+5. each float modality is decoded back to its own shape from its code alone (an MLP
+   :math:`\psi_j`), and the output moves from the input towards that reconstruction,
+   :math:`x'_j = x_j + \lambda (\psi_j(c_j) - x_j)`: :math:`\lambda = 0` is exactly the
+   identity, :math:`\lambda = 1` keeps only what the code carries (a replacement
+   autoencoder, as Malekzadeh et al. 2019, arXiv:1810.11546);
    log tokens get a learned per-position keep score :math:`k`, and a token is dropped (set to
    the padding id 0) where :math:`\lambda (1 - k) > 1/2` (a straight-through estimator carries
    the gradient, Bengio et al. 2013, arXiv:1308.3432).
@@ -43,13 +48,18 @@ class MultimodalAnonymizer(nn.Module):
         specs: The dataset's modalities, in the mask's column order.
         token_dim: Size of each modality token.
         heads: Attention heads (must divide ``token_dim``).
+        code_dim: With ``> 0``, each token is squeezed to a ``code_dim`` code plus Gaussian
+            noise of std ``code_noise`` before an MLP decoder (step 4 of the module
+            docstring); 0: a linear decoder reads the token itself.
+        code_noise: Std of the code's noise (kept in the state dict, so it travels with the
+            weights).
 
     Raises:
         ValueError: If ``specs`` is empty or ``heads`` does not divide ``token_dim``.
     """
 
     def __init__(self, specs: tuple[ModalitySpec, ...], token_dim: int = 32,
-                 heads: int = 4) -> None:
+                 heads: int = 4, code_dim: int = 0, code_noise: float = 1.0) -> None:
         super().__init__()
         if not specs:
             raise ValueError("the anonymizer needs at least one modality, got none")
@@ -65,11 +75,16 @@ class MultimodalAnonymizer(nn.Module):
                 self.encoders[spec.name] = nn.Sequential(
                     nn.Embedding(spec.vocab_size, TOKEN_EMBEDDING_DIM), nn.Flatten(),
                     nn.Linear(size * TOKEN_EMBEDDING_DIM, token_dim), nn.GELU())
-                self.decoders[spec.name] = nn.Linear(token_dim, size)
+                self.decoders[spec.name] = nn.Linear(code_dim or token_dim, size)
             else:
                 self.encoders[spec.name] = nn.Sequential(
                     nn.Flatten(), nn.Linear(size, token_dim), nn.GELU())
-                self.decoders[spec.name] = nn.Linear(token_dim, size)
+                self.decoders[spec.name] = (nn.Sequential(
+                    nn.Linear(code_dim, 2 * token_dim), nn.GELU(), nn.Linear(2 * token_dim, size))
+                    if code_dim else nn.Linear(token_dim, size))
+        self.register_buffer("code_noise", torch.tensor(float(code_noise)))
+        self.codes = nn.ModuleDict({s.name: nn.Linear(token_dim, code_dim) for s in specs}
+                                   ) if code_dim else None
         self.modality_embedding = nn.Parameter(torch.zeros(len(specs), token_dim))
         self.film = nn.Linear(1, 2 * token_dim)
         self.attention = nn.MultiheadAttention(token_dim, heads, batch_first=True)
@@ -115,7 +130,11 @@ class MultimodalAnonymizer(nn.Module):
         scale = strength.float().reshape(batch, 1)
         for j, spec in enumerate(self.specs):
             present = mask[:, j].float().reshape(batch, *([1] * len(spec.shape)))
-            decoded = self.decoders[spec.name](tokens[:, j])
+            token = tokens[:, j]
+            if self.codes is not None:
+                token = self.codes[spec.name](token)
+                token = token + self.code_noise * torch.randn(token.shape, generator=generator)
+            decoded = self.decoders[spec.name](token)
             if spec.kind == ModalityKind.TOKENS:
                 drop = scale * (1 - torch.sigmoid(decoded))
                 soft = 1 - drop

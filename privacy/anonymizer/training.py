@@ -57,10 +57,13 @@ class AnonymizerTraining:
     epochs: int = 30
     batch_size: int = 64
     learning_rate: float = 1e-3
-    utility_weight: float = 1.0
-    realism_weight: float = 0.1
+    utility_weight: float = 5.0
+    realism_weight: float = 0.3
     adversary_weight: float = 1.0
     token_dim: int = 32
+    code_dim: int = 16
+    code_noise: float = 1.0
+    critic_steps: int = 1
     seed: int = 0
 
     @classmethod
@@ -86,16 +89,18 @@ class AnonymizerModels(torch.nn.Module):
         specs: The modalities.
         num_attributes: Values of the protected attribute (subjects, sites).
         num_classes: Task classes.
-        token_dim: Size of the generator's modality tokens.
+        settings: The generator's sizes (``token_dim``, ``code_dim``, ``code_noise``).
     """
 
     def __init__(self, specs: tuple[ModalitySpec, ...], num_attributes: int,
-                 num_classes: int, token_dim: int) -> None:
+                 num_classes: int, settings: AnonymizerTraining) -> None:
         super().__init__()
         if num_attributes < 2:
             raise ValueError(f"the attribute adversary needs at least 2 attribute values, "
                              f"got {num_attributes}")
-        self.generator = MultimodalAnonymizer(specs, token_dim=token_dim)
+        self.generator = MultimodalAnonymizer(specs, token_dim=settings.token_dim,
+                                              code_dim=settings.code_dim,
+                                              code_noise=settings.code_noise)
         self.critics = AnonymizerCritics(specs, num_attributes, num_classes)
         self.num_attributes = num_attributes
 
@@ -161,12 +166,14 @@ def adversarial_step(models: AnonymizerModels, optimizers: tuple[torch.optim.Opt
     fake, keep = generator(inputs, mask, strength)
     detached = {k: v.detach() for k, v in keep.items()}
     fake_view = sample_view(specs, {k: v.detach() for k, v in fake.items()}, mask, detached)
-    c_loss = (F.cross_entropy(critics.adversary(fake_view), secret)
-              + F.cross_entropy(critics.utility(sample_view(specs, inputs, mask)), labels)
-              + _realism_loss(critics, specs, inputs, fake, keep, mask, detach=True))
-    c_opt.zero_grad()
-    c_loss.backward()
-    c_opt.step()
+    real_view = sample_view(specs, inputs, mask)
+    for _ in range(settings.critic_steps):
+        c_loss = (F.cross_entropy(critics.adversary(fake_view), secret)
+                  + F.cross_entropy(critics.utility(real_view), labels)
+                  + _realism_loss(critics, specs, inputs, fake, keep, mask, detach=True))
+        c_opt.zero_grad()
+        c_loss.backward()
+        c_opt.step()
 
     view = sample_view(specs, fake, mask, keep)
     adversary_logits = critics.adversary(view)
@@ -215,7 +222,7 @@ def train_anonymizer(arrays: MultimodalArrays, attributes: np.ndarray,
                          f"{np.unique(attributes).tolist()}")
     num_attributes = num_attributes or int(attributes.max()) + 1
     torch.manual_seed(settings.seed)
-    models = AnonymizerModels(specs, num_attributes, num_classes, settings.token_dim)
+    models = AnonymizerModels(specs, num_attributes, num_classes, settings)
     optimizers = models.optimizers(settings.learning_rate)
     loader = make_loader(attribute_carrier(arrays, attributes, num_attributes), specs,
                          settings.batch_size, shuffle=True, seed=settings.seed)
@@ -350,7 +357,9 @@ def generator_from_state(state: dict[str, torch.Tensor],
         raise ValueError(f"expected a generator for {len(specs)} modalities (a "
                          f"'modality_embedding' of {len(specs)} rows), got "
                          f"{None if embedding is None else tuple(embedding.shape)}")
-    generator = MultimodalAnonymizer(specs, token_dim=int(embedding.shape[1]))
+    codes = [k for k in state if k.startswith("codes.") and k.endswith(".weight")]
+    generator = MultimodalAnonymizer(specs, token_dim=int(embedding.shape[1]),
+                                     code_dim=int(state[codes[0]].shape[0]) if codes else 0)
     try:
         generator.load_state_dict(state)
     except RuntimeError as error:

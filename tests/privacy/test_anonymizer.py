@@ -126,7 +126,7 @@ def test_knobs_reject_values_outside_their_ranges():
 
 
 def test_the_generator_is_well_under_a_million_parameters():
-    models = AnonymizerModels(SPECS, 4, 8, token_dim=32)
+    models = AnonymizerModels(SPECS, 4, 8, AnonymizerTraining())
 
     assert sum(p.numel() for p in models.parameters()) < 1_000_000
     assert sum(p.numel() for p in models.generator.parameters()) < 200_000
@@ -135,7 +135,7 @@ def test_the_generator_is_well_under_a_million_parameters():
 def test_a_local_update_trains_from_the_sent_weights_on_one_attribute_value():
     config = SyntheticConfig(num_devices=4, samples_per_device=40, seed=1)
     device = generate_device(config, 2)
-    models = AnonymizerModels(SPECS, config.num_sites, 8, token_dim=16)
+    models = AnonymizerModels(SPECS, config.num_sites, 8, AnonymizerTraining(token_dim=16))
     before = {k: v.clone() for k, v in models.state_dict().items()}
 
     metrics = local_anonymizer_update(models, device.train, np.full(len(device.train),

@@ -12,7 +12,7 @@ from fedmosaic.data.smartwatch import smartwatch_specs
 from fedmosaic.privacy.anonymization import check_release
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
-from fedmosaic.privacy.anonymizer.training import AnonymizerModels
+from fedmosaic.privacy.anonymizer.training import AnonymizerModels, AnonymizerTraining
 from fedmosaic.server.anonymizer_rounds import check_anonymizer_reply
 from fedmosaic.server.anonymizer_stage import QUASI_IDENTIFIERS, AnonymizerStage
 from fedmosaic.server.validation import RejectedUpdate
@@ -121,7 +121,7 @@ def anonymizer_reply(state, metrics):
 
 
 def test_anonymizer_replies_are_validated_like_model_updates():
-    models = AnonymizerModels(SPECS, 10, 7, token_dim=8)
+    models = AnonymizerModels(SPECS, 10, 7, AnonymizerTraining(token_dim=8))
     reference = {k: v.numpy() for k, v in models.state_dict().items()}
     good = {records.NUM_EXAMPLES: 40, records.ADVERSARY_ACCURACY: 0.5,
             records.UTILITY_ACCURACY: 0.5}
