@@ -51,14 +51,17 @@ def test_cli_run_simulates_two_rounds_on_ray_and_cleans_up(tmp_path, leftover_pr
 def test_synthetic_four_modalities_with_missing_modalities(tmp_path, leftover_processes):
     run_dir = tmp_path / "synthetic"
 
+    # with the anonymizer trained on Ray (site is the protected attribute) and applied
     summary = run_simulation(
         {"dataset": "synthetic", "num-clients": 12, "num-server-rounds": 1, "local-epochs": 1,
-         "fraction-train": 0.5, "fraction-evaluate": 0.25, "missing-modality-prob": 0.5},
+         "fraction-train": 0.5, "fraction-evaluate": 0.25, "missing-modality-prob": 0.5,
+         "anonymizer-rounds": 1, "anonymizer-steps": 1, "anonymize-training": True},
         out=run_dir, show_progress=False,
     )
 
     assert summary["rounds"] == 1
     assert summary["history"][0]["replies"] >= 6 + 3
+    assert [entry["replies"] for entry in summary["anonymizer"]] == [6]
     assert leftover_processes(run_dir) == []
 
 
