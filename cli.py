@@ -93,14 +93,20 @@ def privacy_report(
     run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
                                             help="A run folder (runs/<run-name>).")],
 ) -> None:
-    """Print a run's privacy ledger: ε spent, budget, rounds and refusals per device."""
-    from fedmosaic.privacy.report import ledger_table, load_ledger
+    """Print a run's privacy ledger and its devices' risk scores.
+
+    The ledger: ε spent, budget, rounds and refusals per device; the risk: per scored node.
+    """
+    from fedmosaic.privacy.report import ledger_table, load_ledger, risk_table
 
     try:
         console.print(ledger_table(load_ledger(run_dir)))
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
+    risks = risk_table(run_dir)
+    if risks is not None:
+        console.print(risks)
 
 
 def main() -> None:

@@ -211,8 +211,10 @@ def inversion_psnr(run_dir: Path, generator, strength: float, settings: dict[str
 
 
 def accuracy_on_anonymized(run_dir: Path, generator, seed: int) -> float:
-    """The run's final model on its central test set as the anonymizer rewrites it (a model
-    trained through the training path serves anonymized inputs)."""
+    """The run's final model on its central test set as the anonymizer rewrites it.
+
+    A model trained through the training path serves anonymized inputs.
+    """
     _, dataset, model, _ = load_checkpoint(run_dir)
     test = anonymize(generator, dataset.central_test(),
                      AnonymizerKnobs(strength=BENCHMARK_STRENGTH), seed=seed)

@@ -1,4 +1,4 @@
-"""Read a run's privacy ledger and lay it out as a table (``fedmosaic privacy-report``)."""
+"""A run's privacy ledger and its devices' risk scores as tables (``fedmosaic privacy-report``)."""
 
 from __future__ import annotations
 
@@ -49,4 +49,33 @@ def ledger_table(ledger: PrivacyLedger) -> Table:
                       f"{central.delta:g}", "-", str(len(central.round_noise_multipliers)), "-")
     if not ledger.devices and ledger.central is None:
         table.caption = "no DP-SGD or central DP in this run (dp=false, central-dp=none)"
+    return table
+
+
+RISK_CRITERIA = ("channel", "sensitivity", "context", "resources")
+
+
+def risk_table(run_dir: Path) -> Table | None:
+    """One row per node scored by risk perception (``history.jsonl``'s ``risk``).
+
+    A row: the rounds the node was scored in, its mean and latest risk, and the latest
+    round's criteria. ``None`` if the run scored no device.
+    """
+    history = run_dir / "history.jsonl"
+    if not history.is_file():
+        return None
+    scored: dict[str, list[dict[str, float]]] = {}
+    for line in history.read_text().splitlines():
+        for node, values in (json.loads(line).get("risk") or {}).items():
+            scored.setdefault(node, []).append(values)
+    if not scored:
+        return None
+    table = Table(title="Risk perception (per node; criteria of the latest round)")
+    for name in ("node", "rounds", "mean risk", "latest risk", *RISK_CRITERIA):
+        table.add_column(name, justify="right")
+    for node, rows in sorted(scored.items(), key=lambda item: int(item[0])):
+        latest = rows[-1]
+        table.add_row(node, str(len(rows)), f"{sum(r['risk'] for r in rows) / len(rows):.3f}",
+                      f"{latest['risk']:.3f}",
+                      *(f"{latest[f'risk-{name}']:.3f}" for name in RISK_CRITERIA))
     return table

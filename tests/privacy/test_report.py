@@ -48,3 +48,23 @@ def test_a_folder_without_a_run_is_an_error(tmp_path):
 
     assert result.exit_code == 2
     assert "holds no summary.json" in " ".join(result.output.split())
+
+
+def test_the_report_lists_each_scored_nodes_risk(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"privacy": ledger().state_dict()}))
+    def scores(risk):
+        return {"risk": risk, "risk-channel": 0.9, "risk-sensitivity": 0.5,
+                "risk-context": 0.25, "risk-resources": 0.125}
+    rounds = [{"round": 1, "risk": {"2": scores(0.2), "10": scores(0.4)}},
+              {"round": 2, "risk": {"2": scores(0.6)}}]
+    (tmp_path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+
+    result = CliRunner().invoke(app, ["privacy-report", str(tmp_path)], terminal_width=200)
+
+    assert result.exit_code == 0, result.output
+    rows = [[cell.strip() for cell in line.strip().strip("│").split("│")]
+            for line in result.output.splitlines() if line.strip().startswith("│ ")]
+    risk_rows = [row for row in rows if len(row) == 8]
+    # node, rounds, mean risk, latest risk, channel, sensitivity, context, resources
+    assert risk_rows == [["2", "2", "0.400", "0.600", "0.900", "0.500", "0.250", "0.125"],
+                         ["10", "1", "0.400", "0.400", "0.900", "0.500", "0.250", "0.125"]]
