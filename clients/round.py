@@ -150,8 +150,11 @@ def anonymize_inputs(state: DeviceRound) -> None:
         return
     state.anonymizer = generator_from_state(
         state.message.content[records.ANONYMIZER].to_torch_state_dict(), state.dataset.specs)
-    if state.config.anonymize_training:
-        state.train_arrays = anonymize(state.anonymizer, state.train_arrays, state.knobs)
+    if state.config.anonymize_training:  # seeded: the samples never leave the device
+        seed = np.random.SeedSequence([state.config.seed, state.partition_id,
+                                       state.server_round]).generate_state(1)[0]
+        state.train_arrays = anonymize(state.anonymizer, state.train_arrays, state.knobs,
+                                       seed=int(seed))
 
 
 def poison_data(state: DeviceRound) -> None:

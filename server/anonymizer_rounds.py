@@ -10,7 +10,9 @@ apart although each device holds one value, as in federated adversarial debiasin
 et al. 2021): the averaged update of few local steps approximates the centralized gradient.
 
 A reply is validated as a model update is (:func:`~fedmosaic.server.validation.validate_update`:
-the arrays sent, their shapes and dtypes, finite values, ``0 < num-examples <= max-examples``);
+the arrays sent, their shapes and dtypes, finite values), its ``num-examples`` is at most what
+``anonymizer-steps`` batches hold (so no device outweighs the others), its accuracies lie in
+[0, 1] and its buffers (the code noise: a setting, not a weight) come back unchanged;
 a rejected or failed reply is logged and counted, and the round averages the rest (a round with
 none keeps the weights).
 """
@@ -18,8 +20,10 @@ none keeps the weights).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -30,7 +34,7 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.privacy.anonymizer.training import AnonymizerModels, AnonymizerTraining
 from fedmosaic.server.traffic import message_bytes
-from fedmosaic.server.validation import RejectedUpdate, Rejections, validate_update
+from fedmosaic.server.validation import MetricRule, RejectedUpdate, Rejections, validate_update
 
 log = logging.getLogger("fedmosaic")
 
@@ -70,6 +74,7 @@ def train_federated_anonymizer(grid: Grid, config: RunConfig,
     if dataset.sensitive_attribute is None:
         dataset.sensitive_value(0)  # raises the dataset's explanation
     outcome = AnonymizerRounds(anonymizer_models(config, dataset))
+    most_examples = config.anonymizer_steps * config.batch_size
     for server_round in range(1, config.anonymizer_rounds + 1):
         reference = ArrayRecord(outcome.models.state_dict())
         sampled, _ = sample_nodes(grid, config.train_nodes, config.train_nodes)
@@ -80,6 +85,7 @@ def train_federated_anonymizer(grid: Grid, config: RunConfig,
         replies = list(grid.send_and_receive(messages))
         accepted, failed = [], 0
         reference_arrays = {k: a.numpy() for k, a in reference.items()}
+        buffers = [name for name, _ in outcome.models.named_buffers()]
         for reply in replies:
             if reply.has_error():
                 failed += 1
@@ -87,7 +93,7 @@ def train_federated_anonymizer(grid: Grid, config: RunConfig,
                             reply.metadata.src_node_id, reply.error.reason)
                 continue
             try:
-                check_anonymizer_reply(reply, reference_arrays, config.max_examples)
+                check_anonymizer_reply(reply, reference_arrays, most_examples, buffers)
             except RejectedUpdate as rejected:
                 outcome.rejections.add(server_round, rejected.reason)
                 log.warning("anonymizer round %d: rejected node %d: %s", server_round,
@@ -112,8 +118,18 @@ def train_federated_anonymizer(grid: Grid, config: RunConfig,
     return outcome
 
 
-def check_anonymizer_reply(reply: Message, reference: dict, max_examples: int) -> None:
-    """Raise :class:`RejectedUpdate` unless ``reply`` is a sound anonymizer update."""
+def check_anonymizer_reply(reply: Message, reference: dict[str, np.ndarray],
+                           most_examples: int, buffers: Collection[str] = ()) -> None:
+    """Raise :class:`RejectedUpdate` unless ``reply`` is a sound anonymizer update.
+
+    Args:
+        reply: The device's reply.
+        reference: The weights the round sent (``{name: array}``).
+        most_examples: The most examples one device's steps can use
+            (``anonymizer-steps × batch-size``); a claim above it would outweigh the others.
+        buffers: Entries that are settings, not weights (the code noise): a device must
+            send them back unchanged.
+    """
     content = reply.content
     if list(content.array_records) != [records.ANONYMIZER_MODELS] or list(
             content.metric_records) != [records.METRICS]:
@@ -121,17 +137,26 @@ def check_anonymizer_reply(reply: Message, reference: dict, max_examples: int) -
                                           f"{records.ANONYMIZER_MODELS!r} and {records.METRICS!r}"
                                           f", got {sorted(content.keys())[:10]}")
     metrics = dict(content.metric_records[records.METRICS])
-    num_examples = metrics.pop(records.NUM_EXAMPLES, None)
+    expected = {records.NUM_EXAMPLES, records.ADVERSARY_ACCURACY, records.UTILITY_ACCURACY}
+    if set(metrics) != expected:
+        raise RejectedUpdate("metrics", f"expected the metrics {sorted(expected)}, got "
+                                        f"{sorted(metrics)[:10]}")
+    MetricRule(1, most_examples, integer=True).check(records.NUM_EXAMPLES,
+                                                     metrics[records.NUM_EXAMPLES],
+                                                     "num-examples")
+    for key in (records.ADVERSARY_ACCURACY, records.UTILITY_ACCURACY):
+        MetricRule(0.0, 1.0).check(key, metrics[key])
     try:
         update = {k: a.numpy() for k, a in content.array_records[records.ANONYMIZER_MODELS].items()}
     except Exception as error:  # a payload that does not deserialize  # noqa: BLE001
         raise RejectedUpdate("malformed", f"arrays do not decode ({error})") from error
-    validate_update(update, reference, num_examples, metrics=metrics,
-                    declared_examples=max_examples)
-    for key in (records.ADVERSARY_ACCURACY, records.UTILITY_ACCURACY):
-        if not 0.0 <= float(metrics.get(key, -1.0)) <= 1.0:
-            raise RejectedUpdate("metrics", f"metric {key!r} must lie in [0, 1], got "
-                                            f"{metrics.get(key)!r}")
+    validate_update(update, reference, metrics[records.NUM_EXAMPLES],
+                    declared_examples=most_examples)
+    for name in buffers:
+        if not np.array_equal(update[name], reference[name]):
+            raise RejectedUpdate("malformed", f"{name!r} is a setting of the anonymizer, not a "
+                                              f"weight: it must come back as sent, "
+                                              f"{reference[name].tolist()}")
 
 
 def _weighted_accuracies(accepted: list[RecordDict]) -> dict[str, float]:

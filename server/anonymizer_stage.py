@@ -30,7 +30,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
-from fedmosaic.data.modality import ModalitySpec
+from fedmosaic.data.modality import ModalityKind, ModalitySpec
 from fedmosaic.privacy.anonymization import check_release, suppress_small_classes
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
@@ -59,13 +59,15 @@ class AnonymizerStage(StrategyWrapper):
         strategy: The next stage.
         generator: The trained generator devices apply.
         knobs: The knobs of a device without its own.
+        num_classes: Task classes (released labels lie in ``[0, num_classes)``).
         release_dir: Where released records go (``None``: releases are not expected).
         release_k: ``k`` of the released metadata.
+        most: Most records one device may release per round (``anonymizer-release``).
     """
 
     def __init__(self, strategy: Strategy, generator: MultimodalAnonymizer,
-                 knobs: AnonymizerKnobs, release_dir: Path | None = None,
-                 release_k: int = 5) -> None:
+                 knobs: AnonymizerKnobs, num_classes: int, release_dir: Path | None = None,
+                 release_k: int = 5, most: int = 0) -> None:
         super().__init__(strategy)
         self.generator_arrays = ArrayRecord(generator.state_dict())
         self.specs: tuple[ModalitySpec, ...] = generator.specs
@@ -73,6 +75,8 @@ class AnonymizerStage(StrategyWrapper):
         self.node_knobs: dict[int, AnonymizerKnobs] = {}
         self.release_dir = release_dir
         self.release_k = release_k
+        self.num_classes = num_classes
+        self.most = most
         self.releases = ReleaseCounts()
         self.rejections = Rejections()
 
@@ -81,9 +85,10 @@ class AnonymizerStage(StrategyWrapper):
         self.node_knobs[node_id] = knobs
 
     def round_releases(self, server_round: int) -> dict[str, int]:
-        """``released`` and ``release_suppressed`` records of ``server_round``."""
+        """``released``, ``release_suppressed`` records and ``release_rejected`` releases."""
         return {"released": self.releases.written.get(server_round, 0),
-                "release_suppressed": self.releases.suppressed.get(server_round, 0)}
+                "release_suppressed": self.releases.suppressed.get(server_round, 0),
+                "release_rejected": self.rejections.count(server_round)}
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -116,8 +121,8 @@ class AnonymizerStage(StrategyWrapper):
             reply.content = stripped
             try:
                 arrays, name = self._check_release(release, meta)
-            except ValueError as error:
-                self.rejections.add(server_round, "release")
+            except Exception as error:  # noqa: BLE001 - any malformed release is dropped
+                self.rejections.add(server_round, "release", node=reply.metadata.src_node_id)
                 log.warning("round %d: dropped the release of node %d: %s", server_round,
                             reply.metadata.src_node_id, error)
                 continue
@@ -141,7 +146,15 @@ class AnonymizerStage(StrategyWrapper):
         if list(release) != expected:
             raise ValueError(f"a release needs the arrays {expected}, got {list(release)[:10]}")
         arrays = {k: a.numpy() for k, a in release.items()}
-        count = len(arrays["labels"])
+        labels = arrays["labels"]
+        if labels.ndim != 1 or labels.dtype != np.int64 or not 0 < len(labels) <= self.most:
+            raise ValueError(f"released labels must be int64 of shape (n,) with 0 < n <= "
+                             f"{self.most} (anonymizer-release), got {labels.dtype} "
+                             f"{labels.shape}")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ValueError(f"released labels must lie in [0, {self.num_classes}), got "
+                             f"{labels.min()} to {labels.max()}")
+        count = len(labels)
         for spec in self.specs:
             value = arrays[spec.name]
             if value.shape != (count, *spec.shape) or value.dtype != np.dtype(spec.dtype):
@@ -149,6 +162,10 @@ class AnonymizerStage(StrategyWrapper):
                                  f"{(count, *spec.shape)}, got {value.dtype} {value.shape}")
             if np.issubdtype(value.dtype, np.floating) and np.isinf(value).any():
                 raise ValueError(f"released {spec.name!r} holds infinite values")
+            if spec.kind == ModalityKind.TOKENS and (value.min() < 0
+                                                    or value.max() >= spec.vocab_size):
+                raise ValueError(f"released {spec.name!r} tokens must lie in "
+                                 f"[0, {spec.vocab_size}), got {value.min()} to {value.max()}")
         if arrays["mask"].shape != (count, len(self.specs)) or arrays["mask"].dtype != bool:
             raise ValueError(f"released mask must be bool of shape {(count, len(self.specs))}, "
                              f"got {arrays['mask'].dtype} {arrays['mask'].shape}")

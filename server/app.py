@@ -26,6 +26,7 @@ from fedmosaic.privacy.anonymizer.training import (
     save_anonymizer,
 )
 from fedmosaic.privacy.ledger import PrivacyLedger
+from fedmosaic.privacy.risk.sensitivity import parse_sensitivities
 from fedmosaic.server.anonymizer_rounds import train_federated_anonymizer
 from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.chain import build_chain
@@ -68,6 +69,7 @@ def main(grid: Grid, context: Context) -> None:
     log.info("fedmosaic run %s: %s", run_dir, config.to_mapping())
     warn_pointless_settings(config)
 
+    parse_sensitivities(config.risk_sensitivities)  # a bad table fails now, not rounds later
     dataset = cached_dataset(config)
     model = build_model(config, dataset)
     test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
@@ -84,8 +86,6 @@ def main(grid: Grid, context: Context) -> None:
     edge_tier = chain.find(HierarchicalStrategy)
     anonymizer_stage = chain.find(AnonymizerStage)
     risk_stage = chain.find(RiskStage)
-    if anonymizer_stage is not None:
-        cloud_rejections.append(anonymizer_stage.rejections)
     try:
         report = partition_report(dataset)
     except ValueError as error:  # partitions that only exist on the devices

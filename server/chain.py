@@ -141,8 +141,10 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
                               specs=cached_dataset(config).specs))) if risk else None,
         functools.partial(AnonymizerStage, generator=anonymizer,
                           knobs=AnonymizerKnobs.from_mapping(config.to_mapping()),
+                          num_classes=cached_dataset(config).num_classes,
                           release_dir=run_dir / "releases" if run_dir else None,
-                          release_k=config.release_k) if uses_anonymizer else None,
+                          release_k=config.release_k, most=config.anonymizer_release)
+        if uses_anonymizer else None,
         functools.partial(HierarchicalStrategy.from_config, config=config)
         if config.num_edges else None,
         functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset,

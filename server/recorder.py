@@ -69,6 +69,8 @@ class RoundRecord:
     """Anonymized records written to ``releases/`` (``anonymizer-release``)."""
     release_suppressed: int | None = None
     """Released records suppressed for k-anonymity of their metadata."""
+    release_rejected: int | None = None
+    """Releases dropped as malformed (their model updates went on to validation)."""
     risk: dict[str, dict[str, float]] | None = None
     """Per node id: its risk score and the criteria it was fused from (``risk-perception``)."""
 

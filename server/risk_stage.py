@@ -13,8 +13,8 @@ per replying device, what the server itself observed (``privacy/risk/``):
   ``memory-load``).
 
 Nothing here reads a device's samples: a device's risk is a function of its messages only
-(tests/server/test_risk_stage.py checks that two devices with different data and the same
-messages get the same score). Scores land in ``history.jsonl`` (``risk`` per node), in
+(``tests/server/test_risk_stage.py`` scores rounds with every dataset's sample access made to
+fail). Scores land in ``history.jsonl`` (``risk`` per node), in
 TensorBoard (``risk/mean``, ``risk/max``) and in ``summary.json``.
 """
 
@@ -154,7 +154,10 @@ def _delta(update: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> n
 
 
 def _fraction(value: object) -> float:
-    """A reported load in [0, 1]; a missing or malformed one counts as fully loaded."""
+    """A reported load in [0, 1]; a missing or malformed one is unknown: 0.5.
+
+    A DP refusal reports no load.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return 1.0
+        return 0.5
     return min(1.0, max(0.0, float(value)))

@@ -39,6 +39,8 @@ from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 
 TOKEN_EMBEDDING_DIM = 8
 """Embedding size of one log token inside the generator."""
+ATTENTION_HEADS = 4
+"""Heads of the cross-modal attention (they divide ``token_dim``)."""
 
 
 class MultimodalAnonymizer(nn.Module):
@@ -59,7 +61,7 @@ class MultimodalAnonymizer(nn.Module):
     """
 
     def __init__(self, specs: tuple[ModalitySpec, ...], token_dim: int = 32,
-                 heads: int = 4, code_dim: int = 0, code_noise: float = 1.0) -> None:
+                 heads: int = ATTENTION_HEADS, code_dim: int = 0, code_noise: float = 1.0) -> None:
         super().__init__()
         if not specs:
             raise ValueError("the anonymizer needs at least one modality, got none")
@@ -83,8 +85,11 @@ class MultimodalAnonymizer(nn.Module):
                     nn.Linear(code_dim, 2 * token_dim), nn.GELU(), nn.Linear(2 * token_dim, size))
                     if code_dim else nn.Linear(token_dim, size))
         self.register_buffer("code_noise", torch.tensor(float(code_noise)))
-        self.codes = nn.ModuleDict({s.name: nn.Linear(token_dim, code_dim) for s in specs}
-                                   ) if code_dim else None
+        # normalised codes (no affine): unit power per code, so code_noise fixes the SNR
+        self.codes = nn.ModuleDict({
+            s.name: nn.Sequential(nn.Linear(token_dim, code_dim),
+                                  nn.LayerNorm(code_dim, elementwise_affine=False))
+            for s in specs}) if code_dim else None
         self.modality_embedding = nn.Parameter(torch.zeros(len(specs), token_dim))
         self.film = nn.Linear(1, 2 * token_dim)
         self.attention = nn.MultiheadAttention(token_dim, heads, batch_first=True)
@@ -140,7 +145,7 @@ class MultimodalAnonymizer(nn.Module):
                 soft = 1 - drop
                 hard = (drop <= 0.5).float()
                 weights = hard + soft - soft.detach()
-                outputs[spec.name] = inputs[spec.name] * hard.long()
+                outputs[spec.name] = inputs[spec.name] * hard.long() * present.long()
                 keep[spec.name] = weights
             else:
                 reconstruction = decoded.reshape(batch, *spec.shape)

@@ -42,7 +42,7 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.training import make_loader, split_batch
 from fedmosaic.privacy.anonymizer.critics import AnonymizerCritics, modality_view, sample_view
-from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
+from fedmosaic.privacy.anonymizer.generator import ATTENTION_HEADS, MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 
 
@@ -77,6 +77,12 @@ class AnonymizerTraining:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.learning_rate < math.inf:
             raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate}")
+        if self.code_dim < 0 or self.critic_steps < 1 or self.token_dim % ATTENTION_HEADS:
+            raise ValueError(f"need code_dim >= 0, critic_steps >= 1 and token_dim a multiple "
+                             f"of {ATTENTION_HEADS}, got {self.code_dim}, {self.critic_steps} "
+                             f"and {self.token_dim}")
+        if not 0.0 <= self.code_noise < math.inf:
+            raise ValueError(f"code_noise must be finite and >= 0, got {self.code_noise}")
         for name in ("utility_weight", "realism_weight", "adversary_weight"):
             if not 0.0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"{name} must be finite and >= 0, got {getattr(self, name)}")
@@ -127,6 +133,18 @@ class TrainedAnonymizer:
     num_attributes: int
     settings: AnonymizerTraining
     history: list[dict[str, float]]
+
+
+def refuse_ragged(arrays: MultimodalArrays, specs: tuple[ModalitySpec, ...]) -> None:
+    """Raise ``ValueError`` if a float modality holds NaN (the padding of ragged series).
+
+    The generator's encoders read every step, so one NaN would spread to the whole sample.
+    """
+    for spec in specs:
+        if spec.kind != ModalityKind.TOKENS and np.isnan(arrays.inputs[spec.name]).any():
+            raise ValueError(f"the anonymizer does not support ragged (NaN-padded) series yet: "
+                             f"modality {spec.name!r} holds NaN padding; pad or crop the series "
+                             "to one length")
 
 
 def attribute_carrier(arrays: MultimodalArrays, attributes: np.ndarray,
@@ -221,6 +239,7 @@ def train_anonymizer(arrays: MultimodalArrays, attributes: np.ndarray,
         raise ValueError("the attribute adversary needs at least 2 attribute values, got "
                          f"{np.unique(attributes).tolist()}")
     num_attributes = num_attributes or int(attributes.max()) + 1
+    refuse_ragged(arrays, specs)
     torch.manual_seed(settings.seed)
     models = AnonymizerModels(specs, num_attributes, num_classes, settings)
     optimizers = models.optimizers(settings.learning_rate)
@@ -251,6 +270,7 @@ def local_anonymizer_update(models: AnonymizerModels, arrays: MultimodalArrays,
     Returns:
         ``adversary-accuracy``, ``utility-accuracy`` and ``num-examples`` of the steps.
     """
+    refuse_ragged(arrays, models.generator.specs)
     torch.manual_seed(seed)
     models.train()
     optimizers = models.optimizers(settings.learning_rate)
@@ -315,6 +335,7 @@ def anonymize(generator: MultimodalAnonymizer, arrays: MultimodalArrays,
         batch_size: Samples per forward pass.
     """
     specs = generator.specs
+    refuse_ragged(arrays, specs)
     draws = torch.Generator()
     if seed is None:
         draws.seed()
@@ -376,9 +397,9 @@ def load_anonymizer(path: Path, specs: tuple[ModalitySpec, ...]) -> MultimodalAn
         ValueError: If ``path`` is not a saved anonymizer or was trained for other modalities.
     """
     if not Path(path).is_file():
-        raise ValueError(f"anonymizer must name a file written by `fedmosaic anonymizer train`, "
-                         f"got {str(path)!r}, which does not exist")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+        raise ValueError(f"anonymizer must name the anonymizer.pt of an earlier run "
+                         f"(anonymizer-rounds), got {str(path)!r}, which does not exist")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or "state" not in saved or "specs" not in saved:
         raise ValueError(f"{path} is not a saved anonymizer (expected the keys 'state' and "
                          f"'specs', got {sorted(saved) if isinstance(saved, dict) else saved!r})")

@@ -82,7 +82,28 @@ def test_zero_strength_is_the_identity(generator):
     out = anonymize(generator, arrays, AnonymizerKnobs(strength=0.0), seed=0)
 
     for spec in SPECS:
-        np.testing.assert_allclose(out.inputs[spec.name], arrays.inputs[spec.name], atol=1e-6)
+        np.testing.assert_array_equal(out.inputs[spec.name], arrays.inputs[spec.name])
+
+
+def test_ragged_series_are_refused_with_a_clear_error(generator):
+    arrays = samples()
+    arrays.inputs["vibration"][0, :, -3:] = np.nan
+
+    with pytest.raises(ValueError, match="ragged .NaN-padded. series.*'vibration'"):
+        anonymize(generator, arrays, AnonymizerKnobs(strength=0.5))
+    with pytest.raises(ValueError, match="ragged"):
+        train_anonymizer(arrays, np.arange(len(arrays)) % 4, SPECS, 8,
+                         AnonymizerTraining(epochs=1))
+
+
+def test_an_absent_modality_comes_out_zero_even_if_its_input_is_not(generator):
+    arrays = samples(8)
+    arrays.mask[:] = True
+    arrays.mask[:, -1] = False  # logs absent, though the input holds tokens
+
+    out = anonymize(generator, arrays, AnonymizerKnobs(strength=0.3), seed=0)
+
+    assert not out.inputs["logs"].any() and arrays.inputs["logs"].any()
 
 
 def distortion(generator, knobs, arrays):
@@ -156,12 +177,15 @@ def test_attributes_must_match_the_samples():
         train_anonymizer(arrays, np.arange(5), SPECS, 8, AnonymizerTraining(epochs=1))
 
 
-def test_save_and_load_round_trip_and_refuse_other_modalities(generator, tmp_path):
+def test_save_and_load_round_trip_and_refuse_other_modalities(tmp_path):
     path = tmp_path / "anonymizer.pt"
+    torch.manual_seed(3)
+    generator = MultimodalAnonymizer(SPECS, token_dim=16, code_dim=8, code_noise=0.3).eval()
     save_anonymizer(TrainedAnonymizer(generator, 4, AnonymizerTraining(token_dim=16), []), path)
 
     loaded = load_anonymizer(path, SPECS)
 
+    assert float(loaded.code_noise) == pytest.approx(0.3)
     arrays = samples()
     knobs = AnonymizerKnobs(strength=0.7)
     for spec in SPECS:

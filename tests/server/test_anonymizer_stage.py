@@ -44,8 +44,8 @@ class Inner:
 def stage(tmp_path, k=2):
     torch.manual_seed(0)
     return AnonymizerStage(Inner(), MultimodalAnonymizer(SPECS, token_dim=8),
-                           AnonymizerKnobs(strength=0.8), release_dir=tmp_path / "releases",
-                           release_k=k)
+                           AnonymizerKnobs(strength=0.8), num_classes=7,
+                           release_dir=tmp_path / "releases", release_k=k, most=4)
 
 
 def reply(node, labels, name, extra=None):
@@ -88,7 +88,8 @@ def test_releases_are_taken_out_k_anonymized_and_written(tmp_path):
     anonymizer.aggregate_train(4, replies)
 
     # label 0: 3 records from 2 devices, label 1: 2 from 2 -> kept; labels 2, 3: one each
-    assert anonymizer.round_releases(4) == {"released": 5, "release_suppressed": 2}
+    assert anonymizer.round_releases(4) == {"released": 5, "release_suppressed": 2,
+                                            "release_rejected": 0}
     for passed in anonymizer.strategy.aggregated:
         assert list(passed.content.keys()) == [records.ARRAYS, records.METRICS]
     table = pd.read_csv(tmp_path / "releases" / "round-004.csv")
@@ -99,17 +100,38 @@ def test_releases_are_taken_out_k_anonymized_and_written(tmp_path):
     check_release(table, QUASI_IDENTIFIERS, 2, sensitive="pseudonym", l_distinct=2)
 
 
-def test_a_malformed_release_is_dropped_and_counted_while_the_update_goes_on(tmp_path):
-    anonymizer = stage(tmp_path)
-    bad = reply(7, [0, 1], "a" * 64)
-    bad.content[records.RELEASE]["accelerometer"] = Array(np.zeros((2, 3, 7), np.float32))
+def broken_releases():
+    """Releases a device may send that must be dropped, one per way of breaking it."""
+    shape = reply(7, [0, 1], "a")
+    shape.content[records.RELEASE]["accelerometer"] = Array(np.zeros((2, 3, 7), np.float32))
     nameless = reply(8, [0], "b")
     nameless.content[records.RELEASE_META] = ConfigRecord({"other": 1})
+    too_many = reply(7, [0] * 5, "c")  # anonymizer-release is 4
+    scalar = reply(7, [0], "d")
+    scalar.content[records.RELEASE]["labels"] = Array(np.array(3, np.int64))
+    matrix = reply(7, [0, 1], "e")
+    matrix.content[records.RELEASE]["labels"] = Array(np.zeros((2, 2), np.int64))
+    floats = reply(7, [0, 1], "f")
+    floats.content[records.RELEASE]["labels"] = Array(np.array([0.5, 1.5]))
+    words = reply(7, [0, 1], "g")
+    words.content[records.RELEASE]["labels"] = Array(np.array(["a", "b"]))
+    outside = reply(7, [0, 9], "h")  # 7 classes
+    mask = reply(7, [0], "i")
+    mask.content[records.RELEASE]["mask"] = Array(np.ones((1, 2), np.float32))
+    return [shape, nameless, too_many, scalar, matrix, floats, words, outside, mask]
 
-    anonymizer.aggregate_train(1, [bad, nameless])
 
-    assert anonymizer.rejections.reasons(1) == {"release": 2}
-    assert len(anonymizer.strategy.aggregated) == 2
+def test_a_malformed_release_is_dropped_and_counted_while_the_update_goes_on(tmp_path):
+    anonymizer = stage(tmp_path)
+    broken = broken_releases()
+
+    anonymizer.aggregate_train(1, broken)
+
+    assert anonymizer.rejections.reasons(1) == {"release": len(broken)}
+    assert anonymizer.round_releases(1)["release_rejected"] == len(broken)
+    assert len(anonymizer.strategy.aggregated) == len(broken)
+    for passed in anonymizer.strategy.aggregated:
+        assert records.RELEASE not in passed.content
     assert not (tmp_path / "releases").exists()
 
 
@@ -123,22 +145,32 @@ def anonymizer_reply(state, metrics):
 def test_anonymizer_replies_are_validated_like_model_updates():
     models = AnonymizerModels(SPECS, 10, 7, AnonymizerTraining(token_dim=8))
     reference = {k: v.numpy() for k, v in models.state_dict().items()}
+    buffers = [name for name, _ in models.named_buffers()]
     good = {records.NUM_EXAMPLES: 40, records.ADVERSARY_ACCURACY: 0.5,
             records.UTILITY_ACCURACY: 0.5}
-    check_anonymizer_reply(anonymizer_reply(models.state_dict(), good), reference, 100)
+    check_anonymizer_reply(anonymizer_reply(models.state_dict(), good), reference, 100, buffers)
 
     poisoned = {k: v.clone() for k, v in models.state_dict().items()}
     first = next(iter(poisoned))
     poisoned[first][...] = float("nan")
+    silenced = {k: v.clone() for k, v in models.state_dict().items()}
+    silenced["generator.code_noise"] = torch.tensor(0.0)  # would remove the bottleneck's noise
     cases = [
         (anonymizer_reply(poisoned, good), "non-finite"),
+        (anonymizer_reply(models.state_dict(), {**good, records.NUM_EXAMPLES: 101}),
+         "num-examples"),
         (anonymizer_reply(models.state_dict(), {**good, records.NUM_EXAMPLES: 10**6}),
          "num-examples"),
         (anonymizer_reply(models.state_dict(), {**good, records.ADVERSARY_ACCURACY: 3.0}),
          "metrics"),
+        (anonymizer_reply(models.state_dict(), {**good, records.UTILITY_ACCURACY: [0.5]}),
+         "metrics"),
+        (anonymizer_reply(models.state_dict(), {**good, "injected": 1.0}), "metrics"),
         (anonymizer_reply({"w": torch.zeros(2)}, good), "keys"),
+        (anonymizer_reply(silenced, good), "malformed"),
     ]
+    assert "generator.code_noise" in buffers
     for message, reason in cases:
         with pytest.raises(RejectedUpdate) as caught:
-            check_anonymizer_reply(message, reference, 100)
+            check_anonymizer_reply(message, reference, 100, buffers)
         assert caught.value.reason == reason
