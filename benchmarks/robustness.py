@@ -56,15 +56,21 @@ from typing import Any
 import common
 import numpy as np
 
-from fedmosaic.config import ATTACKS, COLLUDING_ATTACKS, REPLY_TAMPERING_ATTACKS
+from fedmosaic.config import (
+    ATTACKS,
+    CHANNEL_ATTACKS,
+    COLLUDING_ATTACKS,
+    REPLY_TAMPERING_ATTACKS,
+)
 from fedmosaic.simulation.inprocess import run_in_process
 
 NAME = "robustness"
 STRATEGIES = ("fedavg", "trimmed-mean", "fedmedian", "multikrum", "moe-fusion-trim")
 ROBUST = STRATEGIES[1:]
-ALL_ATTACKS = tuple(attack for attack in ATTACKS
-                    if attack != "none" and attack not in REPLY_TAMPERING_ATTACKS)
-"""The model-poisoning attacks (a tampered reply is validation's job, not the aggregator's)."""
+ALL_ATTACKS = tuple(attack for attack in ATTACKS if attack != "none"
+                    and attack not in (*REPLY_TAMPERING_ATTACKS, *CHANNEL_ATTACKS))
+"""The model-poisoning attacks (a tampered reply is validation's job, not the aggregator's; a
+channel anomaly sends an honest update, for risk perception to notice)."""
 FRACTIONS = (0.1, 0.2, 0.3)
 ATTACKS_30PCT = ("sign-flip", "gaussian", "scale-10", "scale-100")
 ATTACKS_20PCT = COLLUDING_ATTACKS
