@@ -1,4 +1,4 @@
 """A multimodal GAN anonymizer and its knobs (generator, critics, training, application).
 
-Threat model and data flow: README, "Anonymizer".
+Threat model and data flow: README, "GAN anonymizer".
 """
