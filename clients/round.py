@@ -268,7 +268,7 @@ def release_records(state: DeviceRound) -> None:
     if not count or state.anonymizer is None:
         return
     picked = np.random.default_rng().choice(len(state.train_arrays), count, replace=False)
-    chosen = state.train_arrays.subset(np.isin(np.arange(len(state.train_arrays)), picked))
+    chosen = state.train_arrays.subset(np.sort(picked))
     released = chosen if state.config.anonymize_training else anonymize(
         state.anonymizer, chosen, state.knobs)
     state.reply[records.RELEASE] = ArrayRecord({

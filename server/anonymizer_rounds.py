@@ -34,7 +34,14 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.privacy.anonymizer.training import AnonymizerModels, AnonymizerTraining
 from fedmosaic.server.traffic import message_bytes
-from fedmosaic.server.validation import MetricRule, RejectedUpdate, Rejections, validate_update
+from fedmosaic.server.validation import (
+    MetricRule,
+    RejectedUpdate,
+    Rejections,
+    ReplyContract,
+    require_records,
+    validate_update,
+)
 
 log = logging.getLogger("fedmosaic")
 
@@ -131,21 +138,12 @@ def check_anonymizer_reply(reply: Message, reference: dict[str, np.ndarray],
             send them back unchanged.
     """
     content = reply.content
-    if list(content.array_records) != [records.ANONYMIZER_MODELS] or list(
-            content.metric_records) != [records.METRICS]:
-        raise RejectedUpdate("malformed", f"an anonymizer reply needs exactly the records "
-                                          f"{records.ANONYMIZER_MODELS!r} and {records.METRICS!r}"
-                                          f", got {sorted(content.keys())[:10]}")
+    require_records(content, records.ANONYMIZER_MODELS, "an anonymizer reply")
     metrics = dict(content.metric_records[records.METRICS])
-    expected = {records.NUM_EXAMPLES, records.ADVERSARY_ACCURACY, records.UTILITY_ACCURACY}
-    if set(metrics) != expected:
-        raise RejectedUpdate("metrics", f"expected the metrics {sorted(expected)}, got "
-                                        f"{sorted(metrics)[:10]}")
-    MetricRule(1, most_examples, integer=True).check(records.NUM_EXAMPLES,
-                                                     metrics[records.NUM_EXAMPLES],
-                                                     "num-examples")
-    for key in (records.ADVERSARY_ACCURACY, records.UTILITY_ACCURACY):
-        MetricRule(0.0, 1.0).check(key, metrics[key])
+    ReplyContract({records.NUM_EXAMPLES: MetricRule(1, most_examples, integer=True),
+                   records.ADVERSARY_ACCURACY: MetricRule(0.0, 1.0),
+                   records.UTILITY_ACCURACY: MetricRule(0.0, 1.0)},
+                  most_examples).check_metrics(metrics)
     try:
         update = {k: a.numpy() for k, a in content.array_records[records.ANONYMIZER_MODELS].items()}
     except Exception as error:  # a payload that does not deserialize  # noqa: BLE001

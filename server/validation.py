@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -307,6 +307,18 @@ def update_validator(config: Any) -> functools.partial[None]:
     return functools.partial(validate_update, max_norm=config.max_update_norm or math.inf)
 
 
+def require_records(content: RecordDict, arrays: str, what: str) -> None:
+    """Raise :class:`RejectedUpdate` unless ``content`` has exactly these two records.
+
+    The ArrayRecord ``arrays`` and the MetricRecord ``metrics``; ``what`` names the reply in
+    the message.
+    """
+    if list(content.array_records) != [arrays] or list(
+            content.metric_records) != [records.METRICS]:
+        raise RejectedUpdate("malformed", f"{what} needs exactly the records {arrays!r} and "
+                                          f"{records.METRICS!r}, got {sorted(content.keys())[:10]}")
+
+
 def check_reply(reply: Message, reference: Arrays, declared: int | None, max_norm: float,
                 contract: ReplyContract | None = None) -> None:
     """Raise :class:`RejectedUpdate` unless a training reply carries an acceptable update.
@@ -320,11 +332,7 @@ def check_reply(reply: Message, reference: Arrays, declared: int | None, max_nor
         contract: the metrics the reply must carry (``None``: any finite metrics).
     """
     content = reply.content
-    if list(content.array_records) != [records.ARRAYS] or list(
-            content.metric_records) != [records.METRICS]:
-        raise RejectedUpdate("malformed", f"a training reply needs exactly the records "
-                                          f"{records.ARRAYS!r} (arrays) and {records.METRICS!r} "
-                                          f"(metrics), got {sorted(content.keys())[:10]}")
+    require_records(content, records.ARRAYS, "a training reply")
     metrics = dict(content.metric_records[records.METRICS])
     if contract is not None:
         contract.check_metrics(metrics, declared)

@@ -21,10 +21,10 @@ from fedmosaic.compression import payload_from_record, payload_to_record
 from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregate, rejection_reason
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import (
-    RejectedUpdate,
     ReplyContract,
     dataset_size_bound,
     pin_dataset_size,
+    require_records,
 )
 
 log = logging.getLogger("fedmosaic")
@@ -40,11 +40,7 @@ def device_update_from_reply(reply: Message, contract: ReplyContract,
         WireFormatError: if the payload record is not a codec payload.
     """
     content = reply.content
-    if list(content.array_records) != [records.COMPRESSED_DELTA] or list(
-            content.metric_records) != [records.METRICS]:
-        raise RejectedUpdate("malformed", f"a device reply below an edge needs exactly the "
-                                          f"records {records.COMPRESSED_DELTA!r} and "
-                                          f"{records.METRICS!r}, got {sorted(content.keys())[:10]}")
+    require_records(content, records.COMPRESSED_DELTA, "a device reply below an edge")
     metrics = content.metric_records[records.METRICS]
     contract.check_metrics(metrics, declared)
     update = DeviceUpdate(
