@@ -56,10 +56,14 @@ CHANNEL_ATTACKS = ("delay", "burst")
 ATTACKS = ("none", *DATA_POISONING_ATTACKS, *MODEL_POISONING_ATTACKS, *COLLUDING_ATTACKS,
            *REPLY_TAMPERING_ATTACKS, *CHANNEL_ATTACKS)
 """Behaviours of simulated malicious clients (``attack``)."""
-ACCOUNTANTS = ("rdp", "prv")
+ACCOUNTANTS = ("rdp", "prv", "filter")
 """Accountants a run may select (``dp-accountant``)."""
 GRAD_SAMPLE_MODES = ("hooks", "functorch")
 """Opacus per-sample-gradient modes that support the multimodal model's dict inputs."""
+CONTROLLERS = ("none", "static", "linear", "exponential", "alpine", "bandit", "ddpg", "td3",
+               "random")
+"""``controller``: who sets each device's per-round spend and anonymizer knobs (``none``: the
+device spends its budget evenly over the planned rounds, as without the adaptive loop)."""
 CENTRAL_DP_MODES = ("none", "server", "client")
 """``central-dp``: none, or Flower's server-side or client-side fixed-clipping wrapper."""
 RENAMED_KEYS = {"epsilon": "dp-epsilon-budget"}
@@ -207,7 +211,8 @@ class RunConfig:
     delta: float = setting("δ of DP-SGD's and central DP's (ε, δ)")
     max_grad_norm: float = setting("DP-SGD's per-example clipping bound C")
     dp_accountant: str = setting(
-        "`rdp` (Rényi DP) or `prv` (privacy loss random variables, tighter, slower)",
+        "`rdp` (Rényi DP), `prv` (privacy loss random variables, tighter, slower) or `filter` (a "
+        "Rényi privacy filter, valid for adaptive budgets; every `controller` run uses it)",
         choices=ACCOUNTANTS,
     )
     grad_sample_mode: str = setting(
@@ -262,6 +267,22 @@ class RunConfig:
     )
     risk_sensitivities: str = setting(
         "data sensitivity per modality, `name=value,...` in [0, 1], over the built-in table"
+    )
+    controller: str = setting(
+        "sets each device's share of its remaining ε and its anonymizer knobs between rounds: "
+        '`static`, `linear`, `exponential`, `alpine`, `bandit`, `ddpg`, `td3`, `random`; see '
+        '"Adaptive privacy controller"',
+        choices=CONTROLLERS,
+    )
+    controller_policy: str = setting(
+        "a stable-baselines3 policy `.zip` for `ddpg`/`td3` (empty: the one shipped in "
+        "`privacy/controller/policies/`)"
+    )
+    controller_privacy_weight: float = setting(
+        "w_p: weight of leakage against utility in the controller's reward (>= 0)"
+    )
+    controller_epsilon_weight: float = setting(
+        "w_ε: weight of the round's spend (share of the cap) in the controller's reward (>= 0)"
     )
     resume_from: str = setting(
         "a `checkpoints/round-NNN.pt` to continue from: restores the global model and the privacy "
@@ -338,6 +359,7 @@ class RunConfig:
             )
         _check_privacy(self)
         _check_anonymizer(self)
+        _check_controller(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -383,6 +405,15 @@ class RunConfig:
     def evaluate_nodes(self) -> int:
         """Devices sampled for federated evaluation each round (0: none)."""
         return sampled_nodes(self.fraction_evaluate, self.num_clients)
+
+    @property
+    def accountant(self) -> str:
+        """The accountant devices and the ledger compose with: ``filter`` under a controller.
+
+        A controller chooses each round's σ from earlier rounds, which only a privacy filter
+        accounts validly (:mod:`fedmosaic.privacy.renyi_filter`); else ``dp-accountant``.
+        """
+        return "filter" if self.controller != "none" else self.dp_accountant
 
     def to_mapping(self) -> dict[str, ConfigValue]:
         """The flat run config this object was built from (round-trips ``from_mapping``)."""
@@ -470,6 +501,25 @@ def _check_anonymizer(config: RunConfig) -> None:
         raise ValueError(f"set anonymizer-rounds or anonymizer, not both: got "
                          f"anonymizer-rounds={config.anonymizer_rounds} and "
                          f"anonymizer={config.anonymizer!r}")
+
+
+def _check_controller(config: RunConfig) -> None:
+    """The controller needs DP-SGD budgets to tune and devices it reaches directly."""
+    for name in ("controller_privacy_weight", "controller_epsilon_weight"):
+        if not 0.0 <= getattr(config, name) < math.inf:
+            raise ValueError(f"{_key(name)} must be finite and >= 0, got {getattr(config, name)}")
+    if config.controller == "none":
+        return
+    if not config.dp:
+        raise ValueError(f"controller={config.controller} tunes DP-SGD budgets: set dp=true, "
+                         f"got dp=false")
+    if config.num_edges or config.edge_role != "simulated":
+        raise ValueError(f"controller={config.controller} observes and instructs devices "
+                         f"directly (a flat federation), got num-edges={config.num_edges}, "
+                         f"edge-role={config.edge_role!r}")
+    if config.controller_policy and config.controller not in ("ddpg", "td3"):
+        raise ValueError(f"controller-policy is a ddpg/td3 policy file, got controller="
+                         f"{config.controller}")
 
 
 def _key(field_name: str) -> str:

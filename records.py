@@ -74,6 +74,9 @@ DP_SAMPLE_RATE = "dp-sample-rate"
 """In a DP-SGD training reply: the Poisson sampling rate q of this round's steps."""
 DP_STEPS = "dp-steps"
 """In a DP-SGD training reply: DP-SGD steps taken this round (0 if refused)."""
+DP_SPEND_SHARE = "dp-spend-share"
+"""In a training config, per device, from the controller: the share in (0, 1] of the device's
+remaining ε (under its cap, by the Rényi filter) that this round may spend."""
 DP_PRIOR_PREFIX = "dp-prior-"
 """Training-config keys ``dp-prior-<partition-id>`` after a server restart: the device's DP-SGD
 segments from before it, flattened ``[σ, q, steps, σ, q, steps, ...]``, from the ledger."""

@@ -1,11 +1,15 @@
-"""The ClientApp's DP-SGD round: budget, calibration, the refusal rule and the account.
+r"""The ClientApp's DP-SGD round: budget, calibration, the refusal rule and the account.
 
 A device's ε budget is, first match wins: the training config's ``dp-epsilon-budget`` (the
 server changes budgets between rounds this way), the node config's ``dp-epsilon-budget``,
 the ``privacy-budgets`` file's entry for the partition, the run config's ``dp-epsilon-budget``.
 Its σ is calibrated once, for the budget and the rounds still planned (again only when the budget
-changes). A device whose next round would push its ε past the budget does not train and says
-so (``dp-refused = 1``). After a server restart the training config may carry the device's
+changes). Under a controller the training config carries this round's ``dp-spend-share`` s
+instead: σ is calibrated for this round alone, so that the Rényi filter's ε after it is
+:math:`\varepsilon_{spent} + s\,(\varepsilon_{budget} - \varepsilon_{spent})`
+(:mod:`fedmosaic.privacy.renyi_filter`; ``config.accountant`` is then ``filter``). A device whose
+next round would push its ε past the budget does not train and says so (``dp-refused = 1``).
+After a server restart the training config may carry the device's
 segments from before it (``dp-prior-<partition-id>``, from the server's ledger); a device
 without an account of its own starts from them.
 """
@@ -71,6 +75,18 @@ def client_epsilon_budget(config: RunConfig, node_config: Mapping[str, Any], par
     if not 0.0 < epsilon_budget < math.inf:
         raise ValueError(f"epsilon budget ({source}) must be finite and > 0, got {value!r}")
     return epsilon_budget
+
+
+def spend_share(value: Any) -> float:
+    """A controller's ``dp-spend-share``, checked: a number in (0, 1].
+
+    Raises:
+        ValueError: If it is not a number in (0, 1].
+
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{records.DP_SPEND_SHARE} must be a number in (0, 1], got {value!r}")
+    return float(value)
 
 
 def account_file(config: RunConfig, context: Context, partition_id: int) -> Path | None:
@@ -157,17 +173,22 @@ def train_private_round(
     server_round = int(received.get(records.SERVER_ROUND, 1))
     rounds_left = max(1, config.num_server_rounds - server_round + 1)
     refused = False
-    if account.epsilon_budget != epsilon_budget or account.noise_multiplier <= 0.0:
+    share = received.get(records.DP_SPEND_SHARE)
+    if share is not None or account.epsilon_budget != epsilon_budget or (
+            account.noise_multiplier <= 0.0):
+        target, planned = epsilon_budget, steps * rounds_left
+        if share is not None:  # the controller's share of what is left, for this round only
+            spent = account.spent(config.delta, config.accountant)
+            target, planned = spent + spend_share(share) * (epsilon_budget - spent), steps
         try:
-            sigma = calibrate_noise_multiplier(epsilon_budget, config.delta, sample_rate,
-                                               steps * rounds_left, tuple(account.history),
-                                               config.dp_accountant)
+            sigma = calibrate_noise_multiplier(target, config.delta, sample_rate, planned,
+                                               tuple(account.history), config.accountant)
             account.epsilon_budget, account.noise_multiplier = epsilon_budget, sigma
-        except ValueError:  # the history alone exhausts the new budget
+        except ValueError:  # the history alone exhausts the new budget (or the share)
             refused = True
     segment = (Segment(account.noise_multiplier, sample_rate, steps)
                if account.noise_multiplier > 0.0 else None)
-    spent_after = (account.spent_after(segment, config.delta, config.dp_accountant)
+    spent_after = (account.spent_after(segment, config.delta, config.accountant)
                    if segment is not None and not refused else math.inf)
     result = None
     if spent_after <= epsilon_budget:
@@ -182,7 +203,7 @@ def train_private_round(
     return PrivateRound(result=result, metrics={
         records.PARTITION_ID: partition_id,
         records.DP_EPSILON_SPENT: (spent_after if result is not None
-                                   else account.spent(config.delta, config.dp_accountant)),
+                                   else account.spent(config.delta, config.accountant)),
         records.DP_EPSILON_BUDGET: epsilon_budget,
         records.DP_DELTA: config.delta,
         records.DP_NOISE_MULTIPLIER: account.noise_multiplier,

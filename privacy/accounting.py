@@ -12,7 +12,10 @@ Opacus's accountants:
   :math:`\varepsilon = \min_\alpha \mathrm{RDP}(\alpha) + \log((\alpha-1)/\alpha)
   - (\log \delta + \log \alpha)/(\alpha-1)` (Balle et al. 2020);
 * ``prv`` — the privacy-loss-random-variable accountant (Gopi, Lee & Wutschitz 2021,
-  "Numerical Composition of Differential Privacy", arXiv:2106.02848), tighter than RDP.
+  "Numerical Composition of Differential Privacy", arXiv:2106.02848), tighter than RDP;
+* ``filter`` — the same Rényi DP at the fixed orders of a Rényi privacy filter, converted by
+  :func:`~fedmosaic.privacy.renyi_filter.filter_epsilon`: valid when each round's σ is chosen
+  adaptively (the controller's runs), looser than ``rdp`` for a fixed plan.
 
 The noise multiplier is calibrated once for a whole run's planned steps, so that the run's
 total ε meets the budget (:func:`calibrate_noise_multiplier`; again only if the budget changes).
@@ -30,6 +33,7 @@ from opacus.accountants import RDPAccountant, create_accountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
 from fedmosaic.config import ACCOUNTANTS
+from fedmosaic.privacy.renyi_filter import FILTER_ORDERS, filter_epsilon
 
 RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
 """Rényi orders α of the RDP accountant (Opacus's defaults, also ``dp-accounting``'s)."""
@@ -77,7 +81,7 @@ def epsilon_spent(history: Sequence[Segment], delta: float, accountant: str = "r
     Args:
         history: The segments run so far, in order.
         delta: Target δ in ``(0, 1)``.
-        accountant: ``rdp`` or ``prv``.
+        accountant: ``rdp``, ``prv`` or ``filter``.
 
     Returns:
         The ε the whole history has spent.
@@ -90,24 +94,33 @@ def epsilon_spent(history: Sequence[Segment], delta: float, accountant: str = "r
     _check_delta(delta)
     if not history:
         return 0.0
+    if accountant == "filter":
+        return filter_epsilon(rdp_of(history, FILTER_ORDERS), delta)
     if accountant == "rdp":
-        rdp = sum(s.steps * _rdp_per_step(s.sample_rate, s.noise_multiplier) for s in history)
-        epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS, rdp=rdp, delta=delta)
+        epsilon, _ = rdp_analysis.get_privacy_spent(orders=RDP_ORDERS,
+                                                    rdp=rdp_of(history, RDP_ORDERS), delta=delta)
         return float(epsilon)
     prv = create_accountant("prv")
     prv.history = [(s.noise_multiplier, s.sample_rate, s.steps) for s in history]
     return float(prv.get_epsilon(delta=delta))
 
 
+def rdp_of(history: Sequence[Segment], orders: tuple[float, ...]) -> np.ndarray:
+    """Rényi DP of ``history`` at each of ``orders``: the segments' costs add up (Mironov 2017)."""
+    return sum((s.steps * _rdp_per_step(s.sample_rate, s.noise_multiplier, orders)
+                for s in history), np.zeros(len(orders)))
+
+
 @functools.lru_cache(maxsize=256)
-def _rdp_per_step(sample_rate: float, noise_multiplier: float) -> np.ndarray:
-    """RDP of one sampled-Gaussian step at every order of :data:`RDP_ORDERS`.
+def _rdp_per_step(sample_rate: float, noise_multiplier: float,
+                  orders: tuple[float, ...]) -> np.ndarray:
+    """RDP of one sampled-Gaussian step at every order of ``orders``.
 
     RDP composes additively, so ``steps`` steps cost ``steps`` times this; memoised, as a run
     repeats one ``(q, σ)``.
     """
     rdp = rdp_analysis.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
-                                   orders=RDP_ORDERS)
+                                   orders=orders)
     rdp.setflags(write=False)
     return rdp
 
@@ -129,7 +142,7 @@ def calibrate_noise_multiplier(epsilon: float, delta: float, sample_rate: float,
         sample_rate: Poisson sampling rate :math:`q \in (0, 1]` of the planned steps.
         steps: Planned further steps, ``>= 1``.
         history: Segments already spent (a tuple, to be hashable).
-        accountant: ``rdp`` or ``prv``.
+        accountant: ``rdp``, ``prv`` or ``filter``.
         tolerance: Allowed shortfall of the total ε below ``epsilon``, ``> 0``.
 
     Returns:

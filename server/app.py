@@ -51,6 +51,9 @@ def warn_pointless_settings(config: RunConfig) -> None:
     if config.partitioner != "iid" and not is_file_dataset(config.dataset):
         log.warning("partitioner=%s has no effect with dataset=%s (it splits data files "
                     "without a device column)", config.partitioner, config.dataset)
+    if config.controller != "none" and config.dp_accountant != "rdp":
+        log.warning("dp-accountant=%s has no effect with controller=%s (adaptive budgets are "
+                    "accounted by the Rényi filter)", config.dp_accountant, config.controller)
     compression = (config.device_topk, config.device_bits, config.edge_topk, config.edge_bits)
     if config.num_edges == 0 and compression != (1.0, 32, 1.0, 32):
         log.warning("device-/edge- compression settings have no effect with num-edges=0 "
@@ -73,7 +76,7 @@ def main(grid: Grid, context: Context) -> None:
     dataset = cached_dataset(config)
     model = build_model(config, dataset)
     test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
-    ledger, resumed_round = PrivacyLedger(accountant=config.dp_accountant), 0
+    ledger, resumed_round = PrivacyLedger(accountant=config.accountant), 0
     if config.resume_from:  # the global weights into ``model``, the ledger from the checkpoint
         ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
     recorder = RunRecorder(run_dir, config.to_mapping())
