@@ -1,7 +1,8 @@
-"""The ``fedmosaic`` command line: ``run`` (Ray), ``deploy-local`` and ``privacy-report``."""
+"""The ``fedmosaic`` command line: ``run``, ``deploy-local``, ``privacy-report``, ``audit``."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,10 +94,12 @@ def privacy_report(
     run_dir: Annotated[Path, typer.Argument(exists=True, file_okay=False,
                                             help="A run folder (runs/<run-name>).")],
 ) -> None:
-    """Print a run's privacy ledger and its devices' risk scores.
+    """Print a run's privacy ledger, its devices' risk scores and the controller's decisions.
 
-    The ledger: ε spent, budget, rounds and refusals per device; the risk: per scored node.
+    The ledger: ε spent, budget, rounds and refusals per device; the risk: per scored node;
+    the controller: spend share, knobs and risk per device (and draws controller.png).
     """
+    from fedmosaic.privacy.controller.report import controller_figure, controller_table
     from fedmosaic.privacy.report import ledger_table, load_ledger, risk_table
 
     try:
@@ -107,6 +110,43 @@ def privacy_report(
     risks = risk_table(run_dir)
     if risks is not None:
         console.print(risks)
+    decisions = controller_table(run_dir)
+    if decisions is not None:
+        console.print(decisions)
+        console.print(f"budget and risk per device over rounds: {controller_figure(run_dir)}")
+
+
+audit_app = typer.Typer(no_args_is_help=True, help="Check the controller's audit log.")
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    run: Annotated[Path, typer.Argument(help="A run folder (or its controller-audit.jsonl).")],
+) -> None:
+    """Verify the hash chain of a run's controller audit log; name the first bad line.
+
+    With the run's summary.json, its recorded last hash is checked too (lines cut off the end).
+    """
+    from fedmosaic.privacy.controller.audit import verify_audit_log
+    from fedmosaic.server.controller_stage import AUDIT_FILE
+
+    path = run if run.is_file() else run / AUDIT_FILE
+    if not path.is_file():
+        console.print(f"[red]error:[/red] expected an audit log at {path}, found none "
+                      f"(a run with controller=none writes none)")
+        raise typer.Exit(2)
+    summary = path.parent / "summary.json"
+    expected = None
+    if summary.is_file():
+        expected = (json.loads(summary.read_text()).get("controller") or {}).get(
+            "audit_last_hash")
+    verdict = verify_audit_log(path, expected_last_hash=expected)
+    if not verdict.ok:
+        console.print(f"[red]audit log TAMPERED[/red]: {verdict.reason}")
+        raise typer.Exit(1)
+    console.print(f"audit log OK: {verdict.entries} entries, last hash {verdict.last_hash}"
+                  + ("" if expected else " (no summary.json to compare the last hash with)"))
 
 
 def main() -> None:

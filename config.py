@@ -118,6 +118,10 @@ class RunConfig:
         'behaviour of simulated malicious clients; see "Attack simulation"',
         choices=ATTACKS,
     )
+    attack_start_round: int = setting(
+        "the first round in which malicious clients attack (before it they are honest: attackers "
+        "that appear mid-run)"
+    )
     malicious_fraction: float = setting(
         "share of clients that are malicious (chosen from `seed`), in [0, 1)"
     )
@@ -450,6 +454,8 @@ def _check_robustness(config: RunConfig) -> None:
     if not 0 <= config.num_malicious_nodes < config.num_clients:
         raise ValueError(f"num-malicious-nodes must lie in [0, num-clients={config.num_clients}), "
                          f"got {config.num_malicious_nodes}")
+    if config.attack_start_round < 1:
+        raise ValueError(f"attack-start-round must be >= 1, got {config.attack_start_round}")
     if not 0.0 <= config.malicious_fraction < 1.0:
         raise ValueError(
             f"malicious-fraction must lie in [0, 1), got {config.malicious_fraction}"
@@ -504,7 +510,7 @@ def _check_anonymizer(config: RunConfig) -> None:
 
 
 def _check_controller(config: RunConfig) -> None:
-    """The controller needs DP-SGD budgets to tune and devices it reaches directly."""
+    """The controller needs DP-SGD budgets to tune (and DP-SGD a flat federation)."""
     for name in ("controller_privacy_weight", "controller_epsilon_weight"):
         if not 0.0 <= getattr(config, name) < math.inf:
             raise ValueError(f"{_key(name)} must be finite and >= 0, got {getattr(config, name)}")
@@ -513,10 +519,6 @@ def _check_controller(config: RunConfig) -> None:
     if not config.dp:
         raise ValueError(f"controller={config.controller} tunes DP-SGD budgets: set dp=true, "
                          f"got dp=false")
-    if config.num_edges or config.edge_role != "simulated":
-        raise ValueError(f"controller={config.controller} observes and instructs devices "
-                         f"directly (a flat federation), got num-edges={config.num_edges}, "
-                         f"edge-role={config.edge_role!r}")
     if config.controller_policy and config.controller not in ("ddpg", "td3"):
         raise ValueError(f"controller-policy is a ddpg/td3 policy file, got controller="
                          f"{config.controller}")

@@ -97,10 +97,16 @@ class ClientAttack:
     partition_id: int
 
     @classmethod
-    def for_partition(cls, config: RunConfig, partition_id: int) -> ClientAttack:
-        """The behaviour of ``partition_id`` under ``config`` (``none`` unless malicious)."""
+    def for_partition(cls, config: RunConfig, partition_id: int,
+                      server_round: int = 1) -> ClientAttack:
+        """The behaviour of ``partition_id`` in ``server_round`` under ``config``.
+
+        ``none`` unless the device is malicious and the attack has started
+        (``attack-start-round``: attackers that appear mid-run).
+        """
         bad = malicious_partitions(config.num_clients, config.malicious_fraction, config.seed)
-        attack = config.attack if partition_id in bad else "none"
+        started = server_round >= config.attack_start_round
+        attack = config.attack if partition_id in bad and started else "none"
         return cls(attack=attack, seed=config.seed, partition_id=partition_id)
 
     def poison_data(self, arrays: MultimodalArrays, num_classes: int) -> MultimodalArrays:

@@ -113,10 +113,12 @@ class DeviceRound:
         """The state before the first stage: config, dataset and the device's identity."""
         config = RunConfig.from_mapping(context.run_config)
         device = partition_id(context)
+        received = dict(message.content.config_records.get(records.CONFIG, {}))
+        server_round = received.get(records.SERVER_ROUND, 1)
         return cls(message=message, context=context, config=config,
-                   dataset=cached_dataset(config), partition_id=device,
-                   received=dict(message.content.config_records.get(records.CONFIG, {})),
-                   attack=ClientAttack.for_partition(config, device))
+                   dataset=cached_dataset(config), partition_id=device, received=received,
+                   attack=ClientAttack.for_partition(
+                       config, device, server_round if isinstance(server_round, int) else 1))
 
     @property
     def global_arrays(self) -> ArrayRecord:

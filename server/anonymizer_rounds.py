@@ -107,12 +107,15 @@ def train_federated_anonymizer(grid: Grid, config: RunConfig,
                             reply.metadata.src_node_id, rejected)
                 continue
             accepted.append(reply.content)
+        norms = {"generator-update-norm": 0.0, "critics-update-norm": 0.0}
         if accepted:
-            outcome.models.load_state_dict(aggregate_arrayrecords(
-                accepted, records.NUM_EXAMPLES).to_torch_state_dict())
+            averaged = aggregate_arrayrecords(accepted, records.NUM_EXAMPLES)
+            norms = update_norms({k: a.numpy() for k, a in averaged.items()}, reference_arrays)
+            outcome.models.load_state_dict(averaged.to_torch_state_dict())
         outcome.history.append({
             "round": server_round,
             **_weighted_accuracies(accepted),
+            **norms,
             "replies": len(accepted),
             "failed": failed,
             "rejected": outcome.rejections.count(server_round),
@@ -123,6 +126,24 @@ def train_federated_anonymizer(grid: Grid, config: RunConfig,
                  outcome.history[-1])
     outcome.models.eval()
     return outcome
+
+
+def update_norms(averaged: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+                 ) -> dict[str, float]:
+    """L2 norms of the round's averaged update of the generator and of the critics.
+
+    The averaged update of a few Adam steps is the server's view of the adversarial game's
+    gradient signal (the controller's observation, as the IoT-anonymization design uses the
+    generator's and discriminators' gradient norms). Buffers add nothing: a sound reply leaves
+    them unchanged.
+    """
+    totals = {"generator": 0.0, "critics": 0.0}
+    for name, value in averaged.items():
+        part = name.split(".", 1)[0]
+        if part in totals and np.issubdtype(value.dtype, np.floating):
+            totals[part] += float(np.sum((value.astype(np.float64)
+                                          - reference[name].astype(np.float64)) ** 2))
+    return {f"{part}-update-norm": float(np.sqrt(total)) for part, total in totals.items()}
 
 
 def check_anonymizer_reply(reply: Message, reference: dict[str, np.ndarray],

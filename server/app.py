@@ -25,11 +25,13 @@ from fedmosaic.privacy.anonymizer.training import (
     load_anonymizer,
     save_anonymizer,
 )
+from fedmosaic.privacy.controller.report import controller_figure
 from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.privacy.risk.sensitivity import parse_sensitivities
 from fedmosaic.server.anonymizer_rounds import train_federated_anonymizer
 from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.chain import build_chain
+from fedmosaic.server.controller_stage import ControllerStage, controller_scalars
 from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy, resume
@@ -82,13 +84,15 @@ def main(grid: Grid, context: Context) -> None:
     recorder = RunRecorder(run_dir, config.to_mapping())
     generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder)
     chain = build_chain(config, ledger, round_offset=resumed_round, anonymizer=generator,
-                        run_dir=run_dir)
+                        run_dir=run_dir, anonymizer_signal=anonymizer_history[-1]
+                        if anonymizer_history else None)
     traffic_meter = chain.get(MeteredStrategy)
     validation = chain.get(ValidatingStrategy)
     cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections, validation.rejections]
     edge_tier = chain.find(HierarchicalStrategy)
     anonymizer_stage = chain.find(AnonymizerStage)
     risk_stage = chain.find(RiskStage)
+    controller = chain.find(ControllerStage)
     try:
         report = partition_report(dataset)
     except ValueError as error:  # partitions that only exist on the devices
@@ -106,6 +110,8 @@ def main(grid: Grid, context: Context) -> None:
         model.load_state_dict(arrays.to_torch_state_dict())
         with torch.no_grad():
             central = evaluate(model, test_loader, dataset.specs)
+        if controller is not None:
+            controller.observe_evaluation(server_round, central.accuracy, central.loss)
         if server_round == 0:
             recorder.initial_accuracy = central.accuracy
             round_started = time.time()
@@ -131,6 +137,7 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_rejected=validation.evaluate_rejections.count(server_round),
             **(anonymizer_stage.round_releases(server_round) if anonymizer_stage else {}),
             risk=risk_stage.round_scores(server_round) if risk_stage else None,
+            controller=controller.round_decisions(server_round) if controller else None,
             **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
         recorder.checkpoint(server_round, model.state_dict(), {
@@ -144,6 +151,9 @@ def main(grid: Grid, context: Context) -> None:
             risks = [s.score for s in risk_stage.scores[server_round].values()]
             recorder.add_scalars({"risk/mean": float(np.mean(risks)),
                                   "risk/max": float(np.max(risks))}, server_round)
+        if controller is not None:
+            recorder.add_scalars(controller_scalars(controller.round_decisions(server_round)),
+                                 server_round)
         round_started = time.time()
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
@@ -155,8 +165,11 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=evaluate_and_record,
     )
     summary = recorder.finish({"privacy": ledger.state_dict(),
+                               **({"controller": controller.summary()} if controller else {}),
                                **({"anonymizer": anonymizer_history} if anonymizer_history
                                   else {})})
+    if controller is not None:
+        controller_figure(run_dir)
     log.info("final accuracy %.4f after %d rounds; outputs in %s",
              summary["final_accuracy"], summary["rounds"], run_dir)
 

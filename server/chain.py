@@ -14,6 +14,8 @@ risk perception         scores each device from what the server observed of its 
                         (``risk-perception``, flat federations)
 anonymizer              sends the generator and each device's knobs; takes out and k-anonymizes
                         released records (``anonymize-training``, ``anonymizer-release``)
+controller              between rounds: each device's spend share and knobs from its
+                        observation, audited (``controller``)
 edge tier               devices' compressed deltas → one reply per edge (``num-edges > 0``)
 privacy ledger          enters each DP-SGD reply's spend; drops refusals; sends budgets
 colluding attacker      simulation only: crafts ALIE / IPM updates (``attack=alie|ipm``)
@@ -26,14 +28,16 @@ aggregator              the ``strategy`` itself (FedAvg, trimmed mean, MoEFusion
 Why this order: the ledger sits outside validation, so a device whose update is rejected still
 has its spend entered; the colluding attacker sits outside validation, so the defences see the
 crafted updates; central DP sits inside validation, so it only clips and accounts what is
-aggregated (``server/privacy_ledger.py``).
+aggregated (``server/privacy_ledger.py``). The controller sits inside the anonymizer stage, so
+the knobs it sets reach the same round's messages, and outside the ledger, whose account it
+reads.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -44,11 +48,13 @@ from fedmosaic.config import COLLUDING_ATTACKS, RunConfig
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 from fedmosaic.privacy.central import wrap_central_dp
+from fedmosaic.privacy.controller.policies import build_policy
 from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.privacy.risk.perception import RiskPerception
 from fedmosaic.privacy.risk.sensitivity import SensitivityTable, parse_sensitivities
 from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.collusion import CollusionSimulation
+from fedmosaic.server.controller_stage import AUDIT_FILE, ControllerSettings, ControllerStage
 from fedmosaic.server.edge.configured import cloud_config
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
@@ -111,7 +117,8 @@ def cloud_contract(config: RunConfig) -> ReplyContract:
 
 def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
                 anonymizer: MultimodalAnonymizer | None = None,
-                run_dir: Path | None = None) -> ServerChain:
+                run_dir: Path | None = None,
+                anonymizer_signal: Mapping[str, float] | None = None) -> ServerChain:
     """The server chain of ``config`` (module docstring), around ``config``'s aggregator.
 
     Args:
@@ -121,15 +128,21 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
             ``round_offset + r``.
         anonymizer: The trained generator (needed by ``anonymize-training`` and
             ``anonymizer-release``).
-        run_dir: The run folder (released records go to its ``releases/``).
+        run_dir: The run folder (released records go to its ``releases/``, the controller's
+            audit log to ``controller-audit.jsonl``).
+        anonymizer_signal: The anonymizer's last federated round (its update norms), for the
+            controller's observation.
 
     Raises:
-        ValueError: If the config uses the anonymizer and none is given.
+        ValueError: If the config uses the anonymizer and none is given, or a controller
+            and no run folder.
     """
     uses_anonymizer = config.anonymize_training or config.anonymizer_release > 0
     if uses_anonymizer and anonymizer is None:
         raise ValueError("anonymize-training / anonymizer-release need a trained anonymizer, "
                          "got none")
+    if config.controller != "none" and run_dir is None:
+        raise ValueError(f"controller={config.controller} writes an audit log: give run_dir")
     central = config.central_dp != "none"
     colluding = config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0
     risk = config.risk_perception and not config.num_edges
@@ -145,6 +158,13 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
                           release_dir=run_dir / "releases" if run_dir else None,
                           release_k=config.release_k, most=config.anonymizer_release)
         if uses_anonymizer else None,
+        functools.partial(ControllerStage, policy=build_policy(
+            config.controller, AnonymizerKnobs.from_mapping(config.to_mapping()),
+            config.controller_policy, config.seed), settings=ControllerSettings(
+            config.num_server_rounds, config.controller_privacy_weight,
+            config.controller_epsilon_weight, dict(anonymizer_signal or {})),
+            audit_path=run_dir / AUDIT_FILE)  # type: ignore[operator]
+        if config.controller != "none" else None,
         functools.partial(HierarchicalStrategy.from_config, config=config)
         if config.num_edges else None,
         functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset,
@@ -165,4 +185,9 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
     if risk_stage is not None:  # a device's rejections are part of its channel
         risk_stage.rejections = [chain.get(PrivacyLedgerStrategy).rejections,
                                  chain.get(ValidatingStrategy).rejections]
+    controller = chain.find(ControllerStage)
+    if controller is not None:
+        controller.ledger_stage = chain.get(PrivacyLedgerStrategy)
+        controller.risk_stage, controller.anonymizer_stage = risk_stage, chain.find(
+            AnonymizerStage)
     return chain

@@ -91,6 +91,17 @@ class PrivacyLedgerStrategy(StrategyWrapper):
         self.epsilon_budgets[partition_id] = float(epsilon_budget)
 
 
+    def partition_of(self, node_id: int) -> int | None:
+        """The partition node ``node_id`` trained as (``None`` before its first DP reply)."""
+        return self._node_partition.get(node_id)
+
+    def cap_of(self, partition_id: int) -> float:
+        """Device ``partition_id``'s cap: the budget last sent to it, else the assigned one."""
+        if partition_id in self._sent_budgets:
+            return self._sent_budgets[partition_id]
+        return (assigned_epsilon_budget(self.config, partition_id) if self.config is not None
+                else math.inf)
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -181,8 +192,7 @@ class PrivacyLedgerStrategy(StrategyWrapper):
             raise RejectedUpdate("dp-metadata", f"node {node} claims partition {partition}, "
                                                 f"which node {holder} holds")
         self._partition_node[partition] = node  # a reconnected device may have a new node id
-        cap = self._sent_budgets.get(partition, assigned_epsilon_budget(
-            self.config, partition) if self.config is not None else math.inf)
+        cap = self.cap_of(partition)
         try:
             outcome = self.ledger.record_reply(self.round_offset + server_round, metrics, cap)
         except (ArithmeticError, ValueError, MemoryError) as error:

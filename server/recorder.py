@@ -73,6 +73,9 @@ class RoundRecord:
     """Releases dropped as malformed (their model updates went on to validation)."""
     risk: dict[str, dict[str, float]] | None = None
     """Per node id: its risk score and the criteria it was fused from (``risk-perception``)."""
+    controller: dict[str, dict[str, float]] | None = None
+    """Per device: the controller's action (spend share, knobs), the risk and budget it saw,
+    and the reward it earned (``controller``)."""
 
 
 @dataclass

@@ -73,7 +73,7 @@ class RiskStage(StrategyWrapper):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate through ``strategy``, then score each replying device."""
         replies = list(replies)
-        observed = {r.metadata.src_node_id: (r, message_bytes(r), self._update(r))
+        observed = {r.metadata.src_node_id: (r, message_bytes(r), flat_update(r, self._global))
                     for r in replies if not r.has_error()}
         aggregated, metrics = self.strategy.aggregate_train(server_round, replies)
         direction = None
@@ -98,19 +98,6 @@ class RiskStage(StrategyWrapper):
                     name.replace("_", "-"): value for name, value in zip(
                         CHANNEL_FIELDS, observed[node].channel.as_tuple(), strict=True)}}
                 for node, score in sorted(self.scores.get(server_round, {}).items())}
-
-    def _update(self, reply: Message) -> np.ndarray | None:
-        """The reply's flattened update ``w_i - w_g``, or ``None`` if it does not fit."""
-        arrays = reply.content.array_records.get(records.ARRAYS)
-        if arrays is None or list(arrays) != list(self._global):
-            return None
-        try:
-            update = {k: a.numpy() for k, a in arrays.items()}
-        except Exception:  # noqa: BLE001 - a payload that does not decode has no update
-            return None
-        if any(update[k].shape != g.shape for k, g in self._global.items()):
-            return None
-        return _delta(update, self._global)
 
     def _observe(self, reply: Message, size: int, delta: np.ndarray | None,
                  direction: np.ndarray | None) -> DeviceObservation | None:
@@ -144,6 +131,20 @@ class RiskStage(StrategyWrapper):
         """When the instruction this reply answers was created (its own time if unknown)."""
         sent = self._sent.get(reply.metadata.src_node_id)
         return sent.metadata.created_at if sent is not None else reply.metadata.created_at
+
+
+def flat_update(reply: Message, reference: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The reply's flattened update ``w_i - w_g``, or ``None`` if it does not fit ``reference``."""
+    arrays = reply.content.array_records.get(records.ARRAYS)
+    if arrays is None or list(arrays) != list(reference):
+        return None
+    try:
+        update = {k: a.numpy() for k, a in arrays.items()}
+    except Exception:  # noqa: BLE001 - a payload that does not decode has no update
+        return None
+    if any(update[k].shape != g.shape for k, g in reference.items()):
+        return None
+    return _delta(update, reference)
 
 
 def _delta(update: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> np.ndarray:

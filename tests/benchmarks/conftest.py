@@ -31,3 +31,8 @@ def robustness():
 @pytest.fixture(scope="module")
 def own_data():
     return import_benchmark("own_data")
+
+
+@pytest.fixture(scope="module")
+def controller():
+    return import_benchmark("controller")

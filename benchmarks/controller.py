@@ -1,0 +1,252 @@
+"""Every controller policy on the same real runs: utility, leakage, ε spent, overhead.
+
+For each dataset (smartwatch, synthetic), scenario seed and cap ε ∈ {1, 3, 8} (δ = 1e-5), one
+in-process Flower run with DP-SGD per policy (``static``, ``linear``, ``exponential``,
+``alpine``, ``bandit``, ``ddpg``, ``td3`` and the two TD3 ablations: ``td3-discount-0``, trained
+with γ = 0, and ``td3-no-risk``, trained without the risk input). Every other seed is a
+risk-shift scenario: attackers (reply bursts, a channel anomaly) appear in the middle of the
+run. After each run the real attacks run on its final model (``privacy/attacks``):
+re-identification of the device from the embeddings and loss-threshold membership inference
+(TPR at 0.1 % FPR); ε spent is the ledger's; the controller's overhead is its decision time per
+round over the round's wall time.
+
+Figures (each beside its target where the issue set one):
+
+* ``td3_dominates_static_share``: share of (dataset, seed, cap) scenarios where TD3's
+  (accuracy, re-identification) point is at least as good on both axes and better on one than
+  the static policy's at *every* cap (target ≥ 0.8); ``td3_dominates_static_same_cap_share``:
+  the same against static at the same cap only;
+* ``td3_vs_best_baseline``: interquartile mean (rliable) of the per-scenario difference of the
+  score ``accuracy − (re-identification − chance)`` between TD3 and the best simple policy,
+  with its 95 % bootstrap interval;
+* ``hypervolume_<policy>``: hypervolume (pymoo) of each policy's front of (accuracy,
+  re-identification) points, one per cap (mean over scenarios), against reference (0, 1);
+* ``best_policy``: the policy with the highest score IQM (the default should be it).
+
+``python benchmarks/controller.py`` is the full grid (10 seeds; about 2 minutes a run on 2
+cores, so many hours: ``--seeds``, ``--datasets`` and ``--policies`` cut it down); ``--quick``
+runs a tiny grid (CI).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+
+from fedmosaic.privacy.attacks.run import attack_run
+from fedmosaic.privacy.controller.policies import TRAINED_POLICIES
+from fedmosaic.simulation.inprocess import run_in_process
+
+POLICIES = ("static", "linear", "exponential", "alpine", "bandit", "ddpg", "td3",
+            "td3-discount-0", "td3-no-risk")
+SIMPLE = ("static", "linear", "exponential", "alpine", "bandit")
+CAPS = (1.0, 3.0, 8.0)
+DOMINANCE_TARGET = 0.8
+
+
+def policy_overrides(policy: str) -> dict[str, Any]:
+    """``controller`` (and ``controller-policy`` for an ablation) of a benchmark policy."""
+    if policy.startswith("td3-"):
+        return {"controller": "td3", "controller-policy": str(TRAINED_POLICIES /
+                                                              f"{policy}.zip")}
+    return {"controller": policy}
+
+
+def one_run(policy: str, dataset: str, seed: int, cap: float, base: dict[str, Any],
+            runs_dir: Path) -> dict[str, Any]:
+    """Run one (policy, dataset, seed, cap) cell and attack its final model."""
+    rounds = int(base["num-server-rounds"])
+    overrides = {**base, **policy_overrides(policy), "dataset": dataset, "seed": seed,
+                 "dp": True, "dp-epsilon-budget": cap, "out-dir": str(runs_dir),
+                 "run-name": f"{dataset}-{policy}-seed{seed}-eps{cap:g}"}
+    if seed % 2:  # a risk shift: attackers appear mid-run
+        overrides.update({"attack": "burst", "malicious-fraction": 0.2,
+                          "attack-start-round": rounds // 2 + 1})
+    started = time.perf_counter()
+    config = run_in_process(overrides)
+    wall = time.perf_counter() - started
+    summary = json.loads((config.run_dir() / "summary.json").read_text())
+    attacks = attack_run(config.run_dir())
+    reid = attacks["reidentification_from_embeddings"]
+    spent = [d["epsilon_spent"] for d in summary["privacy"]["devices"].values()]
+    controller = summary.get("controller") or {}
+    return {"policy": policy, "dataset": dataset, "seed": seed, "cap": cap,
+            "risk_shift": bool(seed % 2), "accuracy": summary["final_accuracy"],
+            "reidentification": reid["accuracy"], "reidentification_chance": reid["chance"],
+            "membership_tpr_at_01pct_fpr":
+                attacks["membership_loss_threshold"]["tpr_at_01pct_fpr"],
+            "epsilon_spent_max": max(spent, default=0.0),
+            "epsilon_spent_mean": float(np.mean(spent)) if spent else 0.0,
+            "over_cap": sum(len(d["over_cap"]) for d in summary["privacy"]["devices"].values()),
+            "controller_seconds_per_round": controller.get("seconds_per_round", 0.0),
+            "round_seconds": wall / max(1, summary["rounds"]),
+            "audit_entries": controller.get("audit_entries", 0)}
+
+
+def score(cell: dict[str, Any]) -> float:
+    """Utility minus leakage above chance: ``accuracy − (re-identification − chance)``."""
+    return cell["accuracy"] - (cell["reidentification"] - cell["reidentification_chance"])
+
+
+def dominates(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """``a`` at least as accurate and as private as ``b``, and strictly better in one."""
+    better_or_equal = (a["accuracy"] >= b["accuracy"]
+                       and a["reidentification"] <= b["reidentification"])
+    strictly = a["accuracy"] > b["accuracy"] or a["reidentification"] < b["reidentification"]
+    return better_or_equal and strictly
+
+
+def dominance_shares(cells: list[dict[str, Any]], policy: str) -> tuple[float | None, ...]:
+    """Share of scenarios where ``policy`` dominates static at every cap / at its own cap."""
+    index = {(c["policy"], c["dataset"], c["seed"], c["cap"]): c for c in cells}
+    every, same = [], []
+    for (name, dataset, seed, cap), cell in index.items():
+        if name != policy:
+            continue
+        statics = [index.get(("static", dataset, seed, c)) for c in CAPS]
+        statics = [s for s in statics if s is not None]
+        if statics:
+            every.append(all(dominates(cell, s) for s in statics))
+        own = index.get(("static", dataset, seed, cap))
+        if own is not None:
+            same.append(dominates(cell, own))
+    return (float(np.mean(every)) if every else None, float(np.mean(same)) if same else None)
+
+
+def iqm_difference(cells: list[dict[str, Any]], policy: str, baseline: str,
+                   seed: int) -> dict[str, float] | None:
+    """IQM (rliable) of paired score differences ``policy − baseline``, 95 % bootstrap CI.
+
+    The interval is SciPy's bootstrap (BCa, 2,000 resamples) of the IQM; rliable's own
+    bootstrap goes through ``arch``, which does not import under pandas 3.
+    """
+    from scipy.stats import bootstrap
+
+    index = {(c["policy"], c["dataset"], c["seed"], c["cap"]): score(c) for c in cells}
+    pairs = np.asarray([index[(policy, *key[1:])] - value for key, value in index.items()
+                        if key[0] == baseline and (policy, *key[1:]) in index], dtype=float)
+    if len(pairs) < 2:
+        return None
+    if np.ptp(pairs) == 0:  # no spread: the interval is the point
+        return {"iqm": float(pairs[0]), "ci_low": float(pairs[0]),
+                "ci_high": float(pairs[0]), "scenarios": len(pairs)}
+    interval = bootstrap((pairs,), _iqm, n_resamples=2000, confidence_level=0.95,
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return {"iqm": float(_iqm(pairs)), "ci_low": float(interval.low),
+            "ci_high": float(interval.high), "scenarios": len(pairs)}
+
+
+def hypervolume(cells: list[dict[str, Any]], policy: str) -> float | None:
+    """Hypervolume of the policy's per-cap mean (accuracy, re-identification) points."""
+    from pymoo.indicators.hv import HV
+
+    points = []
+    for cap in CAPS:
+        chosen = [c for c in cells if c["policy"] == policy and c["cap"] == cap]
+        if chosen:
+            points.append([-np.mean([c["accuracy"] for c in chosen]),
+                           np.mean([c["reidentification"] for c in chosen])])
+    if not points:
+        return None
+    return float(HV(ref_point=np.array([0.0, 1.0]))(np.asarray(points)))
+
+
+def summarize(cells: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """The figures (module docstring)."""
+    policies = sorted({c["policy"] for c in cells})
+    iqm = {p: float(_iqm([score(c) for c in cells if c["policy"] == p])) for p in policies}
+    simple = [p for p in SIMPLE if p in iqm]
+    best_simple = max(simple, key=iqm.__getitem__) if simple else None
+    every, same = dominance_shares(cells, "td3")
+    figures: dict[str, Any] = {
+        "td3_dominates_static_share": every,
+        "td3_dominates_static_share_target": DOMINANCE_TARGET,
+        "td3_dominates_static_share_met": every is not None and every >= DOMINANCE_TARGET,
+        "td3_dominates_static_same_cap_share": same,
+        "td3_vs_best_baseline": (iqm_difference(cells, "td3", best_simple, seed)
+                                 if best_simple and "td3" in iqm else None),
+        "best_simple_policy": best_simple,
+        "best_policy": max(iqm, key=iqm.__getitem__) if iqm else None,
+        "score_iqm": iqm,
+    }
+    for policy in policies:
+        own = [c for c in cells if c["policy"] == policy]
+        figures[f"hypervolume_{policy.replace('-', '_')}"] = hypervolume(cells, policy)
+        figures[f"accuracy_{policy.replace('-', '_')}"] = float(np.mean(
+            [c["accuracy"] for c in own]))
+        figures[f"reidentification_{policy.replace('-', '_')}"] = float(np.mean(
+            [c["reidentification"] for c in own]))
+        figures[f"membership_tpr_at_01pct_fpr_{policy.replace('-', '_')}"] = float(np.mean(
+            [c["membership_tpr_at_01pct_fpr"] for c in own]))
+        figures[f"controller_overhead_{policy.replace('-', '_')}"] = float(np.mean(
+            [c["controller_seconds_per_round"] / c["round_seconds"] for c in own]))
+    figures["ablation_discount_0_vs_td3"] = _difference(iqm, "td3-discount-0", "td3")
+    figures["ablation_no_risk_vs_td3"] = _difference(iqm, "td3-no-risk", "td3")
+    figures["over_cap_rounds"] = int(sum(c["over_cap"] for c in cells))
+    figures["epsilon_spent_max_over_cap"] = float(max(
+        (c["epsilon_spent_max"] / c["cap"] for c in cells), default=0.0))
+    return figures
+
+
+def _iqm(values: Any, axis: int = -1) -> Any:
+    """rliable's interquartile mean (along ``axis`` for SciPy's vectorised bootstrap)."""
+    from rliable import metrics
+
+    return np.apply_along_axis(lambda row: metrics.aggregate_iqm(row.reshape(-1, 1)), axis,
+                               np.asarray(values, dtype=float))
+
+
+def _difference(iqm: dict[str, float], a: str, b: str) -> float | None:
+    return iqm[a] - iqm[b] if a in iqm and b in iqm else None
+
+
+def main() -> None:
+    """Run the grid, attack every run, write the figures (module docstring)."""
+    parser = common.make_parser("controller", __doc__)
+    parser.add_argument("--seeds", type=int, default=None, help="scenario seeds (full: 10)")
+    parser.add_argument("--datasets", default=None, help="comma-separated (full: both)")
+    parser.add_argument("--policies", default=None, help="comma-separated (full: all)")
+    parser.add_argument("--caps", default=None, help="comma-separated ε caps (full: 1,3,8)")
+    parser.add_argument("--clients", type=int, default=None, help="devices per run")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per run")
+    args = parser.parse_args()
+    seeds = args.seeds or (1 if args.quick else 10)
+    datasets = (args.datasets or ("smartwatch" if args.quick else
+                                  "smartwatch,synthetic")).split(",")
+    policies = (args.policies or ("static,bandit,td3" if args.quick else
+                                  ",".join(POLICIES))).split(",")
+    caps = tuple(float(c) for c in (args.caps or ("3" if args.quick else "1,3,8")).split(","))
+    base = {**common.run_overrides(args), "num-clients": args.clients or (3 if args.quick
+                                                                           else 10),
+            "num-server-rounds": args.rounds or (2 if args.quick else 10),
+            "fraction-evaluate": 0.0, "samples-per-client": 200}
+    runs_dir = common.run_folder("controller", args.runs_dir)
+    cells = []
+    for dataset in datasets:
+        for seed in range(seeds):
+            for cap in caps:
+                for policy in policies:
+                    cells.append(one_run(policy, dataset, seed, cap, base, runs_dir))
+                    cell = cells[-1]
+                    print(f"{dataset} seed {seed} ε={cap:g} {policy}: accuracy "
+                          f"{cell['accuracy']:.3f}, re-identification "
+                          f"{cell['reidentification']:.3f}, ε spent max "
+                          f"{cell['epsilon_spent_max']:.3f}", flush=True)
+    figures = summarize(cells, args.seed or 0)
+    common.print_table("controller", [(k, v) for k, v in figures.items()
+                                      if not isinstance(v, dict)])
+    common.write_result(args.out, "controller", args.quick, figures,
+                        baseline={"static": "equal spend per round at the same cap",
+                                  "best_simple_policy": figures["best_simple_policy"]},
+                        config={"seeds": seeds, "datasets": datasets, "policies": policies,
+                                "caps": caps, **base},
+                        cells=cells)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The adaptive privacy controller: policies, environment, audit log."""
