@@ -191,12 +191,13 @@ class ControllerStage(StrategyWrapper):
         vector = self.policy.act(observation, server_round, self.settings.num_rounds,
                                  self._pseudonym(node))
         action = decode_action(vector, server_round, self.settings.num_rounds)
+        applied = {"spend-share": action.spend_share}  # knobs only where an anonymizer runs
         if self.anonymizer_stage is not None:
             self.anonymizer_stage.set_knobs(node, action.knobs)
+            applied = action.to_mapping()
         self.audit.append(server_round, self._pseudonym(node), observation.as_array().tolist(),
-                          action.to_mapping(), {"cap": cap, "spent": spent,
-                                                "within-cap": bool(spent <= cap)})
-        return Decision(node, partition, action.to_mapping(), observation, spent)
+                          applied, {"cap": cap, "spent": spent, "within-cap": bool(spent <= cap)})
+        return Decision(node, partition, applied, observation, spent)
 
     def _observe(self, server_round: int, node: int, partition: int | None, spent: float,
                  cap: float) -> ControllerObservation:
@@ -284,7 +285,8 @@ def controller_scalars(decisions: Mapping[str, Mapping[str, float]]) -> dict[str
     values = {}
     for device, decision in decisions.items():
         for key in ("spend-share", "strength", "risk", "budget-left"):
-            values[f"controller/{key.replace('-', '_')}/{device}"] = float(decision[key])
+            if key in decision:
+                values[f"controller/{key.replace('-', '_')}/{device}"] = float(decision[key])
     if decisions:
         values["controller/spend_share_mean"] = float(np.mean(
             [d["spend-share"] for d in decisions.values()]))

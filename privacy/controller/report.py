@@ -43,7 +43,8 @@ def controller_table(run_dir: Path) -> Table | None:
         table.add_column(name, justify="right")
     for device, rows in sorted(devices.items(), key=lambda item: _order(item[0])):
         def mean(key: str, rows: list = rows) -> str:
-            return f"{sum(d[key] for _, d in rows) / len(rows):.3f}"
+            values = [d[key] for _, d in rows if key in d]
+            return f"{sum(values) / len(values):.3f}" if values else "-"
 
         table.add_row(device, str(len(rows)), mean("spend-share"), mean("risk"),
                       mean("strength"), mean("noise"), mean("discard"),

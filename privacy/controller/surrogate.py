@@ -72,6 +72,9 @@ def transitions_from_summary(summary: dict[str, Any], run: str,
                              attack_start_round: int = 1) -> list[Transition]:
     """A run's transitions from its ``summary.json`` (``controller`` history and ledger).
 
+    Knobs a run did not apply (no anonymizer) count as the identity: strength, noise and
+    discard 0.
+
     ``attacked``: the malicious partitions, attacking from ``attack_start_round`` on. Rounds in
     which a device did not train (refused, failed, over its cap) are left out.
     """
@@ -98,8 +101,8 @@ def transitions_from_summary(summary: dict[str, Any], run: str,
                 accuracy_gain=accuracy[server_round] - accuracy[server_round - 1],
                 loss_change=losses[server_round] - losses.get(server_round - 1, losses[
                     server_round]),
-                log_sigma=math.log(sigma), strength=decision["strength"],
-                noise=decision["noise"], discard=decision["discard"],
+                log_sigma=math.log(sigma), strength=decision.get("strength", 0.0),
+                noise=decision.get("noise", 0.0), discard=decision.get("discard", 0.0),
                 **{name.replace("-", "_"): float(after.get(name, 0.0)) for name in RISK_KEYS},
                 leakage_after=float(after["leakage"]),
                 update_norm=float(after.get("update-norm", 1.0)),

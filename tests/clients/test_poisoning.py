@@ -47,6 +47,17 @@ def test_only_the_chosen_partitions_misbehave():
     assert behaviours.count("none") == 7
 
 
+def test_attackers_appear_from_the_start_round_on():
+    config = RunConfig.from_mapping({"attack": "burst", "malicious-fraction": 0.3,
+                                     "attack-start-round": 4})
+    bad = min(malicious_partitions(10, 0.3, 0))
+
+    assert [ClientAttack.for_partition(config, bad, r).attack for r in (1, 3, 4, 9)] == [
+        "none", "none", "burst", "burst"]
+    with pytest.raises(ValueError, match="attack-start-round must be >= 1"):
+        RunConfig.from_mapping({"attack-start-round": 0})
+
+
 @pytest.mark.parametrize(("attack", "expected"), [
     ("none", [3.0, 5.0]),        # w as trained
     ("sign-flip", [-1.0, -3.0]),  # w_g - (w - w_g) with w_g = 1, w = (3, 5)

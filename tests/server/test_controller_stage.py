@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
+from typer.testing import CliRunner
 
 from fedmosaic import records
+from fedmosaic.cli import app
 from fedmosaic.config import CONTROLLERS, RunConfig
 from fedmosaic.privacy.accounting import Segment, epsilon_spent
 from fedmosaic.privacy.controller.audit import verify_audit_log
@@ -126,3 +128,7 @@ def test_every_policy_runs_a_short_simulation_within_the_caps(tmp_path, policy):
     assert len(decisions) == 4
     assert all(0.01 <= d["spend-share"] <= 1.0 for d in decisions)
     assert (run_dir / "controller.png").is_file()
+    if policy == "static":  # the report shows the decisions
+        shown = CliRunner().invoke(app, ["privacy-report", str(run_dir)])
+        assert shown.exit_code == 0 and "Privacy controller" in shown.output
+        assert "FILTER accountant" in shown.output and "risk per device over rounds" in shown.output
