@@ -2,10 +2,11 @@
 
 For each dataset (smartwatch, synthetic), scenario seed and cap ε ∈ {1, 3, 8} (δ = 1e-5), one
 in-process Flower run with DP-SGD per policy (``static``, ``linear``, ``exponential``,
-``alpine``, ``bandit``, ``ddpg``, ``td3`` and the two TD3 ablations: ``td3-discount-0``, trained
-with γ = 0, and ``td3-no-risk``, trained without the risk input). Every other seed is a
-risk-shift scenario: attackers (reply bursts, a channel anomaly) appear in the middle of the
-run. After each run the real attacks run on its final model (``privacy/attacks``):
+``alpine``, ``bandit``, ``ddpg``, ``td3``, the two TD3 ablations: ``td3-discount-0``, trained
+with γ = 0, and ``td3-no-risk``, trained without the risk input; and ``none``, the
+non-adaptive even plan under the tighter RDP accountant, which needs no filter). Every other
+seed is a risk-shift scenario: attackers (reply bursts, a channel anomaly) appear in the middle
+of the run. After each run the real attacks run on its final model (``privacy/attacks``):
 re-identification of the device from the embeddings and loss-threshold membership inference
 (TPR at 0.1 % FPR); ε spent is the ledger's; the controller's overhead is its decision time per
 round over the round's wall time.
@@ -42,9 +43,9 @@ from fedmosaic.privacy.attacks.run import attack_run
 from fedmosaic.privacy.controller.policies import TRAINED_POLICIES
 from fedmosaic.simulation.inprocess import run_in_process
 
-POLICIES = ("static", "linear", "exponential", "alpine", "bandit", "ddpg", "td3",
+POLICIES = ("none", "static", "linear", "exponential", "alpine", "bandit", "ddpg", "td3",
             "td3-discount-0", "td3-no-risk")
-SIMPLE = ("static", "linear", "exponential", "alpine", "bandit")
+SIMPLE = ("none", "static", "linear", "exponential", "alpine", "bandit")
 CAPS = (1.0, 3.0, 8.0)
 DOMINANCE_TARGET = 0.8
 
@@ -214,6 +215,9 @@ def main() -> None:
     parser.add_argument("--caps", default=None, help="comma-separated ε caps (full: 1,3,8)")
     parser.add_argument("--clients", type=int, default=None, help="devices per run")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per run")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="summarize the cells of earlier results (shards run in parallel) "
+                             "instead of running")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 10)
     datasets = (args.datasets or ("smartwatch" if args.quick else
@@ -226,8 +230,8 @@ def main() -> None:
             "num-server-rounds": args.rounds or (2 if args.quick else 10),
             "fraction-evaluate": 0.0, "samples-per-client": 200}
     runs_dir = common.run_folder("controller", args.runs_dir)
-    cells = []
-    for dataset in datasets:
+    cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
+    for dataset in datasets if not args.merge else ():
         for seed in range(seeds):
             for cap in caps:
                 for policy in policies:

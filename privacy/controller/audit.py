@@ -99,8 +99,9 @@ def verify_audit_log(path: Path, expected_last_hash: str | None = None) -> Audit
             return bad(f"index is {entry['index']!r} but the line is entry {index} (an entry "
                        f"was removed, inserted or moved)")
         if entry["previous_hash"] != previous:
-            return bad(f"previous_hash is {str(entry['previous_hash'])[:12]}… but the entry "
-                       f"before has hash {previous[:12]}…")
+            before = f"line {number - 1}'s hash is" if number > 1 else "the first entry needs"
+            return bad(f"previous_hash is {str(entry['previous_hash'])[:12]}… but {before} "
+                       f"{previous[:12]}…")
         recomputed = entry_hash(entry)
         if entry["hash"] != recomputed:
             return bad(f"hash is {str(entry['hash'])[:12]}… but the entry hashes to "
@@ -130,26 +131,36 @@ class AuditLog:
     def __init__(self, path: Path, policy_hash: str) -> None:
         self.path, self.policy_hash = Path(path), policy_hash
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries, self.last_hash = 0, GENESIS_HASH
+        self._entries, self._last_hash = 0, GENESIS_HASH
         if self.path.exists():
             verdict = verify_audit_log(self.path)
             if not verdict.ok:
                 raise ValueError(f"audit log {self.path} does not verify, not continuing it: "
                                  f"{verdict.reason}")
-            self.entries, self.last_hash = verdict.entries, verdict.last_hash
+            self._entries, self._last_hash = verdict.entries, verdict.last_hash
+
+    @property
+    def entries(self) -> int:
+        """Entries in the file (the next entry's index)."""
+        return self._entries
+
+    @property
+    def last_hash(self) -> str:
+        """Hash of the last entry; 64 zeros while the log is empty."""
+        return self._last_hash
 
     def append(self, server_round: int, device: str, observation: Sequence[float],
                action: Mapping[str, float], cap_check: Mapping[str, Any]) -> str:
         """Write one decision (flushed and synced); return its hash."""
         entry: dict[str, Any] = {
-            "index": self.entries, "round": int(server_round), "device": str(device),
+            "index": self._entries, "round": int(server_round), "device": str(device),
             "observation_digest": observation_digest(observation),
             "action": {k: float(v) for k, v in action.items()}, "cap_check": dict(cap_check),
-            "policy_hash": self.policy_hash, "previous_hash": self.last_hash}
+            "policy_hash": self.policy_hash, "previous_hash": self._last_hash}
         entry["hash"] = entry_hash(entry)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, ensure_ascii=True) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        self.entries, self.last_hash = self.entries + 1, entry["hash"]
+        self._entries, self._last_hash = self._entries + 1, entry["hash"]
         return entry["hash"]

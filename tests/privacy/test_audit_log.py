@@ -76,6 +76,24 @@ def test_every_kind_of_tampering_names_the_first_bad_line(tmp_path, tamper, bad_
     assert words in verdict.reason and verdict.reason.startswith(f"line {bad_line}:")
 
 
+def test_an_entry_from_another_log_breaks_the_previous_hash(tmp_path):
+    mine, other = tmp_path / "mine.jsonl", tmp_path / "other.jsonl"
+    write_log(mine)
+    AuditLog(other, policy_hash="q" * 64).append(1, "device-9", [2.0], {"spend-share": 0.5}, {})
+    AuditLog(other, policy_hash="q" * 64).append(1, "device-9", [3.0], {"spend-share": 0.5}, {})
+    AuditLog(other, policy_hash="q" * 64).append(2, "device-9", [4.0], {"spend-share": 0.5}, {})
+    rows, foreign = lines(mine), lines(other)[2]
+    rewrite(mine, [*rows[:2], foreign, *rows[3:]])  # index 2 fits, the chain does not
+
+    verdict = verify_audit_log(mine)
+
+    theirs, ours = json.loads(foreign)["previous_hash"], json.loads(rows[1])["hash"]
+    assert (verdict.ok, verdict.entries, verdict.first_bad_line) == (False, 2, 3)
+    assert verdict.reason == (f"line 3: previous_hash is {theirs[:12]}… but line 2's hash is "
+                              f"{ours[:12]}…")
+    assert verdict.last_hash == ours
+
+
 def test_lines_cut_off_the_end_need_the_recorded_last_hash(tmp_path):
     path = tmp_path / "audit.jsonl"
     log = write_log(path)
@@ -108,10 +126,26 @@ def test_the_cli_verifies_a_run_folder(tmp_path):
     runner = CliRunner()
 
     ok = runner.invoke(app, ["audit", "verify", str(tmp_path)])
+    ok_file = runner.invoke(app, ["audit", "verify", str(tmp_path / "controller-audit.jsonl")])
     rewrite(tmp_path / "controller-audit.jsonl", edit(lines(tmp_path / "controller-audit.jsonl")))
     tampered = runner.invoke(app, ["audit", "verify", str(tmp_path)])
     missing = runner.invoke(app, ["audit", "verify", str(tmp_path / "elsewhere")])
 
-    assert ok.exit_code == 0 and "audit log OK: 5 entries" in ok.output
-    assert tampered.exit_code == 1 and "line 3" in tampered.output
+    assert ok.exit_code == 0 and f"audit log OK: 5 entries, last hash {log.last_hash}" in (
+        ok.output.replace("\n", ""))
+    assert ok_file.exit_code == 0 and "audit log OK: 5 entries" in ok_file.output
+    assert tampered.exit_code == 1 and "audit log TAMPERED: line 3:" in tampered.output
     assert missing.exit_code == 2 and "expected an audit log" in missing.output
+    assert "controller-audit.jsonl" in missing.output.replace("\n", "")
+
+
+def test_an_empty_file_verifies_with_no_entries(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    path.touch()
+
+    verdict = verify_audit_log(path)
+    log = AuditLog(path, policy_hash="p" * 64)
+
+    assert (verdict.ok, verdict.entries, verdict.first_bad_line) == (True, 0, None)
+    assert verdict.last_hash == GENESIS_HASH == "0" * 64
+    assert (log.entries, log.last_hash) == (0, GENESIS_HASH)
