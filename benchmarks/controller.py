@@ -216,8 +216,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=None, help="devices per run")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per run")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="summarize the cells of earlier results (shards run in parallel) "
-                             "instead of running")
+                        help="summarize the cells of earlier results or of their "
+                             "`.cells.json` (shards run in parallel) instead of running")
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 10)
     datasets = (args.datasets or ("smartwatch" if args.quick else
@@ -231,12 +231,15 @@ def main() -> None:
             "fraction-evaluate": 0.0, "samples-per-client": 200}
     runs_dir = common.run_folder("controller", args.runs_dir)
     cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
+    partial = args.out.with_suffix(".cells.json")  # every finished run, for --merge
     for dataset in datasets if not args.merge else ():
         for seed in range(seeds):
             for cap in caps:
                 for policy in policies:
                     cells.append(one_run(policy, dataset, seed, cap, base, runs_dir))
                     cell = cells[-1]
+                    partial.parent.mkdir(parents=True, exist_ok=True)
+                    partial.write_text(json.dumps({"cells": cells}) + "\n")
                     print(f"{dataset} seed {seed} ε={cap:g} {policy}: accuracy "
                           f"{cell['accuracy']:.3f}, re-identification "
                           f"{cell['reidentification']:.3f}, ε spent max "

@@ -37,6 +37,7 @@ from fedmosaic.privacy.controller.surrogate import (
     SpendModel,
     Surrogate,
     fit_surrogate,
+    load_transitions,
     save_transitions,
     transitions_from_summary,
 )
@@ -127,6 +128,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="real collection runs")
     parser.add_argument("--rounds", type=int, default=None, help="rounds per real run")
     parser.add_argument("--timesteps", type=int, default=None, help="agent training steps")
+    parser.add_argument("--transitions", type=Path, default=None,
+                        help="fit on these saved transitions instead of running the real runs "
+                             "again (with --initial-accuracy)")
+    parser.add_argument("--initial-accuracy", type=float, default=None,
+                        help="the runs' mean initial accuracy, with --transitions")
     parser.add_argument("--policies-dir", type=Path, default=TRAINED_POLICIES,
                         help="where the trained policies go (default: the shipped folder)")
     args = parser.parse_args()
@@ -134,7 +140,13 @@ def main() -> None:
     rounds = args.rounds or (4 if args.quick else 10)
     timesteps = args.timesteps or (2_000 if args.quick else 30_000)
     runs_dir = common.run_folder("train_controller", args.runs_dir)
-    transitions, initial, seconds = collect(count, rounds, runs_dir)
+    if args.transitions is not None:
+        if args.initial_accuracy is None:
+            parser.error("--transitions needs --initial-accuracy")
+        transitions, initial, seconds = load_transitions(args.transitions), (
+            args.initial_accuracy), []
+    else:
+        transitions, initial, seconds = collect(count, rounds, runs_dir)
     save_transitions(transitions, args.policies_dir / "transitions.jsonl")
     surrogate: Surrogate = fit_surrogate(transitions, initial)
     spend = spend_model(RunConfig.from_mapping({"dataset": "smartwatch"}))
@@ -152,7 +164,8 @@ def main() -> None:
               f"{returns[name]:.3f}")
     returns["static"] = constant_return(SurrogatePrivacyEnv(surrogate, spend, **env_settings))
     (args.policies_dir / "surrogate.json").write_text(json.dumps({
-        **surrogate.summary(), "timesteps": timesteps, "surrogate_returns": returns,
+        **surrogate.summary(), "initial_accuracy": initial, "timesteps": timesteps,
+        "surrogate_returns": returns,
         "spend_model": {"sample_rate": spend.sample_rate, "steps": spend.steps,
                         "delta": spend.delta}}, indent=2) + "\n")
     errors = surrogate.held_out_error
