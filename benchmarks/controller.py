@@ -123,6 +123,9 @@ def iqm_difference(cells: list[dict[str, Any]], policy: str, baseline: str,
                    seed: int) -> dict[str, float] | None:
     """IQM (rliable) of paired score differences ``policy − baseline``, 95 % bootstrap CI.
 
+    Each (dataset, seed, cap) cell is one pair; the three caps of a scenario share its data
+    and attackers, so the interval, which treats them as independent, is optimistic.
+
     The interval is SciPy's bootstrap (BCa, 2,000 resamples) of the IQM; rliable's own
     bootstrap goes through ``arch``, which does not import under pandas 3.
     """

@@ -32,6 +32,7 @@ from fedmosaic.clients.poisoning import malicious_partitions
 from fedmosaic.config import RunConfig
 from fedmosaic.privacy.accounting import poisson_plan
 from fedmosaic.privacy.controller.environment import SurrogatePrivacyEnv
+from fedmosaic.privacy.controller.observation import OBSERVATION_FIELDS
 from fedmosaic.privacy.controller.policies import TRAINED_POLICIES
 from fedmosaic.privacy.controller.surrogate import (
     SpendModel,
@@ -160,6 +161,9 @@ def main() -> None:
         agent = train_agent(algorithm, env, timesteps, seed=args.seed or 0, gamma=gamma)
         returns[name] = evaluate_agent(agent, env)
         agent.save(args.policies_dir / f"{name}.zip")
+        if not use_risk:  # the actor never saw the risk: hide it when it acts in a run
+            (args.policies_dir / f"{name}.json").write_text(json.dumps(
+                {"hidden_inputs": [f for f in OBSERVATION_FIELDS if f.startswith("risk")]}))
         print(f"{name}: {time.perf_counter() - started:.0f} s, surrogate return "
               f"{returns[name]:.3f}")
     returns["static"] = constant_return(SurrogatePrivacyEnv(surrogate, spend, **env_settings))

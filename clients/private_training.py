@@ -5,9 +5,11 @@ server changes budgets between rounds this way), the node config's ``dp-epsilon-
 the ``privacy-budgets`` file's entry for the partition, the run config's ``dp-epsilon-budget``.
 Its σ is calibrated once, for the budget and the rounds still planned (again only when the budget
 changes). Under a controller the training config carries this round's ``dp-spend-share`` s
-instead: σ is calibrated for this round alone, so that the Rényi filter's ε after it is
-:math:`\varepsilon_{spent} + s\,(\varepsilon_{budget} - \varepsilon_{spent})`
-(:mod:`fedmosaic.privacy.renyi_filter`; ``config.accountant`` is then ``filter``). A device whose
+instead: σ is calibrated for this round alone (to 1 % of the share), so that the Rényi
+filter's ε after it is :math:`\varepsilon_0 + s\,(\varepsilon_{budget} - \varepsilon_0)`, with
+:math:`\varepsilon_0` the ε after the cheapest possible round (:func:`~fedmosaic.privacy.
+accounting.least_round_epsilon`; :mod:`fedmosaic.privacy.renyi_filter`; ``config.accountant`` is
+then ``filter``); no budget above :math:`\varepsilon_0` means a refusal. A device whose
 next round would push its ε past the budget does not train and says so (``dp-refused = 1``).
 After a server restart the training config may carry the device's
 segments from before it (``dp-prior-<partition-id>``, from the server's ledger); a device
@@ -31,7 +33,12 @@ from fedmosaic.config import RENAMED_KEYS, RunConfig
 from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.training import TrainResult
-from fedmosaic.privacy.accounting import Segment, calibrate_noise_multiplier, poisson_plan
+from fedmosaic.privacy.accounting import (
+    Segment,
+    calibrate_noise_multiplier,
+    least_round_epsilon,
+    poisson_plan,
+)
 from fedmosaic.privacy.budgets import assigned_epsilon_budget
 from fedmosaic.privacy.client_account import ClientPrivacyAccount
 from fedmosaic.privacy.dp_sgd import train_private
@@ -176,13 +183,16 @@ def train_private_round(
     share = received.get(records.DP_SPEND_SHARE)
     if share is not None or account.epsilon_budget != epsilon_budget or (
             account.noise_multiplier <= 0.0):
-        target, planned = epsilon_budget, steps * rounds_left
+        target, planned, tolerance = epsilon_budget, steps * rounds_left, 0.01
         if share is not None:  # the controller's share of what is left, for this round only
-            spent = account.spent(config.delta, config.accountant)
-            target, planned = spent + spend_share(share) * (epsilon_budget - spent), steps
+            least = least_round_epsilon(account.history, sample_rate, steps, config.delta,
+                                        config.accountant)
+            target = least + spend_share(share) * (epsilon_budget - least)
+            planned, tolerance = steps, max(1e-9, 0.01 * (target - least))
         try:
             sigma = calibrate_noise_multiplier(target, config.delta, sample_rate, planned,
-                                               tuple(account.history), config.accountant)
+                                               tuple(account.history), config.accountant,
+                                               tolerance)
             account.epsilon_budget, account.noise_multiplier = epsilon_budget, sigma
         except ValueError:  # the history alone exhausts the new budget (or the share)
             refused = True

@@ -81,6 +81,11 @@ def main(grid: Grid, context: Context) -> None:
     ledger, resumed_round = PrivacyLedger(accountant=config.accountant), 0
     if config.resume_from:  # the global weights into ``model``, the ledger from the checkpoint
         ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
+        if ledger.accountant != config.accountant:
+            raise ValueError(f"resume-from: the checkpoint's ledger composes with "
+                             f"{ledger.accountant!r}, this run with {config.accountant!r} "
+                             f"(controller={config.controller}); resume with the same "
+                             f"controller and dp-accountant")
     recorder = RunRecorder(run_dir, config.to_mapping())
     generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder)
     chain = build_chain(config, ledger, round_offset=resumed_round, anonymizer=generator,

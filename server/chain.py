@@ -163,7 +163,7 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
             config.controller_policy, config.seed), settings=ControllerSettings(
             config.num_server_rounds, config.controller_privacy_weight,
             config.controller_epsilon_weight, dict(anonymizer_signal or {})),
-            audit_path=run_dir / AUDIT_FILE)  # type: ignore[operator]
+            audit_path=run_dir / AUDIT_FILE, resumed=round_offset > 0)  # type: ignore[operator]
         if config.controller != "none" else None,
         functools.partial(HierarchicalStrategy.from_config, config=config)
         if config.num_edges else None,

@@ -43,7 +43,7 @@ from flwr.serverapp.strategy import Strategy
 from fedmosaic import records
 from fedmosaic.privacy.anonymization import pseudonym
 from fedmosaic.privacy.controller.audit import AuditLog
-from fedmosaic.privacy.controller.observation import ControllerObservation, decode_action
+from fedmosaic.privacy.controller.observation import ControllerObservation
 from fedmosaic.privacy.controller.policies import Policy
 from fedmosaic.privacy.controller.reward import controller_reward, reward_weights
 from fedmosaic.privacy.risk.channel import ChannelObservation
@@ -89,16 +89,19 @@ class ControllerStage(StrategyWrapper):
         policy: The policy (:func:`~fedmosaic.privacy.controller.policies.build_policy`).
         settings: Rounds planned, reward weights, the anonymizer's last update norms.
         audit_path: Where the audit log goes (``run folder / controller-audit.jsonl``).
+        resumed: A resumed run continues the folder's chain; a new one replaces it.
 
     The chain wires :attr:`ledger_stage` (required), :attr:`risk_stage` and
     :attr:`anonymizer_stage` after building.
     """
 
     def __init__(self, strategy: Strategy, policy: Policy, settings: ControllerSettings,
-                 audit_path: Path) -> None:
+                 audit_path: Path, resumed: bool = False) -> None:
         super().__init__(strategy)
         self.policy = policy
         self.settings = settings
+        if not resumed:  # a new run in a reused folder starts its own chain
+            audit_path.unlink(missing_ok=True)
         self.audit = AuditLog(audit_path, policy.fingerprint())
         self.ledger_stage: PrivacyLedgerStrategy | None = None
         self.risk_stage: RiskStage | None = None
@@ -112,16 +115,20 @@ class ControllerStage(StrategyWrapper):
         self.seconds: dict[int, float] = {}
 
     def observe_evaluation(self, server_round: int, accuracy: float, loss: float) -> None:
-        """The central evaluation after ``server_round`` (0: the initial model)."""
+        """The central evaluation after ``server_round`` (0: the initial model).
+
+        The round's outcome is complete now (spend, leakage, accuracy): its decisions are
+        rewarded.
+        """
         self.evaluations[server_round] = (float(accuracy), float(loss))
+        self._reward(server_round)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Configure through ``strategy``; reward last round's actions; decide and send."""
+        """Configure through ``strategy``; decide for each sampled device and send."""
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         started = time.perf_counter()
         self._global = {k: a.numpy() for k, a in arrays.items()}
-        self._reward(server_round - 1)
         decided: dict[int, Decision] = {}
         for message in messages:
             node = message.metadata.dst_node_id
@@ -133,27 +140,31 @@ class ControllerStage(StrategyWrapper):
                 records.DP_SPEND_SHARE: decision.action["spend-share"]})
             message.content = content
         self.decisions[server_round] = decided
-        self.seconds[server_round] = time.perf_counter() - started
+        self.seconds[server_round] = self.seconds.get(server_round, 0.0) + (
+            time.perf_counter() - started)
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Probe the replies' linkage, then aggregate through ``strategy``."""
         replies = list(replies)
+        started = time.perf_counter()
         updates = {}
         for reply in replies:
             if not reply.has_error():
                 update = flat_update(reply, self._global)
-                if update is not None and np.all(np.isfinite(update)):
-                    updates[reply.metadata.src_node_id] = update
-        for node, update in updates.items():
-            self.leakage[node] = linkage(update, node, self._previous_updates)
+                # a refusal sends the global weights back: no update, nothing to link
+                if update is not None and np.all(np.isfinite(update)) and np.any(update):
+                    updates[reply.metadata.src_node_id] = update.astype(np.float32)
+        self.leakage = {node: linkage(update, node, self._previous_updates)
+                        for node, update in updates.items()}  # this round's repliers only
         self._previous_updates = updates
+        self.seconds[server_round] = self.seconds.get(server_round, 0.0) + (
+            time.perf_counter() - started)
         return self.strategy.aggregate_train(server_round, replies)
 
     def summary(self) -> dict[str, object]:
         """``summary.json``'s ``controller``: policy, its hash, the audit log's last hash, cost."""
-        self._reward(max(self.decisions, default=0))  # the last round's outcome is known now
         rewards = [d.reward for round_ in self.decisions.values() for d in round_.values()
                    if d.reward is not None]
         return {"policy": self.policy.name, "policy_hash": self.policy.fingerprint(),
@@ -188,15 +199,14 @@ class ControllerStage(StrategyWrapper):
         partition = ledger_stage.partition_of(node)
         spent, cap = self._spent_and_cap(partition)
         observation = self._observe(server_round, node, partition, spent, cap)
-        vector = self.policy.act(observation, server_round, self.settings.num_rounds,
-                                 self._pseudonym(node))
-        action = decode_action(vector, server_round, self.settings.num_rounds)
+        action = self.policy.decide(observation, server_round, self.settings.num_rounds,
+                                    self._pseudonym(node))
         applied = {"spend-share": action.spend_share}  # knobs only where an anonymizer runs
         if self.anonymizer_stage is not None:
             self.anonymizer_stage.set_knobs(node, action.knobs)
             applied = action.to_mapping()
         self.audit.append(server_round, self._pseudonym(node), observation.as_array().tolist(),
-                          applied, {"cap": cap, "spent": spent, "within-cap": bool(spent <= cap)})
+                          applied, {"cap": cap, "spent": spent, "room": max(0.0, cap - spent)})
         return Decision(node, partition, applied, observation, spent)
 
     def _observe(self, server_round: int, node: int, partition: int | None, spent: float,

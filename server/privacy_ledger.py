@@ -90,7 +90,6 @@ class PrivacyLedgerStrategy(StrategyWrapper):
             raise ValueError(f"epsilon_budget must be finite and > 0, got {epsilon_budget}")
         self.epsilon_budgets[partition_id] = float(epsilon_budget)
 
-
     def partition_of(self, node_id: int) -> int | None:
         """The partition node ``node_id`` trained as (``None`` before its first DP reply)."""
         return self._node_partition.get(node_id)

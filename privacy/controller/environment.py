@@ -48,7 +48,8 @@ class SurrogatePrivacyEnv(gym.Env):
         privacy_weight: :math:`w_p^0` of the reward.
         epsilon_weight: :math:`w_\varepsilon^0` of the reward.
         attack_probability: Share of scenarios with a mid-run attack on the device.
-        use_risk: ``False`` hides the risk and its criteria (the no-risk-input ablation).
+        use_risk: ``False`` hides the risk and its criteria from the observation (the
+            no-risk-input ablation); the reward still weighs the true risk.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
@@ -79,7 +80,7 @@ class SurrogatePrivacyEnv(gym.Env):
                              if attacked else self.num_rounds + 1)
         self.round, self.accuracy = 1, self.surrogate.initial_accuracy
         self.rdp = np.zeros(self.spend_model.curves.shape[1])
-        self.last = ControllerObservation()
+        self.last, self.risk = ControllerObservation(), 0.0
         return self._observe(0.0, 0.0, 0.0, 0.0), {"cap": self.cap,
                                                      "attack_round": self.attack_round}
 
@@ -99,7 +100,7 @@ class SurrogatePrivacyEnv(gym.Env):
             leakage = self.surrogate.leakage_after(tau, float(np.log(sigma)), knobs, self._rng)
         spend = (self.spend_model.epsilon(self.rdp) - spent_before) / self.cap
         self.accuracy += gain
-        risk = self.last.risk
+        risk = self.risk
         reward = controller_reward(gain, leakage, spend, reward_weights(
             tau, risk, self.privacy_weight, self.epsilon_weight))
         self.round += 1
@@ -111,8 +112,9 @@ class SurrogatePrivacyEnv(gym.Env):
 
     def _observe(self, gain: float, loss_change: float, leakage: float,
                  spend: float) -> np.ndarray:
-        attacked = self.round >= self.attack_round
+        attacked = self.round - 1 >= self.attack_round  # the round just played (the runs' label)
         stats = self.surrogate.device_statistics(attacked, self._rng)
+        self.risk = stats["risk"]  # the reward weighs the true risk, also when it is hidden
         risks = {k: v if self.use_risk else 0.0 for k, v in stats.items()
                  if k.startswith("risk")}
         self.last = ControllerObservation(

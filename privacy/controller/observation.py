@@ -19,14 +19,13 @@ TD3/DDPG actors output), decoded by :func:`decode_action`:
 
 from __future__ import annotations
 
-import math
 from dataclasses import astuple, dataclass, fields
 
 import numpy as np
 
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 
-MIN_SHARE = 0.01
+MIN_SHARE = 0.001
 """Smallest share of the remaining ε a device is told to spend in a round."""
 MAX_NOISE = 1.0
 """Anonymizer noise at :math:`a_2 = 1`, in units of each sample's std."""
@@ -125,10 +124,4 @@ def decode_action(vector: np.ndarray, server_round: int, num_rounds: int) -> Con
     share = min(1.0, max(MIN_SHARE, even_share(server_round, num_rounds) * 4.0 ** a[0]))
     return ControllerAction(share, AnonymizerKnobs(
         strength=float((a[1] + 1) / 2), noise=float((a[2] + 1) / 2 * MAX_NOISE),
-        discard=float(min((a[3] + 1) / 2 * MAX_DISCARD, math.nextafter(1.0, 0.0)))))
-
-
-def encode_share(share: float, server_round: int, num_rounds: int) -> float:
-    """:math:`a_0` of a spend share: the inverse of :func:`decode_action`'s first line."""
-    ratio = max(MIN_SHARE, min(1.0, share)) / even_share(server_round, num_rounds)
-    return float(np.clip(math.log(ratio, 4.0), -1.0, 1.0))
+        discard=float((a[3] + 1) / 2 * MAX_DISCARD)))

@@ -31,10 +31,11 @@ import numpy as np
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 from fedmosaic.privacy.controller.observation import (
     ACTION_SIZE,
-    MAX_DISCARD,
-    MAX_NOISE,
+    MIN_SHARE,
+    OBSERVATION_FIELDS,
+    ControllerAction,
     ControllerObservation,
-    encode_share,
+    decode_action,
     even_share,
 )
 
@@ -54,20 +55,18 @@ class Policy:
     name = "static"
 
     def __init__(self, knobs: AnonymizerKnobs = DEFAULT_KNOBS) -> None:
-        self.knob_vector = np.array([2 * knobs.strength - 1, 2 * knobs.noise / MAX_NOISE - 1,
-                                     2 * knobs.discard / MAX_DISCARD - 1]).clip(-1, 1)
+        self.knobs = knobs
 
     def share(self, observation: ControllerObservation, server_round: int,
               num_rounds: int) -> float:
         """This round's share of the remaining ε (static: even)."""
         return even_share(server_round, num_rounds)
 
-    def act(self, observation: ControllerObservation, server_round: int, num_rounds: int,
-            device: str) -> np.ndarray:
-        """The action vector for ``device`` in ``server_round`` of ``num_rounds``."""
-        a0 = encode_share(self.share(observation, server_round, num_rounds), server_round,
-                          num_rounds)
-        return np.array([a0, *self.knob_vector], dtype=np.float32)
+    def decide(self, observation: ControllerObservation, server_round: int, num_rounds: int,
+               device: str) -> ControllerAction:
+        """The action for ``device``: the share in [:data:`MIN_SHARE`, 1], the run's knobs."""
+        share = self.share(observation, server_round, num_rounds)
+        return ControllerAction(min(1.0, max(MIN_SHARE, share)), self.knobs)
 
     def learn(self, device: str, reward: float) -> None:
         """The reward of ``device``'s last action (a learning policy updates; others ignore)."""
@@ -154,10 +153,13 @@ class AlpinePolicy(Policy):
 class BanditPolicy(Policy):
     r"""UCB1 over spend levels :math:`a_0 \in \{-1, -\frac12, 0, \frac12, 1\}`, shared.
 
-    Arm :math:`k` is played :math:`n_k` times with mean reward :math:`\bar r_k`; the next
-    device gets :math:`\arg\max_k \bar r_k + c \sqrt{2 \ln N / n_k}` (every arm once first;
-    Auer, Cesa-Bianchi & Fischer 2002). A device's reward arrives one round later and credits
-    the arm it played.
+    The share is :func:`~fedmosaic.privacy.controller.observation.decode_action`'s for the
+    level (four times less to four times more than the even share). One arm is pulled per
+    round for every device (the devices' rewards of a round are one correlated sample); its
+    reward, the mean of the devices' rewards, arrives a round later. Arm :math:`k` pulled
+    :math:`n_k` times with mean reward :math:`\bar r_k` gives the next round
+    :math:`\arg\max_k \bar r_k + c \sqrt{2 \ln N / n_k}`, every arm once first (Auer,
+    Cesa-Bianchi & Fischer 2002).
     """
 
     name = "bandit"
@@ -168,26 +170,39 @@ class BanditPolicy(Policy):
         super().__init__(knobs)
         self.counts = np.zeros(len(self.levels))
         self.means = np.zeros(len(self.levels))
-        self.pulled: dict[str, int] = {}
+        self.arm: int | None = None
+        self.round: int | None = None
+        self.rewards: list[float] = []
 
-    def act(self, observation: ControllerObservation, server_round: int, num_rounds: int,
-            device: str) -> np.ndarray:
-        """Play the UCB arm for ``device``."""
-        if np.any(self.counts == 0):
-            arm = int(np.argmin(self.counts + 1e-3 * np.arange(len(self.levels))))
-        else:
-            bonus = self.exploration * np.sqrt(2 * math.log(self.counts.sum()) / self.counts)
-            arm = int(np.argmax(self.means + bonus))
-        self.pulled[device] = arm
-        return np.array([self.levels[arm], *self.knob_vector], dtype=np.float32)
+    def decide(self, observation: ControllerObservation, server_round: int, num_rounds: int,
+               device: str) -> ControllerAction:
+        """The round's arm (chosen at the round's first decision)."""
+        if server_round != self.round:
+            self._credit()
+            self.round, self.arm = server_round, self._choose()
+        vector = np.array([self.levels[self.arm], 0.0, 0.0, 0.0])  # type: ignore[index]
+        share = decode_action(vector, server_round, num_rounds).spend_share
+        return ControllerAction(share, self.knobs)
 
     def learn(self, device: str, reward: float) -> None:
-        """Credit ``reward`` to the arm ``device`` played last."""
-        arm = self.pulled.pop(device, None)
-        if arm is None or not math.isfinite(reward):
+        """Collect a device's reward for the round's arm."""
+        if math.isfinite(reward):
+            self.rewards.append(reward)
+
+    def _choose(self) -> int:
+        if np.any(self.counts == 0):
+            return int(np.argmin(self.counts))
+        bonus = self.exploration * np.sqrt(2 * math.log(self.counts.sum()) / self.counts)
+        return int(np.argmax(self.means + bonus))
+
+    def _credit(self) -> None:
+        """Update the last round's arm with the mean of its devices' rewards."""
+        if self.arm is None or not self.rewards:
             return
-        self.counts[arm] += 1
-        self.means[arm] += (reward - self.means[arm]) / self.counts[arm]
+        self.counts[self.arm] += 1
+        self.means[self.arm] += (np.mean(self.rewards) - self.means[self.arm]) / self.counts[
+            self.arm]
+        self.rewards = []
 
     def parameters(self) -> dict[str, float | str]:
         """Levels and exploration constant."""
@@ -204,10 +219,10 @@ class RandomPolicy(Policy):
         self.seed = seed
         self.rng = np.random.default_rng(seed)
 
-    def act(self, observation: ControllerObservation, server_round: int, num_rounds: int,
-            device: str) -> np.ndarray:
-        """A uniform vector in :math:`[-1, 1]^4`."""
-        return self.rng.uniform(-1.0, 1.0, ACTION_SIZE).astype(np.float32)
+    def decide(self, observation: ControllerObservation, server_round: int, num_rounds: int,
+               device: str) -> ControllerAction:
+        """A uniform vector in :math:`[-1, 1]^4`, decoded."""
+        return decode_action(self.rng.uniform(-1.0, 1.0, ACTION_SIZE), server_round, num_rounds)
 
     def parameters(self) -> dict[str, float | str]:
         """The seed."""
@@ -216,6 +231,9 @@ class RandomPolicy(Policy):
 
 class ReinforcementPolicy(Policy):
     """A frozen stable-baselines3 DDPG or TD3 actor, shared by all devices.
+
+    A JSON file beside the policy (``td3-no-risk.json``) may list ``hidden_inputs``:
+    observation fields the actor was trained without, set to 0 before it acts.
 
     Args:
         algorithm: ``ddpg`` or ``td3``.
@@ -235,12 +253,22 @@ class ReinforcementPolicy(Policy):
             raise FileNotFoundError(f"controller={algorithm} needs a policy file, expected "
                                     f"{self.path}; train one with benchmarks/train_controller.py")
         self.model = {"ddpg": DDPG, "td3": TD3}[algorithm].load(self.path, device="cpu")
+        sidecar = self.path.with_suffix(".json")  # e.g. an ablation trained without the risk
+        hidden = json.loads(sidecar.read_text()).get("hidden_inputs", []) if (
+            sidecar.is_file()) else []
+        unknown = sorted(set(hidden) - set(OBSERVATION_FIELDS))
+        if unknown:
+            raise ValueError(f"{sidecar}: hidden_inputs must be observation fields "
+                             f"{OBSERVATION_FIELDS}, got {unknown}")
+        self.masked = [OBSERVATION_FIELDS.index(name) for name in hidden]
 
-    def act(self, observation: ControllerObservation, server_round: int, num_rounds: int,
-            device: str) -> np.ndarray:
-        """The actor's deterministic action."""
-        action, _ = self.model.predict(observation.as_array(), deterministic=True)
-        return np.asarray(action, dtype=np.float32).reshape(ACTION_SIZE)
+    def decide(self, observation: ControllerObservation, server_round: int, num_rounds: int,
+               device: str) -> ControllerAction:
+        """The actor's deterministic action, decoded (masked inputs set to 0 first)."""
+        seen = observation.as_array()
+        seen[self.masked] = 0.0
+        action, _ = self.model.predict(seen, deterministic=True)
+        return decode_action(np.asarray(action).reshape(ACTION_SIZE), server_round, num_rounds)
 
     def fingerprint(self) -> str:
         """SHA-256 of the policy file."""

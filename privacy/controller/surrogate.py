@@ -117,7 +117,7 @@ def _trained_sigmas(devices: dict[str, Any]) -> dict[int, dict[int, float]]:
     for partition, entry in devices.items():
         rounds = sorted([*entry["rounds_joined"], *entry["over_cap"]])
         table[int(partition)] = {r: float(s[0]) for r, s in zip(
-            rounds, entry["segments"], strict=False)}
+            rounds, entry["segments"], strict=True)}
     return table
 
 
@@ -142,13 +142,16 @@ class SpendModel:
         return float(np.min(rdp + self._conversion)) if np.any(rdp > 0) else 0.0
 
     def spend(self, rdp: np.ndarray, share: float, cap: float) -> tuple[float, np.ndarray] | None:
-        """σ and the new Rényi DP for spending ``share`` of what ``rdp`` leaves of ``cap``.
+        """σ and the new Rényi DP for spending ``share`` of what is left of ``cap``.
+
+        As the device does (``clients/private_training.py``): the share of what is left above
+        the cheapest round's ε.
 
         ``None`` if even the largest σ of the grid would pass the cap (the device refuses).
         """
-        spent = self.epsilon(rdp)
-        target = spent + share * (cap - spent)
         totals = np.min(rdp[None, :] + self.curves + self._conversion[None, :], axis=1)
+        least = float(totals[-1])  # the cheapest round, as the device measures its share
+        target = least + share * (cap - least)
         admissible = np.nonzero(totals <= min(target, cap))[0]
         if len(admissible) == 0:
             return None

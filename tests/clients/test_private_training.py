@@ -11,7 +11,7 @@ from fedmosaic.clients.private_training import (
     prior_segments,
 )
 from fedmosaic.config import RunConfig
-from fedmosaic.privacy.accounting import Segment
+from fedmosaic.privacy.accounting import Segment, least_round_epsilon
 from fedmosaic.privacy.budgets import read_budget_file
 from fedmosaic.privacy.client_account import ClientPrivacyAccount
 from fedmosaic.task import build_model, cached_dataset
@@ -158,3 +158,34 @@ def test_a_bad_budget_from_the_server_is_rejected():
 
     with pytest.raises(ValueError, match="training config"):
         client_epsilon_budget(config, {}, 0, {records.DP_EPSILON_BUDGET: 0.0})
+
+
+CONTROLLED = {**RUN_CONFIG, "controller": "static", "dp-epsilon-budget": 1.0}
+
+
+def controlled_context():
+    return Context(run_id=1, node_id=5, node_config={"partition-id": 2}, state=RecordDict(),
+                   run_config=RunConfig.from_mapping(CONTROLLED).to_mapping())
+
+
+def test_a_controller_share_is_spent_above_the_cheapest_round_and_within_the_cap():
+    ctx = controlled_context()
+    spent = []
+    for server_round, share in ((1, 0.02), (2, 0.5), (3, 1.0)):
+        reply = train_locally(message({records.SERVER_ROUND: server_round,
+                                       records.DP_SPEND_SHARE: share}), ctx)
+        metrics = reply.content[records.METRICS]
+        assert metrics[records.DP_REFUSED] == 0  # even 2 % of a cap of 1 trains
+        spent.append(metrics[records.DP_EPSILON_SPENT])
+    history = ClientPrivacyAccount.from_record(ctx.state[records.DP_ACCOUNT]).history
+    rate, steps = history[0].sample_rate, history[0].steps
+    for index, share in enumerate((0.02, 0.5, 1.0)):  # each round hits its target to 1 %
+        least = least_round_epsilon(history[:index], rate, steps, 1e-5, "filter")
+        target = least + share * (1.0 - least)
+        assert target - 0.01 * (target - least) - 1e-9 <= spent[index] <= target + 1e-9
+    assert spent[-1] == pytest.approx(1.0, abs=0.01) and spent[-1] <= 1.0
+
+
+def test_a_malformed_share_is_a_clear_error():
+    with pytest.raises(ValueError, match="dp-spend-share must be a number in"):
+        private_training.spend_share(1.5)

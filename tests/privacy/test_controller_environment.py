@@ -96,3 +96,38 @@ def test_the_surrogate_reports_its_error_on_held_out_runs(surrogate, tmp_path):
 def test_fitting_needs_two_runs():
     with pytest.raises(ValueError, match=">= 2 runs"):
         fit_surrogate(synthetic_transitions(runs=1), initial_accuracy=0.2)
+
+
+def test_transitions_pair_each_round_with_its_sigma_and_the_next_observation():
+    from fedmosaic.privacy.controller.surrogate import transitions_from_summary
+
+    def decision(risk, leakage):
+        return {"spend-share": 0.3, "risk": risk, "risk-channel": 0.1, "leakage": leakage,
+                "update-norm": 1.2, "cosine-to-aggregate": 0.4}
+
+    summary = {
+        "initial_accuracy": 0.1,
+        "history": [
+            {"round": 1, "accuracy": 0.3, "loss": 2.0,
+             "controller": {"partition-0": decision(0.0, 0.0), "node-7": decision(0.0, 0.0)}},
+            {"round": 2, "accuracy": 0.4, "loss": 1.5,
+             "controller": {"partition-0": decision(0.6, 0.05)}},
+            {"round": 3, "accuracy": 0.45, "loss": 1.4,
+             "controller": {"partition-0": decision(0.9, 0.07)}},
+        ],
+        "privacy": {"devices": {"0": {"rounds_joined": [1, 3], "over_cap": [],
+                                      "segments": [[2.0, 0.1, 10], [8.0, 0.1, 10]]}}},
+    }
+
+    found = transitions_from_summary(summary, "run", attacked=frozenset({0}),
+                                     attack_start_round=3)
+
+    # round 1 (σ = 2) pairs with round 2's observation; round 2 did not train (no σ);
+    # round 3 has no next round; node-7 never got a partition
+    assert len(found) == 1
+    only = found[0]
+    assert only.log_sigma == pytest.approx(np.log(2.0))
+    assert (only.accuracy_before, only.accuracy_gain) == pytest.approx((0.1, 0.2))
+    assert (only.risk, only.leakage_after, only.update_norm) == (0.6, 0.05, 1.2)
+    assert (only.strength, only.noise, only.discard) == (0.0, 0.0, 0.0)  # not applied
+    assert only.attacked is False  # the attack starts in round 3

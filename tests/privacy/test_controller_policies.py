@@ -8,7 +8,6 @@ from fedmosaic.privacy.controller.observation import (
     MIN_SHARE,
     ControllerObservation,
     decode_action,
-    encode_share,
     even_share,
 )
 from fedmosaic.privacy.controller.policies import (
@@ -25,8 +24,7 @@ def spent_fractions(policy, rounds=ROUNDS):
     """The cumulative share of a budget a policy's shares spend, round by round (additive)."""
     left, spent = 1.0, []
     for r in range(1, rounds + 1):
-        share = decode_action(policy.act(ControllerObservation(), r, rounds, "d"), r,
-                              rounds).spend_share
+        share = policy.decide(ControllerObservation(), r, rounds, "d").spend_share
         left -= share * left
         spent.append(1.0 - left)
     return spent
@@ -48,51 +46,57 @@ def test_schedules_spend_more_late_and_everything_by_the_end(name):
     assert per_round[0] < 1 / ROUNDS < per_round[-1]
 
 
-def test_linear_schedule_by_hand():
-    # F(t) = t(t+1)/(T(T+1)), T = 10: round 1 spends 2/110 of the budget
-    policy = build_policy("linear")
+def test_schedules_send_their_own_shares_by_hand():
+    # F(t) = t(t+1)/(T(T+1)), T = 10: round 1 spends 2/110 of the budget;
+    # exponential: (1.5 − 1)/(1.5^10 − 1) in round 1
+    linear, exponential = build_policy("linear"), build_policy("exponential")
+    seen = ControllerObservation()
 
-    assert policy.share(ControllerObservation(), 1, ROUNDS) == pytest.approx(2 / 110, rel=1e-6)
+    assert linear.decide(seen, 1, ROUNDS, "d").spend_share == pytest.approx(2 / 110)
+    assert exponential.decide(seen, 1, ROUNDS, "d").spend_share == pytest.approx(
+        0.5 / (1.5 ** 10 - 1))
 
 
 def test_alpine_spends_less_the_higher_the_risk():
     policy = AlpinePolicy()
-    shares = [policy.share(ControllerObservation(risk=r), 3, ROUNDS) for r in (0.0, 0.3, 1.0)]
+    shares = [policy.decide(ControllerObservation(risk=r), 3, ROUNDS, "d").spend_share
+              for r in (0.0, 0.3, 1.0)]
 
     assert shares[0] == pytest.approx(math.log(4) * even_share(3, ROUNDS))
-    assert shares[0] > shares[1] > shares[2] == 0.0
+    assert shares[0] > shares[1] > shares[2] == MIN_SHARE
 
 
-def test_the_bandit_tries_every_level_then_prefers_the_best():
+def test_the_bandit_pulls_one_arm_a_round_tries_each_then_prefers_the_best():
     policy = BanditPolicy()
     payoff = {-1.0: 0.0, -0.5: 0.1, 0.0: 0.2, 0.5: 1.0, 1.0: 0.3}
     played = []
-    for step in range(60):
-        device = f"d{step % 3}"
-        level = float(policy.act(ControllerObservation(), 2, ROUNDS, device)[0])
+    for server_round in range(1, 31):
+        shares = {policy.decide(ControllerObservation(), server_round, 40, f"d{d}").spend_share
+                  for d in range(3)}
+        assert len(shares) == 1  # every device of a round gets the round's arm
+        level = policy.levels[policy.arm]
         played.append(level)
-        policy.learn(device, payoff[level])
+        for d in range(3):
+            policy.learn(f"d{d}", payoff[level])
 
     assert set(played[:5]) == set(payoff)
-    assert played[-20:].count(0.5) > 10
+    assert played[-10:].count(0.5) >= 7
+    assert policy.counts.sum() == 29  # the last round's arm is credited when the next starts
 
 
 def test_schedule_policies_keep_the_runs_knobs():
     knobs = AnonymizerKnobs(strength=0.7, noise=0.2, discard=0.1)
 
-    action = decode_action(build_policy("static", knobs).act(ControllerObservation(), 1, ROUNDS,
-                                                             "d"), 1, ROUNDS)
+    action = build_policy("static", knobs).decide(ControllerObservation(), 1, ROUNDS, "d")
 
     assert action.knobs.strength == pytest.approx(0.7)
     assert action.knobs.noise == pytest.approx(0.2)
     assert action.knobs.discard == pytest.approx(0.1)
 
 
-def test_decoding_is_bounded_and_inverts_encoding():
-    for share in (0.05, 0.1, 0.3):
-        a0 = encode_share(share, 2, ROUNDS)
-        assert decode_action(np.array([a0, 0, 0, 0]), 2, ROUNDS).spend_share == pytest.approx(
-            share)
+def test_decoding_is_bounded():
+    assert decode_action(np.array([0.5, 0, 0, 0]), 2, ROUNDS).spend_share == pytest.approx(
+        2.0 / 9)  # 4^0.5 times the even share 1/9
     extreme = decode_action(np.array([-50.0, 50.0, 50.0, 50.0]), 1, 100)
     assert extreme.spend_share == pytest.approx(max(MIN_SHARE, 0.01 / 4))
     assert (extreme.knobs.strength, extreme.knobs.noise, extreme.knobs.discard) == (

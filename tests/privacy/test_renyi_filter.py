@@ -11,6 +11,7 @@ from fedmosaic.privacy.accounting import (
     Segment,
     calibrate_noise_multiplier,
     epsilon_spent,
+    least_round_epsilon,
     poisson_plan,
 )
 from fedmosaic.privacy.ledger import PrivacyLedger
@@ -70,10 +71,11 @@ def test_bad_filter_inputs_are_refused(rdp, delta, orders, match):
 
 def device_round(history, share, cap, rate, steps):
     """What an honest device does with a controller's share: σ for this round, or refusal."""
-    spent = epsilon_spent(history, DELTA, "filter")
-    target = spent + share * (cap - spent)
+    least = least_round_epsilon(history, rate, steps, DELTA, "filter")
+    target = least + share * (cap - least)
     try:
-        sigma = calibrate_noise_multiplier(target, DELTA, rate, steps, tuple(history), "filter")
+        sigma = calibrate_noise_multiplier(target, DELTA, rate, steps, tuple(history), "filter",
+                                           max(1e-9, 0.01 * (target - least)))
     except ValueError:
         return None
     segment = Segment(sigma, rate, steps)

@@ -86,6 +86,34 @@ def test_each_device_gets_its_share_in_its_own_copy_and_every_decision_is_audite
     assert str(NODES[0]) not in entry["device"]  # a keyed pseudonym, not the node id
 
 
+def reply(sent, weights):
+    content = RecordDict({records.ARRAYS: ArrayRecord({"w": Array(weights.astype(np.float32))})})
+    message = Message(content=content, reply_to=sent)
+    message.metadata.__dict__["_src_node_id"] = sent.metadata.dst_node_id
+    return message
+
+
+def test_a_round_is_rewarded_when_its_evaluation_arrives_and_leakage_is_this_rounds(tmp_path):
+    controller, _ = stage(tmp_path)
+    arrays = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+    controller.observe_evaluation(0, 0.10, 2.0)
+    sent = list(controller.configure_train(1, arrays, ConfigRecord(), None))
+    controller.aggregate_train(1, [reply(sent[0], np.array([1.0, 0.0, 0.0])),
+                                   reply(sent[1], np.array([0.0, 1.0, 0.0])),
+                                   reply(sent[2], np.zeros(3))])  # the last one refused
+    controller.observe_evaluation(1, 0.30, 1.5)
+
+    decided = controller.round_decisions(1)
+    # ΔU = 0.2, no leakage yet (no previous updates), no spend entered: w_u·10·0.2 at τ = 0
+    assert [d["reward"] for d in decided.values()] == pytest.approx([0.5 * 10 * 0.2] * 3)
+    sent = list(controller.configure_train(2, arrays, ConfigRecord(), None))
+    controller.aggregate_train(2, [reply(sent[0], np.array([1.0, 0.0, 0.0])),
+                                   reply(sent[1], np.array([1.0, 0.0, 0.0]))])
+    # node 11 repeats itself: ℓ = cos(own) − cos(node 12's) = 1 − 0; node 12 now looks like
+    # node 11: ℓ = 0 − 1; node 13 refused (a zero update, left out) and did not reply again
+    assert controller.leakage == pytest.approx({NODES[0]: 1.0, NODES[1]: -1.0})
+
+
 def test_linkage_probe_by_hand():
     own_before, other_before = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     now = np.array([1.0, 1.0])
