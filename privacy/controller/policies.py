@@ -21,6 +21,7 @@ random         uniform actions (exploration: the surrogate's training data)
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import math
@@ -81,15 +82,15 @@ class Policy:
         return {}
 
 
-class SchedulePolicy(Policy):
+class SchedulePolicy(Policy, abc.ABC):
     """Spend along a cumulative schedule :math:`F(t)` with :math:`F(0) = 0`, :math:`F(T) = 1`.
 
     Round t spends :math:`(F(t) - F(t-1)) / (1 - F(t-1))` of what is left.
     """
 
+    @abc.abstractmethod
     def cumulative(self, t: int, num_rounds: int) -> float:
-        """:math:`F(t)`."""
-        raise NotImplementedError
+        """:math:`F(t)`, the share of the budget spent after round t (each schedule's own)."""
 
     def share(self, observation: ControllerObservation, server_round: int,
               num_rounds: int) -> float:
