@@ -41,9 +41,17 @@ def _overrides(pairs: list[str] | None, config_file: Path | None) -> dict[str, C
 
 
 def _report(summary: dict[str, Any], run_dir: Path) -> None:
+    figures = [f"final accuracy {summary['final_accuracy']:.4f}"]
+    for key, label in (("final_device_accuracy", "on devices' own data"),
+                       ("unseen_subject_accuracy", "on unseen devices")):
+        if summary.get(key) is not None:
+            figures.append(f"{label} {summary[key]:.4f}")
+    if summary.get("missing_modality_drop_points") is not None:
+        figures.append(f"worst missing-modality drop {summary['missing_modality_drop_points']:.1f}"
+                       " points")
     console.print(
-        f"[green]done[/green]: {summary['rounds']} rounds, final accuracy "
-        f"{summary['final_accuracy']:.4f}, {summary['wall_seconds']:.0f} s\n"
+        f"[green]done[/green]: {summary['rounds']} rounds, {', '.join(figures)}, "
+        f"{summary['wall_seconds']:.0f} s\n"
         f"outputs: {run_dir}  (summary.json, summary.png, tensorboard/, checkpoints/)"
     )
 

@@ -39,6 +39,8 @@ EDGE_AGGREGATIONS = ("mean", "trimmed-mean", "median")
 PARTITIONERS = ("iid", "dirichlet")
 """How a data file without a ``device`` column is split across devices (``data/files.py``)."""
 SENSOR_ENCODERS = ("tcn", "features")
+FUSIONS = ("moe", "concat")
+PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
 """Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
 DATA_POISONING_ATTACKS = ("label-flip",)
 """Attacks a malicious device makes on its own data (``clients/poisoning.py``)."""
@@ -137,6 +139,31 @@ class RunConfig:
         "sensor modalities' encoder: `tcn` (trained convolutions) or `features` (fixed statistical "
         'and spectral features, only a projection trained; the DP-SGD choice, see "Privacy")',
         choices=SENSOR_ENCODERS,
+    )
+    fusion: str = setting(
+        "how the modalities' embeddings are fused: `moe` (the uncertainty-aware hierarchical "
+        "mixture of experts; a missing modality is left out) or `concat` (zero-filled "
+        "concatenation, the baseline of FedMultimodal; a missing modality's input is zeros)",
+        choices=FUSIONS,
+    )
+    modality_dropout: float = setting(
+        "chance each present modality of a training sample is hidden (at least one is kept), "
+        "so the model learns to predict without it; in [0, 1)"
+    )
+    personalization: str = setting(
+        "what each device keeps to itself: `none`, `fedbn` (its normalisation layers), `fedrep` "
+        "(its classifier head, fitted before the shared body each round), `ditto` (a whole "
+        "personal model pulled towards the global one by `ditto-lambda`) or `local-gate` (its "
+        'mixture-of-experts routing); see "Personalization"',
+        choices=PERSONALIZATIONS,
+    )
+    ditto_lambda: float = setting(
+        "Ditto's λ: weight of ‖v − w_global‖²/2 in a device's personal objective (>= 0)"
+    )
+    unseen_devices: int = setting(
+        "devices held out of training (the partitions after the first `num-clients`); at the "
+        "end of the run the shared model, with each one's personal parameters fitted on its own "
+        "training split, is evaluated on their held-out data (leave-subjects-out)"
     )
     kl_weight: float = setting("weight of the KL term of the probabilistic embeddings")
     consistency_weight: float = setting("weight of the cross-modal consistency loss")
@@ -364,6 +391,7 @@ class RunConfig:
         _check_privacy(self)
         _check_anonymizer(self)
         _check_controller(self)
+        _check_learning(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -399,6 +427,11 @@ class RunConfig:
             f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         )
         return Path(self.out_dir).expanduser().resolve() / name
+
+    @property
+    def num_partitions(self) -> int:
+        """Partitions the dataset is cut into: the devices, then the ``unseen-devices``."""
+        return self.num_clients + self.unseen_devices
 
     @property
     def train_nodes(self) -> int:
@@ -522,6 +555,16 @@ def _check_controller(config: RunConfig) -> None:
     if config.controller_policy and config.controller not in ("ddpg", "td3"):
         raise ValueError(f"controller-policy is a ddpg/td3 policy file, got controller="
                          f"{config.controller}")
+
+
+def _check_learning(config: RunConfig) -> None:
+    """Modality dropout, Ditto's λ and the held-out devices."""
+    if not 0.0 <= config.modality_dropout < 1.0:
+        raise ValueError(f"modality-dropout must lie in [0, 1), got {config.modality_dropout}")
+    if not 0.0 <= config.ditto_lambda < math.inf:
+        raise ValueError(f"ditto-lambda must be finite and >= 0, got {config.ditto_lambda}")
+    if config.unseen_devices < 0:
+        raise ValueError(f"unseen-devices must be >= 0, got {config.unseen_devices}")
 
 
 def _key(field_name: str) -> str:

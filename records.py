@@ -88,7 +88,11 @@ colluding attacker (``server/collusion.py``) replaces its arrays."""
 NUM_PARTITIONS = "num-partitions"
 """Node-config key: devices in the federation."""
 STATE_DIR = "state-dir"
-"""Node-config key: directory where the device keeps its privacy account across restarts."""
+"""Node-config key: directory where the device keeps its privacy account and its personal
+parameters across restarts."""
+PERSONAL = "personal"
+"""ArrayRecord in a ClientApp's ``context.state``: the device's personal parameters
+(``personalization``), never sent."""
 EDGE_ID = "edge-id"
 """Node-config key of a device below an edge (its edge) or of an edge SuperNode (its own ID);
 in a device's training reply below an edge: the edge that aggregates it."""

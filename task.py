@@ -28,6 +28,7 @@ def build_model(config: RunConfig, dataset: FederatedDataset) -> MultimodalClass
         num_experts=config.num_experts,
         hidden_dim=config.hidden_dim,
         sensor_encoder=config.sensor_encoder,
+        fusion=config.fusion,
     )
 
 

@@ -14,6 +14,7 @@ from flwr.clientapp import ClientApp
 
 from fedmosaic import records
 from fedmosaic.clients.anonymizer_round import run_anonymizer_round
+from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.edge_forward import forward_to_edge, is_edge_node
 from fedmosaic.clients.round import partition_id, run_train_round
 from fedmosaic.config import RunConfig
@@ -39,12 +40,19 @@ def train_anonymizer_locally(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_locally(msg: Message, context: Context) -> Message:
-    """Evaluate the global weights on the device's local test split."""
+    """Evaluate the model the device predicts with on its local test split.
+
+    That is the global weights, with ``personalization`` the device's personal parameters over
+    them (under ``ditto`` its whole personal model), once it has trained.
+    """
     config = RunConfig.from_mapping(context.run_config)
     dataset = cached_dataset(config)
-    _, test_arrays = dataset.partition(partition_id(context))
+    device = partition_id(context)
+    _, test_arrays = dataset.partition(device)
     model = build_model(config, dataset)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
+    if config.personalization != "none":
+        PersonalStore(config, context, device).apply(model)
     with torch.no_grad():
         result = evaluate(model, make_loader(test_arrays, dataset.specs, 256, shuffle=False,
                                              seed=0), dataset.specs)

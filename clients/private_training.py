@@ -29,6 +29,7 @@ from flwr.app import Context
 from torch.utils.data import DataLoader
 
 from fedmosaic import records
+from fedmosaic.clients.device_state import device_state_file
 from fedmosaic.config import RENAMED_KEYS, RunConfig
 from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.models.multimodal import MultimodalClassifier
@@ -97,16 +98,8 @@ def spend_share(value: Any) -> float:
 
 
 def account_file(config: RunConfig, context: Context, partition_id: int) -> Path | None:
-    """Where the device keeps its account: ``state-dir/<run>/partition-<id>-dp.json``.
-
-    ``None`` without a node-config ``state-dir``; ``<run>`` is the run name, or
-    ``run-<run id>`` if the run has none.
-    """
-    state_dir = context.node_config.get(records.STATE_DIR)
-    if not state_dir:
-        return None
-    run_key = config.run_name or f"run-{context.run_id}"
-    return Path(str(state_dir)).expanduser() / run_key / f"partition-{partition_id}-dp.json"
+    """Where the device keeps its account: ``state-dir/<run>/partition-<id>-dp.json``."""
+    return device_state_file(config, context, partition_id, "dp.json")
 
 
 def load_account(context: Context, path: Path | None) -> ClientPrivacyAccount:

@@ -15,8 +15,16 @@ load_partition      ``train_arrays``: the device's training split (node config p
 anonymize_inputs    ``anonymize-training``: ``train_arrays`` through the anonymizer the message
                     carries, at the knobs it names (``anonymizer-knobs``)
 poison_data         simulation only: a malicious device's data poisoning (label flips)
-train_model         ``model`` trained from the global weights, ``result``, DP-SGD ``metrics``;
-                    plain training, or DP-SGD with ``dp=true`` (a refusal sets ``reply``)
+drop_modalities     ``modality-dropout``: each sample's modalities hidden at random, one kept
+prepare_model       ``model``: the global weights, the device's personal parameters over them
+                    (``personalization``); ``loader`` over ``train_arrays``
+fit_personal_head   ``fedrep``: the personal head fitted on the frozen shared body
+train_model         ``model`` trained (under ``fedrep`` its shared part only), ``result``,
+                    DP-SGD ``metrics``; plain, or DP-SGD with ``dp=true`` (a refusal sets
+                    ``reply``)
+train_personal      ``ditto``: the device's personal model trained towards the global one
+keep_personal       personal parameters stored on the device; ``model`` carries the global
+                    values in their place, so the reply holds nothing personal
 clip_update         ``central-dp=client``: ``w ← w_g + clip(w − w_g, C)``
 poison_model        simulation only: a malicious device's model poisoning
 reply_update        ``reply``: the full weights, or below an edge the compressed delta
@@ -37,8 +45,10 @@ from typing import Any
 import numpy as np
 import psutil
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch.utils.data import DataLoader
 
 from fedmosaic import records
+from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.edge_reply import edge_reply_content
 from fedmosaic.clients.poisoning import ClientAttack
 from fedmosaic.clients.private_training import train_private_round
@@ -47,6 +57,7 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.data.modality import ModalityKind, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
+from fedmosaic.models.personalization import personal_keys, training_only
 from fedmosaic.models.training import TrainResult, make_loader, train
 from fedmosaic.privacy.anonymization import pseudonym
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
@@ -87,6 +98,8 @@ class DeviceRound:
             ``poison_data``).
         anonymizer: The generator the message carries, if any (``anonymize_inputs``).
         model: The model, holding the trained weights after ``train_model``.
+        loader: The training loader over ``train_arrays`` (``prepare_model``).
+        personal: The ``state_dict`` keys the device keeps to itself (``prepare_model``).
         result: The training result.
         metrics: Reply metrics added by the stages (DP-SGD's ``dp-*``).
         reply: The reply content.
@@ -103,6 +116,8 @@ class DeviceRound:
     train_arrays: MultimodalArrays | None = None
     anonymizer: MultimodalAnonymizer | None = None
     model: MultimodalClassifier | None = None
+    loader: DataLoader | None = None
+    personal: frozenset[str] = frozenset()
     result: TrainResult | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     reply: RecordDict | None = None
@@ -137,6 +152,21 @@ class DeviceRound:
         """The cloud's round (0 if the strategy does not send it)."""
         return int(self.received.get(records.SERVER_ROUND, 0))
 
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the training config sends (the run's by default)."""
+        return float(self.received.get(records.LEARNING_RATE, self.config.learning_rate))
+
+    @property
+    def personal_store(self) -> PersonalStore:
+        """Where the device keeps its personal parameters."""
+        return PersonalStore(self.config, self.context, self.partition_id)
+
+    def seed(self, *purpose: int) -> int:
+        """A seed for this device, round and ``purpose``, from the run's seed."""
+        return int(np.random.SeedSequence([self.config.seed, self.partition_id,
+                                           self.server_round, *purpose]).generate_state(1)[0])
+
 
 Stage = Callable[[DeviceRound], None]
 
@@ -153,10 +183,8 @@ def anonymize_inputs(state: DeviceRound) -> None:
     state.anonymizer = generator_from_state(
         state.message.content[records.ANONYMIZER].to_torch_state_dict(), state.dataset.specs)
     if state.config.anonymize_training:  # seeded: the samples never leave the device
-        seed = np.random.SeedSequence([state.config.seed, state.partition_id,
-                                       state.server_round]).generate_state(1)[0]
         state.train_arrays = anonymize(state.anonymizer, state.train_arrays, state.knobs,
-                                       seed=int(seed))
+                                       seed=state.seed())
 
 
 def poison_data(state: DeviceRound) -> None:
@@ -164,37 +192,69 @@ def poison_data(state: DeviceRound) -> None:
     state.train_arrays = state.attack.poison_data(state.train_arrays, state.dataset.num_classes)
 
 
+def drop_modalities(state: DeviceRound) -> None:
+    """``modality-dropout``: hide modalities of the training samples at random (one kept)."""
+    if state.config.modality_dropout > 0.0:
+        state.train_arrays = state.train_arrays.drop_modalities(
+            state.config.modality_dropout, np.random.default_rng(state.seed(1)))
+
+
+def prepare_model(state: DeviceRound) -> None:
+    """The model from the global weights with the device's personal parameters over them."""
+    config = state.config
+    model = build_model(config, state.dataset)
+    model.load_state_dict(state.global_arrays.to_torch_state_dict())
+    state.personal = personal_keys(model, config.personalization)
+    if state.personal:
+        state.personal_store.apply(model)
+    state.model = model
+    shuffle_seed = hash((config.seed, state.partition_id, state.server_round)) & 0x7FFF_FFFF
+    state.loader = make_loader(state.train_arrays, state.dataset.specs, config.batch_size,
+                               shuffle=True, seed=shuffle_seed)
+
+
+def fit_personal_head(state: DeviceRound) -> None:
+    """``fedrep``: fit the personal head on the frozen shared body (FedRep's first phase).
+
+    Plain training: the head never leaves the device, so it spends no ε.
+    """
+    if state.config.personalization != "fedrep":
+        return
+    with training_only(state.model, state.personal):
+        train(state.model, state.loader, state.dataset.specs, epochs=state.config.local_epochs,
+              learning_rate=state.learning_rate, weights=loss_weights(state.config))
+
+
 def train_model(state: DeviceRound) -> None:
     """Local training from the global weights: plain, or DP-SGD with ``dp=true``.
 
-    FedProx's ``proximal-mu`` and the learning rate come from the training config. A device
-    whose DP-SGD round would exceed its budget refuses: it replies with the global weights,
-    ``num-examples = 0`` and its DP metrics.
+    Under ``fedrep`` only the shared parameters train (the head stays as its first phase fitted
+    it). FedProx's ``proximal-mu`` and the learning rate come from the training config. A
+    device whose DP-SGD round would exceed its budget refuses: it replies with the global
+    weights, ``num-examples = 0`` and its DP metrics.
     """
-    config, specs = state.config, state.dataset.specs
-    model = build_model(config, state.dataset)
-    model.load_state_dict(state.global_arrays.to_torch_state_dict())
-    state.model = model
-    learning_rate = float(state.received.get(records.LEARNING_RATE, config.learning_rate))
+    config, specs, model = state.config, state.dataset.specs, state.model
+    shared = frozenset(name for name, _ in model.named_parameters()) - (
+        state.personal if config.personalization == "fedrep" else frozenset())
     proximal_mu = float(state.received.get(records.PROXIMAL_MU, 0.0))
     reference = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
-    shuffle_seed = hash((config.seed, state.partition_id, state.server_round)) & 0x7FFF_FFFF
-    loader = make_loader(state.train_arrays, specs, config.batch_size, shuffle=True,
-                         seed=shuffle_seed)
     if not config.dp:
-        state.result = train(model, loader, specs, epochs=config.local_epochs,
-                             learning_rate=learning_rate, weights=loss_weights(config),
-                             proximal_mu=proximal_mu, reference_params=reference)
+        with training_only(model, shared):
+            state.result = train(model, state.loader, specs, epochs=config.local_epochs,
+                                 learning_rate=state.learning_rate,
+                                 weights=loss_weights(config), proximal_mu=proximal_mu,
+                                 reference_params=reference)
         return
     if any(np.isnan(state.train_arrays.inputs[s.name]).any() for s in specs
            if s.kind == ModalityKind.SENSOR):
         raise ValueError("dp=true does not support ragged (NaN-padded) sensor series yet: "
                          "Opacus's per-sample gradients assume GroupNorm over every step; "
                          "pad or crop the series to one length")
-    private = train_private_round(model, loader, specs, config, state.context,
-                                  state.partition_id, state.received,
-                                  learning_rate=learning_rate, proximal_mu=proximal_mu,
-                                  reference_params=reference)
+    with training_only(model, shared):
+        private = train_private_round(model, state.loader, specs, config, state.context,
+                                      state.partition_id, state.received,
+                                      learning_rate=state.learning_rate,
+                                      proximal_mu=proximal_mu, reference_params=reference)
     state.metrics.update(private.metrics)
     state.result = private.result
     if private.result is None:  # the budget would be exceeded: refuse, send the weights back
@@ -202,6 +262,42 @@ def train_model(state: DeviceRound) -> None:
                                   records.METRICS: MetricRecord({records.NUM_EXAMPLES: 0,
                                                                  **private.metrics})})
         state.finished = True
+
+
+def train_personal(state: DeviceRound) -> None:
+    r"""``ditto``: train the device's own personal model towards the global one.
+
+    Its model :math:`v` minimises :math:`F_k(v) + \tfrac{\lambda}{2}\lVert v - w^t\rVert^2`
+    (:math:`\lambda` = ``ditto-lambda``), from its last :math:`v` (the global :math:`w^t` at
+    first). Plain training: :math:`v` never leaves the device, so it spends no ε.
+    """
+    if state.config.personalization != "ditto":
+        return
+    config, store = state.config, state.personal_store
+    personal = build_model(config, state.dataset)
+    personal.load_state_dict(state.global_arrays.to_torch_state_dict())
+    store.apply(personal)
+    anchor = build_model(config, state.dataset)
+    anchor.load_state_dict(state.global_arrays.to_torch_state_dict())
+    train(personal, state.loader, state.dataset.specs, epochs=config.local_epochs,
+          learning_rate=state.learning_rate, weights=loss_weights(config),
+          proximal_mu=config.ditto_lambda,
+          reference_params=[p.detach() for p in anchor.parameters()])
+    store.save(personal.state_dict())
+
+
+def keep_personal(state: DeviceRound) -> None:
+    """Store the personal parameters; put the global values in their place in ``model``.
+
+    The reply then carries, for a personal key, exactly what the device received (a zero
+    delta, which top-k compression does not even send): nothing personal leaves the device.
+    """
+    if not state.personal:
+        return
+    trained = state.model.state_dict()
+    state.personal_store.save({key: trained[key] for key in state.personal})
+    received = state.global_arrays.to_torch_state_dict()
+    state.model.load_state_dict({key: received[key] for key in state.personal}, strict=False)
 
 
 def clip_update(state: DeviceRound) -> None:
@@ -293,7 +389,12 @@ TRAIN_STAGES: tuple[Stage, ...] = (
     load_partition,
     anonymize_inputs,
     poison_data,
+    drop_modalities,
+    prepare_model,
+    fit_personal_head,
     train_model,
+    train_personal,
+    keep_personal,
     clip_update,
     poison_model,
     reply_update,

@@ -67,17 +67,18 @@ def file_dataset(config: RunConfig) -> FederatedDataset:
     columns = {}
     if devices is not None:
         found = len(np.unique(devices[pool_rows]))
-        if found != config.num_clients:
+        if found != config.num_partitions:
             raise ValueError(f"dataset {path}: its '{DEVICE}' column names {found} devices, "
-                             f"so num-clients must be {found}, got {config.num_clients}")
+                             f"so num-clients + unseen-devices must be {found}, got "
+                             f"{config.num_clients} + {config.unseen_devices}")
         partitioner = NaturalIdPartitioner(partition_by=DEVICE)
         columns[DEVICE] = devices[pool_rows]
     elif config.partitioner == "dirichlet":
-        partitioner = DirichletPartitioner(num_partitions=config.num_clients,
+        partitioner = DirichletPartitioner(num_partitions=config.num_partitions,
                                            partition_by="label", alpha=config.dirichlet_alpha,
                                            min_partition_size=1, seed=config.seed)
     else:
-        partitioner = IidPartitioner(num_partitions=config.num_clients)
+        partitioner = IidPartitioner(num_partitions=config.num_partitions)
     return from_arrays(arrays.subset(pool_rows), arrays.subset(test_rows), specs, num_classes,
                        partitioner, columns=columns)
 

@@ -120,6 +120,29 @@ class MultimodalArrays:
             labels=self.labels[index],
         )
 
+    def with_mask(self, mask: np.ndarray) -> MultimodalArrays:
+        """The same samples with presence ``mask`` (the inputs are shared, not copied)."""
+        return MultimodalArrays(inputs=self.inputs, mask=mask, labels=self.labels)
+
+    def without_modality(self, column: int) -> MultimodalArrays:
+        """The samples with modality ``column`` removed; samples left with none are dropped."""
+        mask = self.mask.copy()
+        mask[:, column] = False
+        return self.with_mask(mask).subset(mask.any(axis=1))
+
+    def drop_modalities(self, probability: float, rng: np.random.Generator) -> MultimodalArrays:
+        """Hide each present modality of each sample with ``probability``, keeping one.
+
+        Modality dropout (Neverova et al. 2016, "ModDrop", IEEE TPAMI): a sample that would
+        lose every modality keeps one of its present modalities, chosen uniformly.
+        """
+        if not 0.0 <= probability < 1.0:
+            raise ValueError(f"probability must lie in [0, 1), got {probability}")
+        kept = self.mask & (rng.random(self.mask.shape) >= probability)
+        for row in np.flatnonzero(~kept.any(axis=1)):
+            kept[row, rng.choice(np.flatnonzero(self.mask[row]))] = True
+        return self.with_mask(kept)
+
     @staticmethod
     def concatenate(parts: list[MultimodalArrays]) -> MultimodalArrays:
         """Stack several sample sets that share modalities."""

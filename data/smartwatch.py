@@ -156,10 +156,13 @@ class SmartwatchDataset(FederatedDataset):
 
 @register_dataset("smartwatch")
 def smartwatch_dataset(config: RunConfig) -> FederatedDataset:
-    """The smartwatch dataset; with ``num-clients < 10`` only the first subjects take part."""
-    if config.num_clients > NUM_SUBJECTS:
+    """The smartwatch dataset; with ``num-clients < 10`` only the first subjects take part.
+
+    The ``unseen-devices`` held out of training are the subjects after them.
+    """
+    if config.num_partitions > NUM_SUBJECTS:
         raise ValueError(
-            f"dataset 'smartwatch' has one client per subject: num-clients must be at most "
-            f"{NUM_SUBJECTS}, got {config.num_clients}"
+            f"dataset 'smartwatch' has one client per subject: num-clients + unseen-devices "
+            f"must be at most {NUM_SUBJECTS}, got {config.num_clients} + {config.unseen_devices}"
         )
     return SmartwatchDataset(config.window_seconds)

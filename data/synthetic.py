@@ -455,7 +455,7 @@ def synthetic_dataset(config: RunConfig) -> SyntheticIoTDataset:
     """Build the synthetic dataset from a run config's client, skew, missingness and noise keys."""
     return SyntheticIoTDataset(
         SyntheticConfig(
-            num_devices=config.num_clients,
+            num_devices=config.num_partitions,
             samples_per_device=config.samples_per_client,
             dirichlet_alpha=config.dirichlet_alpha,
             missing_modality_prob=config.missing_modality_prob,

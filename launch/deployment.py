@@ -20,6 +20,7 @@ from fedmosaic import PROJECT_DIR
 from fedmosaic.config import ConfigValue
 from fedmosaic.launch.edge_deployment import start_edge_tier
 from fedmosaic.launch.flower_commands import (
+    DEVICE_STATE_DIR,
     HOST,
     free_port,
     superlink_command,
@@ -73,7 +74,8 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
         else:
             for partition_id in range(supernodes):
                 group.start(supernode_command(link_port, free_port(), partition_id,
-                                              supernodes), logs / f"supernode-{partition_id}.log")
+                                              supernodes, state_dir=run_dir / DEVICE_STATE_DIR),
+                            logs / f"supernode-{partition_id}.log")
         submit = group.start(
             ["flwr", "run", str(PROJECT_DIR), FEDERATION, "--run-config",
              str(run_config_file), "--stream"],

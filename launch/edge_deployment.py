@@ -29,6 +29,7 @@ from fedmosaic import PROJECT_DIR, records
 from fedmosaic.compression.topology import edge_of
 from fedmosaic.config import RunConfig, tomllib
 from fedmosaic.launch.flower_commands import (
+    DEVICE_STATE_DIR,
     HOST,
     edge_supernode_command,
     free_port,
@@ -74,7 +75,7 @@ def start_edge_tier(group: ProcessGroup, config: RunConfig, cloud_port: int, run
                    if edge_of(p, config.num_clients, config.num_edges) == edge_id]
         for partition_id in devices:
             command = supernode_command(port, free_port(), partition_id, config.num_clients,
-                                        edge_id)
+                                        edge_id, state_dir=run_dir / DEVICE_STATE_DIR)
             group.start(command, logs / f"edge-{edge_id}-device-{partition_id}.log")
         spool = run_dir / "edges" / f"edge-{edge_id}" / "spool"
         spool.mkdir(parents=True, exist_ok=True)

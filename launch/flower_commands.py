@@ -15,6 +15,8 @@ from fedmosaic import records
 from fedmosaic.launch.runs import RunFailedError
 
 HOST = "127.0.0.1"
+DEVICE_STATE_DIR = "device-state"
+"""Folder of a loopback deployment's run folder where its devices keep their state."""
 
 
 def free_port() -> int:
@@ -45,12 +47,18 @@ def superlink_command(port: int) -> list[str]:
 
 
 def supernode_command(superlink_port: int, port: int, partition_id: int,
-                      num_partitions: int, edge_id: int | None = None) -> list[str]:
-    """SuperNode ``partition_id``, serving its ClientApps on ``port`` (below ``edge_id``)."""
+                      num_partitions: int, edge_id: int | None = None,
+                      state_dir: Path | None = None) -> list[str]:
+    """SuperNode ``partition_id``, serving its ClientApps on ``port`` (below ``edge_id``).
+
+    With ``state_dir`` the device keeps its privacy account and personal parameters there.
+    """
     node_config = (f"{records.PARTITION_ID}={partition_id} "
                    f"{records.NUM_PARTITIONS}={num_partitions}")
     if edge_id is not None:
         node_config += f" {records.EDGE_ID}={edge_id}"
+    if state_dir is not None:
+        node_config += f' {records.STATE_DIR}="{state_dir}"'
     return ["flower-supernode", "--insecure", "--superlink", f"{HOST}:{superlink_port}",
             "--host", HOST, "--port", str(port), "--node-config", node_config]
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.models.balance import gate_balance_loss
+from fedmosaic.models.concatenation import ZeroFilledConcatenation
 from fedmosaic.models.consistency import cross_modal_consistency
 from fedmosaic.models.encoders import build_encoder
 from fedmosaic.models.fusion import HierarchicalMoEFusion
@@ -73,9 +74,14 @@ class MultimodalClassifier(nn.Module):
         hidden_dim: Encoder feature size, ``>= 1``.
         sensor_encoder: Encoder of sensor modalities, ``"tcn"`` or ``"features"``
             (:func:`~fedmosaic.models.encoders.build_encoder`).
+        fusion: ``"moe"`` (the hierarchical mixture above) or ``"concat"``: the baseline
+            :class:`~fedmosaic.models.concatenation.ZeroFilledConcatenation`, where a missing
+            modality's *input* is zero-filled and its embedding enters the fusion (its
+            encoder then does get gradient from the zeros; ``fusion.level1`` does not exist).
 
     Raises:
-        ValueError: If ``specs`` is empty or has duplicate names, or a size is out of range.
+        ValueError: If ``specs`` is empty or has duplicate names, a size is out of range or
+            ``fusion`` is unknown.
 
     """
 
@@ -87,6 +93,7 @@ class MultimodalClassifier(nn.Module):
         num_experts: int = 2,
         hidden_dim: int = 64,
         sensor_encoder: str = "tcn",
+        fusion: str = "moe",
     ) -> None:
         super().__init__()
         names = [spec.name for spec in specs]
@@ -103,14 +110,20 @@ class MultimodalClassifier(nn.Module):
         self.heads = nn.ModuleDict(
             {s.name: ProbabilisticHead(hidden_dim, embed_dim) for s in specs}
         )
-        self.fusion = HierarchicalMoEFusion(len(specs), embed_dim, num_experts)
+        if fusion not in ("moe", "concat"):
+            raise ValueError(f"fusion must be 'moe' or 'concat', got {fusion!r}")
+        self.zero_fill = fusion == "concat"
+        self.fusion: nn.Module = (ZeroFilledConcatenation(len(specs), embed_dim)
+                                  if self.zero_fill
+                                  else HierarchicalMoEFusion(len(specs), embed_dim, num_experts))
         self.classifier = nn.Sequential(
             nn.Linear(embed_dim, embed_dim), nn.ReLU(), nn.Linear(embed_dim, num_classes)
         )
         # He-normal linear layers (models/initialisation.py), except the level-2 gate's
         # output layer, which starts at zero so the modalities start equally weighted.
-        he_initialise(self.encoders, self.heads, self.fusion.level1, self.fusion.level2_gate[0],
-                      self.classifier)
+        fused_layers = ((self.fusion.project,) if self.zero_fill
+                        else (self.fusion.level1, self.fusion.level2_gate[0]))
+        he_initialise(self.encoders, self.heads, *fused_layers, self.classifier)
 
     def modality_parameter_prefixes(self, modality_name: str) -> tuple[str, str, str]:
         """Return the ``state_dict`` key prefixes of the parameters of one modality.
@@ -158,9 +171,13 @@ class MultimodalClassifier(nn.Module):
             )
         zs, mus, logvars = [], [], []
         for m, name in enumerate(names):
-            z, mu, logvar = self.heads[name](self.encoders[name](inputs[name]))
             present = mask[:, m].unsqueeze(-1)
-            zs.append(torch.where(present, z, 0.0))
+            given = inputs[name]
+            if self.zero_fill:  # the baseline: a missing modality's input is zeros
+                given = torch.where(mask[:, m].view(-1, *[1] * (given.dim() - 1)), given,
+                                    torch.zeros((), dtype=given.dtype))
+            z, mu, logvar = self.heads[name](self.encoders[name](given))
+            zs.append(z if self.zero_fill else torch.where(present, z, 0.0))
             mus.append(torch.where(present, mu, 0.0))
             logvars.append(torch.where(present, logvar, 0.0))
         z_all = torch.stack(zs, dim=1)

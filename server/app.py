@@ -6,7 +6,9 @@ import logging
 import random
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,6 +19,7 @@ from fedmosaic import records
 from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset, is_file_dataset
 from fedmosaic.data.report import partition_report, partition_warnings
+from fedmosaic.models.missing_modality import remove_each_modality, worst_drop_points
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.training import (
@@ -38,6 +41,7 @@ from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy, resume
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
 from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
+from fedmosaic.server.unseen_devices import evaluate_unseen_devices
 from fedmosaic.server.validation import ValidatingStrategy
 from fedmosaic.task import build_model, cached_dataset
 
@@ -76,6 +80,10 @@ def main(grid: Grid, context: Context) -> None:
 
     parse_sensitivities(config.risk_sensitivities)  # a bad table fails now, not rounds later
     dataset = cached_dataset(config)
+    if config.unseen_devices and dataset.num_partitions < config.num_partitions:
+        raise ValueError(f"unseen-devices={config.unseen_devices} needs num-clients + "
+                         f"unseen-devices = {config.num_partitions} partitions, the dataset "
+                         f"has {dataset.num_partitions}")
     model = build_model(config, dataset)
     test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
     ledger, resumed_round = PrivacyLedger(accountant=config.accountant), 0
@@ -134,6 +142,7 @@ def main(grid: Grid, context: Context) -> None:
             train_loss=_metric(train_metrics, records.TRAIN_LOSS),
             federated_accuracy=_metric(eval_metrics, records.EVAL_ACCURACY),
             federated_loss=_metric(eval_metrics, records.EVAL_LOSS),
+            device_accuracy=_mean(validation.device_accuracies.get(server_round)),
             replies=traffic.replies_up,
             failed_replies=traffic.failed_replies,
             rejected=sum(r.count(server_round) for r in cloud_rejections),
@@ -162,14 +171,18 @@ def main(grid: Grid, context: Context) -> None:
         round_started = time.time()
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
-    chain.strategy.start(
+    outcome = chain.strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(model.state_dict()),
         num_rounds=config.num_server_rounds,
         train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
         evaluate_fn=evaluate_and_record,
     )
-    summary = recorder.finish({"privacy": ledger.state_dict(),
+    final_figures = learning_figures(config, dataset, outcome.arrays.to_torch_state_dict())
+    if recorder.history:
+        recorder.add_scalars({f"final/{name}": value for name, value in final_figures.items()
+                              if isinstance(value, float)}, recorder.history[-1].round)
+    summary = recorder.finish({"privacy": ledger.state_dict(), **final_figures,
                                **({"controller": controller.summary()} if controller else {}),
                                **({"anonymizer": anonymizer_history} if anonymizer_history
                                   else {})})
@@ -200,6 +213,34 @@ def prepare_anonymizer(grid: Grid, config: RunConfig, dataset: FederatedDataset,
                                       AnonymizerTraining.from_config(config), outcome.history),
                     recorder.run_dir / "anonymizer.pt")
     return outcome.models.generator, outcome.history
+
+
+def learning_figures(config: RunConfig, dataset: FederatedDataset,
+                     global_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What the final model does where training did not look.
+
+    ``missing_modality``: per modality, the central test accuracy with and without it
+    (:func:`~fedmosaic.models.missing_modality.remove_each_modality`), and
+    ``missing_modality_drop_points``, the worst drop; with ``unseen-devices``,
+    ``unseen_devices`` (accuracy per held-out partition) and their mean,
+    ``unseen_subject_accuracy`` (:mod:`fedmosaic.server.unseen_devices`).
+    """
+    model = build_model(config, dataset)
+    model.load_state_dict(global_state)
+    removals = remove_each_modality(model, dataset.central_test(), dataset.specs)
+    figures: dict[str, Any] = {
+        "missing_modality": {name: asdict(removal) for name, removal in removals.items()},
+        "missing_modality_drop_points": worst_drop_points(removals),
+    }
+    if config.unseen_devices:
+        unseen = evaluate_unseen_devices(config, dataset, global_state)
+        figures["unseen_devices"] = {str(p): accuracy for p, accuracy in unseen.items()}
+        figures["unseen_subject_accuracy"] = float(np.mean(list(unseen.values())))
+    return figures
+
+
+def _mean(values: list[float] | None) -> float | None:
+    return float(np.mean(values)) if values else None
 
 
 def _metric(record: MetricRecord | None, key: str) -> float | None:

@@ -48,6 +48,10 @@ class RoundRecord:
     train_loss: float | None = None
     federated_accuracy: float | None = None
     federated_loss: float | None = None
+    device_accuracy: float | None = None
+    """Mean over the evaluated devices of each one's accuracy on its own held-out data, with
+    the model it predicts with (its personal parameters over the global ones under
+    ``personalization``); each device counts once, whatever its data size."""
     replies: int = 0
     failed_replies: int = 0
     bytes_device_to_edge: int | None = None
@@ -159,6 +163,7 @@ class RunRecorder:
             "rounds": len(self.history),
             "final_accuracy": last.accuracy if last else self.initial_accuracy,
             "final_loss": last.loss if last else None,
+            "final_device_accuracy": last.device_accuracy if last else None,
             "initial_accuracy": self.initial_accuracy,
             "total_bytes_up": sum(r.bytes_up for r in self.history),
             "total_bytes_down": sum(r.bytes_down for r in self.history),
@@ -176,10 +181,10 @@ class RunRecorder:
         rounds = [r.round for r in self.history]
         fig, (ax_acc, ax_loss, ax_bytes) = plt.subplots(1, 3, figsize=(13, 3.6))
         ax_acc.plot(rounds, [r.accuracy for r in self.history], marker="o", label="central")
-        federated = [(r.round, r.federated_accuracy) for r in self.history
-                     if r.federated_accuracy is not None]
+        federated = [(r.round, r.device_accuracy) for r in self.history
+                     if r.device_accuracy is not None]
         if federated:
-            ax_acc.plot(*zip(*federated, strict=True), marker="s", label="federated")
+            ax_acc.plot(*zip(*federated, strict=True), marker="s", label="devices (own data)")
         ax_acc.set(title="Accuracy", xlabel="round", ylim=(0, 1))
         ax_acc.legend()
         ax_loss.plot(rounds, [r.loss for r in self.history], marker="o", label="central")

@@ -414,6 +414,9 @@ class ValidatingStrategy(StrategyWrapper):
             round keeps the majority's keys).
         evaluate_contract: the same for evaluation replies
             (:meth:`ReplyContract.for_evaluation`).
+
+    ``device_accuracies[r]`` keeps each accepted evaluation reply's accuracy in round ``r``
+    (the accuracy of the model that device predicts with, on its own held-out data).
     """
 
     def __init__(self, strategy: Strategy, max_norm: float = math.inf,
@@ -430,6 +433,7 @@ class ValidatingStrategy(StrategyWrapper):
         self.evaluate_contract = evaluate_contract
         self.rejections = Rejections()
         self.evaluate_rejections = Rejections()
+        self.device_accuracies: dict[int, list[float]] = {}
         self.declared: dict[int, int] = {}
         self._reference: dict[int, dict[str, np.ndarray]] = {}
 
@@ -495,6 +499,9 @@ class ValidatingStrategy(StrategyWrapper):
         accepted, disagreeing = majority_keys(accepted)
         for _ in disagreeing:
             self.evaluate_rejections.add(server_round, "metrics")
+        self.device_accuracies[server_round] = [
+            float(reply.content[records.METRICS][records.EVAL_ACCURACY]) for reply in accepted
+            if records.EVAL_ACCURACY in reply.content[records.METRICS]]
         if not accepted:
             return None
         return self.strategy.aggregate_evaluate(server_round, accepted + failures)

@@ -69,12 +69,17 @@ def test_deploy_local_runs_two_rounds_through_superlink_and_supernodes(
         tmp_path, leftover_processes):
     run_dir = tmp_path / "deploy"
 
-    summary = deploy_locally({"num-server-rounds": 2, "local-epochs": 1}, supernodes=2,
-                             out=run_dir, show_progress=False)
+    # personalized (FedRep): each device keeps its head in its state directory
+    summary = deploy_locally({"num-server-rounds": 2, "local-epochs": 1,
+                              "personalization": "fedrep", "fraction-evaluate": 1.0},
+                             supernodes=2, out=run_dir, show_progress=False)
 
     assert_complete_run(run_dir, rounds=2)
     assert summary["config"]["num-clients"] == 2
     assert all(h["replies"] >= 2 for h in summary["history"])
+    assert 0.0 <= summary["final_device_accuracy"] <= 1.0
+    kept = sorted(p.name for p in (run_dir / "device-state").rglob("*-personal.pt"))
+    assert kept == ["partition-0-personal.pt", "partition-1-personal.pt"]
     for log in ("superlink.log", "supernode-0.log", "supernode-1.log", "flwr-run.log"):
         assert (run_dir / "logs" / log).exists()
     assert leftover_processes(run_dir) == []

@@ -33,7 +33,8 @@ def message():
 
 def test_the_stages_run_in_the_documented_order():
     assert [stage.__name__ for stage in TRAIN_STAGES] == [
-        "load_partition", "anonymize_inputs", "poison_data", "train_model", "clip_update",
+        "load_partition", "anonymize_inputs", "poison_data", "drop_modalities", "prepare_model",
+        "fit_personal_head", "train_model", "train_personal", "keep_personal", "clip_update",
         "poison_model", "reply_update", "tamper_reply", "attach_telemetry", "release_records"]
     for stage in TRAIN_STAGES:
         assert f"\n{stage.__name__} " in device_round.__doc__

@@ -1,0 +1,55 @@
+"""Leave-subjects-out: the shared model on devices that never took part in training.
+
+The ``unseen-devices`` partitions after the first ``num-clients`` never train. At the end of a
+run each is evaluated as a newcomer would use the federation's model: it receives the final
+global weights, fits only its personal parameters (``personalization``'s
+:func:`~fedmosaic.models.personalization.personal_keys`, e.g. FedRep's head, FedBN's
+normalisation) on its own training split for ``local-epochs``, the shared parameters frozen,
+and is scored on its own held-out split. Without personal parameters (``none``, and
+``ditto``, whose shared model is a whole model) the global model is scored as it is. The
+server reads these partitions itself, which only a simulation can do; a deployment's
+newcomers run the same steps on their devices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import FederatedDataset
+from fedmosaic.models.personalization import personal_keys, training_only
+from fedmosaic.models.training import evaluate, make_loader, train
+from fedmosaic.task import build_model, loss_weights
+
+
+def evaluate_unseen_devices(config: RunConfig, dataset: FederatedDataset,
+                            global_state: Mapping[str, torch.Tensor]) -> dict[int, float]:
+    """Accuracy per held-out partition (module docstring); empty without ``unseen-devices``.
+
+    Raises:
+        ValueError: If the dataset has fewer than ``num-clients + unseen-devices`` partitions.
+
+    """
+    if dataset.num_partitions < config.num_partitions:
+        raise ValueError(f"unseen-devices={config.unseen_devices} needs "
+                         f"{config.num_partitions} partitions, the dataset has "
+                         f"{dataset.num_partitions}")
+    accuracies = {}
+    for partition in range(config.num_clients, config.num_partitions):
+        train_arrays, test_arrays = dataset.partition(partition)
+        model = build_model(config, dataset)
+        model.load_state_dict(dict(global_state))
+        personal = personal_keys(model, config.personalization)
+        if personal and len(train_arrays):
+            with training_only(model, personal):
+                train(model, make_loader(train_arrays, dataset.specs, config.batch_size,
+                                         shuffle=True, seed=config.seed + partition),
+                      dataset.specs, epochs=config.local_epochs,
+                      learning_rate=config.learning_rate, weights=loss_weights(config))
+        with torch.no_grad():
+            accuracies[partition] = evaluate(
+                model, make_loader(test_arrays, dataset.specs, 256, shuffle=False, seed=0),
+                dataset.specs).accuracy
+    return accuracies
