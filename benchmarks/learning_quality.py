@@ -1,0 +1,288 @@
+"""What fedmosaic learns under subject heterogeneity, DP and missing modalities, against baselines.
+
+Every cell is one real run on the smartwatch subjects (in-process Flower simulation, the app's
+defaults: 10 rounds x 5 local epochs) with the first 8 subjects as devices and the last 2 held
+out of training (``unseen-devices=2``, leave-subjects-out), or a baseline trained in the same
+invocation on the same 8 subjects' training windows for the same number of epochs
+(10 x 5 = 50):
+
+* **personalization** — ``personalization`` ∈ {none (FedAvg), fedbn, fedrep, ditto,
+  local-gate}, each seed; baselines: *local-only* (each device trains alone on its own
+  windows) and *centralized* (the 8 devices' windows pooled);
+* **missing modalities** — the hierarchical mixture trained with ``modality-dropout=0.5``
+  (ours) and zero-filled concatenation (``fusion=concat``, FedMultimodal's baseline), each
+  seed; FedAvg's ``none`` cell is the mixture without dropout;
+* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on two paths: from scratch (``tcn`` encoders)
+  and fixed DP-friendly features (``sensor-encoder=features``: statistical and spectral window
+  features, only a projection and the head trained), each against the same path without DP.
+
+Figures (beside their targets):
+
+* ``personalized_accuracy``: per personalization and baseline, the mean over devices of each
+  device's accuracy on its own held-out windows with the model it predicts with
+  (``final_device_accuracy`` of the run; local-only and centralized are scored the same way),
+  mean over seeds; ``personalized_accuracy_best`` against 0.937 (the centralized accuracy
+  measured earlier with all 10 subjects; this run's own centralized figure is beside it);
+* ``unseen_subject_accuracy``: per personalization, the 2 held-out subjects' accuracy after
+  each fitted only its personal parameters (``server/unseen_devices.py``);
+* ``missing_modality_drop_points``: worst accuracy drop (points) when one modality is removed
+  at prediction time, on the central test (``models/missing_modality.py``), ours and the
+  baseline; target ours ≤ 3 and below the baseline;
+* ``dp_accuracy_loss_points_eps{8,3,1}``: per path, central accuracy without DP minus with DP;
+  targets ≤ 3 at ε = 8 and ≤ 6 at ε = 3 on the best path; ``dp_time_ratio`` per path: the DP
+  run's wall time over the same path's non-DP run (target ≤ 1.5 on the best path).
+
+``--workers`` runs cells in parallel processes (one torch thread each); every finished cell is
+kept in ``<out>.cells.json`` and ``--merge`` summarizes earlier cells instead of running.
+``--quick`` runs a tiny grid (2 rounds, 1 epoch, one seed).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+import common
+import numpy as np
+import torch
+
+from fedmosaic.config import RunConfig
+from fedmosaic.data.modality import MultimodalArrays
+from fedmosaic.models.training import evaluate, make_loader, train
+from fedmosaic.simulation.inprocess import run_in_process
+from fedmosaic.task import build_model, cached_dataset, loss_weights
+
+NAME = "learning_quality"
+PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
+EPSILONS = (8.0, 3.0, 1.0)
+PATHS = {"scratch": "tcn", "features": "features"}
+CENTRALIZED_REFERENCE = 0.937
+DP_TARGETS = {8.0: 3.0, 3.0: 6.0}
+DP_TIME_TARGET = 1.5
+MISSING_TARGET_POINTS = 3.0
+BASE = {"dataset": "smartwatch", "num-clients": 8, "unseen-devices": 2,
+        "fraction-evaluate": 1.0, "risk-perception": False}
+
+
+def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float]) -> list[dict]:
+    """The grid: one dict per cell (``part``, ``variant``, ``seed``, run-config ``overrides``).
+
+    Ordered so that a cut-short invocation has whole figures: the first seed of every part,
+    DP at its first two ε (one seed: each DP run is the slowest cell), the other seeds, then
+    DP at the remaining ε.
+    """
+    per_seed = []
+    for seed in seeds:
+        cells = []
+        if "personalization" in parts:
+            cells += [{"part": "personalization", "variant": p, "seed": seed,
+                       "overrides": {"personalization": p}} for p in PERSONALIZATIONS]
+            cells += [{"part": "personalization", "variant": v, "seed": seed, "overrides": {}}
+                      for v in ("local-only", "centralized")]
+        if "missing" in parts:
+            cells += [{"part": "missing", "variant": "ours", "seed": seed,
+                       "overrides": {"modality-dropout": 0.5}},
+                      {"part": "missing", "variant": "concat", "seed": seed,
+                       "overrides": {"fusion": "concat"}}]
+        per_seed.append(cells)
+    dp: list[dict] = []
+    if "dp" in parts:
+        dp = [{"part": "dp", "variant": f"{path}-eps{eps:g}", "seed": seeds[0],
+               "overrides": {"sensor-encoder": encoder, "dp": True, "dp-epsilon-budget": eps}}
+              for eps in epsilons for path, encoder in PATHS.items()]
+        dp.insert(0, {"part": "dp", "variant": "features-nodp", "seed": seeds[0],
+                      "overrides": {"sensor-encoder": "features"}})
+    early = 1 + 2 * len(PATHS)  # the non-DP features run and the first two ε
+    return [*per_seed[0], *dp[:early], *(c for cells in per_seed[1:] for c in cells),
+            *dp[early:]]
+
+
+def run_cell(cell: dict[str, Any], base: dict[str, Any], runs_dir: str) -> dict[str, Any]:
+    """Run one cell (a federated run or a baseline) and return it with its figures."""
+    torch.set_num_threads(1)
+    overrides = {**base, **cell["overrides"], "seed": cell["seed"]}
+    started = time.perf_counter()
+    if cell["variant"] in ("local-only", "centralized"):
+        figures = baseline(RunConfig.from_mapping(overrides), cell["variant"])
+    else:
+        name = f"{cell['part']}-{cell['variant']}-seed{cell['seed']}"
+        config = run_in_process({**overrides, "run-name": name, "out-dir": runs_dir})
+        summary = json.loads((config.run_dir() / "summary.json").read_text())
+        figures = {key: summary.get(key) for key in (
+            "final_accuracy", "final_device_accuracy", "unseen_subject_accuracy",
+            "unseen_devices", "missing_modality_drop_points", "missing_modality",
+            "wall_seconds")}
+        figures["epsilon_spent_max"] = max(
+            (d["epsilon_spent"] for d in summary["privacy"].get("devices", {}).values()),
+            default=None) if isinstance(summary.get("privacy"), dict) else None
+    return {**cell, **figures, "cell_seconds": time.perf_counter() - started}
+
+
+def baseline(config: RunConfig, variant: str) -> dict[str, Any]:
+    """Local-only or centralized training on the devices' windows, scored like a run."""
+    dataset = cached_dataset(config)
+    devices = range(config.num_clients)
+    epochs = config.num_server_rounds * config.local_epochs
+    specs = dataset.specs
+
+    def fit(arrays: MultimodalArrays) -> torch.nn.Module:
+        model = build_model(config, dataset)
+        train(model, make_loader(arrays, specs, config.batch_size, shuffle=True,
+                                 seed=config.seed), specs, epochs=epochs,
+              learning_rate=config.learning_rate, weights=loss_weights(config))
+        return model
+
+    def accuracy(model: torch.nn.Module, arrays: MultimodalArrays) -> float:
+        with torch.no_grad():
+            return evaluate(model, make_loader(arrays, specs, 256, shuffle=False, seed=0),
+                            specs).accuracy
+
+    held_out = range(config.num_clients, config.num_partitions)
+    if variant == "local-only":
+        own = [accuracy(fit(dataset.partition(p)[0]), dataset.partition(p)[1]) for p in devices]
+        return {"final_device_accuracy": float(np.mean(own))}
+    model = fit(MultimodalArrays.concatenate([dataset.partition(p)[0] for p in devices]))
+    return {
+        "final_accuracy": accuracy(model, dataset.central_test()),
+        "final_device_accuracy": float(np.mean([accuracy(model, dataset.partition(p)[1])
+                                                for p in devices])),
+        "unseen_subject_accuracy": float(np.mean([accuracy(model, dataset.partition(p)[1])
+                                                  for p in held_out])),
+    }
+
+
+def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures (module docstring) from the finished cells."""
+
+    def mean(part: str, variant: str, key: str) -> float | None:
+        values = [c[key] for c in cells if c["part"] == part and c["variant"] == variant
+                  and c.get(key) is not None]
+        return float(np.mean(values)) if values else None
+
+    figures: dict[str, Any] = {}
+    personalized = {v: mean("personalization", v, "final_device_accuracy")
+                    for v in (*PERSONALIZATIONS, "local-only", "centralized")}
+    personalized = {k: v for k, v in personalized.items() if v is not None}
+    figures["personalized_accuracy"] = personalized
+    ours = {k: v for k, v in personalized.items() if k in PERSONALIZATIONS and k != "none"}
+    if ours:
+        best = max(ours, key=ours.__getitem__)
+        figures["personalized_accuracy_best"] = ours[best]
+        figures["personalized_accuracy_best_method"] = best
+        figures["personalized_accuracy_target"] = CENTRALIZED_REFERENCE
+        figures["personalized_accuracy_target_met"] = ours[best] >= CENTRALIZED_REFERENCE
+        figures["personalized_accuracy_centralized_this_run"] = personalized.get("centralized")
+    figures["unseen_subject_accuracy"] = {
+        v: u for v in (*PERSONALIZATIONS, "centralized")
+        if (u := mean("personalization", v, "unseen_subject_accuracy")) is not None}
+    missing = {"ours": mean("missing", "ours", "missing_modality_drop_points"),
+               "concat_baseline": mean("missing", "concat", "missing_modality_drop_points"),
+               "moe_without_dropout": mean("personalization", "none",
+                                           "missing_modality_drop_points")}
+    if missing["ours"] is not None:
+        figures["missing_modality_drop_points"] = missing
+        figures["missing_modality_accuracy"] = {
+            "ours": mean("missing", "ours", "final_accuracy"),
+            "concat_baseline": mean("missing", "concat", "final_accuracy")}
+        figures["missing_modality_target_points"] = MISSING_TARGET_POINTS
+        figures["missing_modality_target_met"] = (
+            missing["ours"] <= MISSING_TARGET_POINTS
+            and (missing["concat_baseline"] is None
+                 or missing["ours"] < missing["concat_baseline"]))
+    figures.update(dp_figures(cells, mean))
+    return figures
+
+
+def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
+    """``dp_accuracy_loss_points_eps*`` and ``dp_time_ratio`` per path, with their targets."""
+    no_dp = {"scratch": ("personalization", "none"), "features": ("dp", "features-nodp")}
+    seed = min((c["seed"] for c in cells if c["part"] == "dp"), default=None)
+    if seed is None:
+        return {}
+
+    def one(part: str, variant: str, key: str) -> float | None:
+        found = [c[key] for c in cells if (c["part"], c["variant"], c["seed"]) ==
+                 (part, variant, seed) and c.get(key) is not None]
+        return found[0] if found else None
+
+    figures: dict[str, Any] = {"dp_seed": seed}
+    for eps in EPSILONS:
+        losses = {}
+        for path in PATHS:
+            plain, private = one(*no_dp[path], "final_accuracy"), one(
+                "dp", f"{path}-eps{eps:g}", "final_accuracy")
+            if plain is not None and private is not None:
+                losses[path] = 100.0 * (plain - private)
+        if losses:
+            key = f"dp_accuracy_loss_points_eps{eps:g}"
+            figures[key] = losses
+            if eps in DP_TARGETS:
+                figures[f"{key}_target"] = DP_TARGETS[eps]
+                figures[f"{key}_target_met"] = min(losses.values()) <= DP_TARGETS[eps]
+    ratios = {}
+    for path in PATHS:
+        plain = one(*no_dp[path], "wall_seconds")
+        private = [one("dp", f"{path}-eps{eps:g}", "wall_seconds") for eps in EPSILONS]
+        private = [p for p in private if p is not None]
+        if plain and private:
+            ratios[path] = float(np.mean(private)) / plain
+    if ratios:
+        figures["dp_time_ratio"] = ratios
+        figures["dp_time_ratio_target"] = DP_TIME_TARGET
+    figures["dp_accuracy"] = {c["variant"]: c["final_accuracy"] for c in cells
+                              if c["part"] == "dp" and c["seed"] == seed}
+    return figures
+
+
+def main() -> None:
+    """Run the grid (or merge earlier cells), write and print the figures."""
+    parser = common.make_parser(NAME, __doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="seeds (default: 0 1 2; 0 with --quick)")
+    parser.add_argument("--parts", nargs="+", default=["personalization", "missing", "dp"],
+                        choices=["personalization", "missing", "dp"])
+    parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
+    parser.add_argument("--workers", type=int, default=2, help="cells run in parallel")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="summarize the cells of earlier `.cells.json` files instead")
+    args = parser.parse_args()
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    base = {**BASE, **common.run_overrides(args)}
+    if args.quick:
+        base.update({"num-server-rounds": 2, "local-epochs": 1})
+    runs_dir = common.run_folder(NAME, args.runs_dir)
+    partial = args.out.with_suffix(".cells.json")
+    cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
+    if not args.merge:
+        todo = cells_to_run(args.parts, seeds, args.epsilons)
+        print(f"{NAME}: {len(todo)} cells on {args.workers} workers; runs in {runs_dir}",
+              flush=True)
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(args.workers, maxtasksperchild=1) as pool:
+            pending = [pool.apply_async(run_cell, (cell, base, str(runs_dir))) for cell in todo]
+            for job in pending:
+                cells.append(job.get())
+                done = cells[-1]
+                print(f"{done['part']} {done['variant']} seed {done['seed']}: device "
+                      f"{done.get('final_device_accuracy')}, central "
+                      f"{done.get('final_accuracy')}, {done['cell_seconds']:.0f} s", flush=True)
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps({"cells": cells}) + "\n")
+    figures = summarize(cells)
+    common.print_table(NAME, [(k, v) for k, v in figures.items()])
+    path = common.write_result(
+        args.out, NAME, args.quick, figures,
+        baseline={"personalization": "FedAvg (personalization=none), local-only and "
+                                     "centralized training of the same model, same epochs",
+                  "missing": "zero-filled concatenation (fusion=concat)",
+                  "dp": "the same path without DP"},
+        config={"seeds": seeds, "parts": args.parts, "epsilons": args.epsilons, **base},
+        cells=cells)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
