@@ -36,3 +36,8 @@ def own_data():
 @pytest.fixture(scope="module")
 def controller():
     return import_benchmark("controller")
+
+
+@pytest.fixture(scope="module")
+def learning_quality():
+    return import_benchmark("learning_quality")

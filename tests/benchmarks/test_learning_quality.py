@@ -1,0 +1,85 @@
+"""The learning-quality benchmark: its figures by hand, and its quick mode end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cell(part, variant, seed=0, **figures):
+    return {"part": part, "variant": variant, "seed": seed, **figures}
+
+
+def test_personalized_accuracy_is_the_mean_over_seeds_and_the_best_is_named(learning_quality):
+    cells = [cell("personalization", "none", s, final_device_accuracy=0.7) for s in (0, 1)]
+    cells += [cell("personalization", "fedrep", 0, final_device_accuracy=0.9),
+              cell("personalization", "fedrep", 1, final_device_accuracy=0.96),
+              cell("personalization", "ditto", 0, final_device_accuracy=0.92),
+              cell("personalization", "centralized", 0, final_device_accuracy=0.95)]
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["personalized_accuracy"]["fedrep"] == pytest.approx(0.93)
+    assert figures["personalized_accuracy_best_method"] == "fedrep"
+    assert figures["personalized_accuracy_target_met"] is False  # 0.93 < 0.937
+    assert figures["personalized_accuracy_centralized_this_run"] == 0.95
+
+
+def test_dp_loss_is_against_the_same_path_without_dp(learning_quality):
+    cells = [cell("personalization", "none", final_accuracy=0.8, wall_seconds=100.0),
+             cell("dp", "features-nodp", final_accuracy=0.7, wall_seconds=50.0),
+             cell("dp", "scratch-eps8", final_accuracy=0.6, wall_seconds=300.0),
+             cell("dp", "features-eps8", final_accuracy=0.68, wall_seconds=60.0)]
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["dp_accuracy_loss_points_eps8"] == pytest.approx(
+        {"scratch": 20.0, "features": 2.0})
+    assert figures["dp_accuracy_loss_points_eps8_target_met"] is True  # the best path
+    assert figures["dp_time_ratio"] == pytest.approx({"scratch": 3.0, "features": 1.2})
+    assert "dp_accuracy_loss_points_eps3" not in figures  # not run: not reported
+
+
+def test_missing_modality_target_needs_both_the_bound_and_the_baseline(learning_quality):
+    cells = [cell("missing", "ours", missing_modality_drop_points=2.0, final_accuracy=0.8),
+             cell("missing", "concat", missing_modality_drop_points=1.0, final_accuracy=0.8)]
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["missing_modality_drop_points"]["ours"] == 2.0
+    assert figures["missing_modality_target_met"] is False  # the baseline dropped less
+
+
+def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
+    cells = learning_quality.cells_to_run(["personalization", "missing", "dp"], [0, 1], [8, 3, 1])
+
+    order = [(c["part"], c["variant"], c["seed"]) for c in cells]
+    assert order.index(("dp", "scratch-eps3", 0)) < order.index(("personalization", "none", 1))
+    assert order[-2:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0)]
+    assert len(order) == len(set(order)) == 2 * 9 + 7
+
+
+def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
+    out = tmp_path / "learning_quality.json"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    completed = subprocess.run(
+        [sys.executable, "benchmarks/learning_quality.py", "--quick", "--epsilons", "8",
+         "--out", str(out), "--runs-dir", str(tmp_path / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(out.read_text())
+    figures = result["figures"]
+    assert set(figures["personalized_accuracy"]) == {
+        "none", "fedbn", "fedrep", "ditto", "local-gate", "local-only", "centralized"}
+    assert set(figures["unseen_subject_accuracy"]) == {
+        "none", "fedbn", "fedrep", "ditto", "local-gate", "centralized"}
+    assert set(figures["dp_accuracy_loss_points_eps8"]) == {"scratch", "features"}
+    assert figures["missing_modality_drop_points"]["concat_baseline"] is not None
+    assert len(result["cells"]) == 12
