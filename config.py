@@ -41,6 +41,7 @@ PARTITIONERS = ("iid", "dirichlet")
 SENSOR_ENCODERS = ("tcn", "features")
 FUSIONS = ("moe", "concat")
 PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
+FINE_TUNES = ("all", "top")
 """Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
 DATA_POISONING_ATTACKS = ("label-flip",)
 """Attacks a malicious device makes on its own data (``clients/poisoning.py``)."""
@@ -164,6 +165,19 @@ class RunConfig:
         "devices held out of training (the partitions after the first `num-clients`); at the "
         "end of the run the shared model, with each one's personal parameters fitted on its own "
         "training split, is evaluated on their held-out data (leave-subjects-out)"
+    )
+    public_devices: int = setting(
+        "devices whose training data is public (consented donors: the partitions after the "
+        "unseen ones); the server pretrains the model on it for `pretrain-epochs` before the "
+        "first round, and their data is left out of every evaluation"
+    )
+    pretrain_epochs: int = setting(
+        "epochs of the server's plain training on the `public-devices`' data (0: none)"
+    )
+    fine_tune: str = setting(
+        "what devices train: `all` parameters, or the `top` only (probabilistic heads, fusion, "
+        "classifier; the encoders stay as the server sent them, e.g. pretrained on public data)",
+        choices=FINE_TUNES,
     )
     kl_weight: float = setting("weight of the KL term of the probabilistic embeddings")
     consistency_weight: float = setting("weight of the cross-modal consistency loss")
@@ -430,8 +444,18 @@ class RunConfig:
 
     @property
     def num_partitions(self) -> int:
-        """Partitions the dataset is cut into: the devices, then the ``unseen-devices``."""
-        return self.num_clients + self.unseen_devices
+        """Partitions the dataset is cut into: the devices, the unseen ones, the public ones."""
+        return self.num_clients + self.unseen_devices + self.public_devices
+
+    @property
+    def unseen_partitions(self) -> range:
+        """The ``unseen-devices`` partitions, held out of training, after the devices."""
+        return range(self.num_clients, self.num_clients + self.unseen_devices)
+
+    @property
+    def public_partitions(self) -> range:
+        """The ``public-devices`` partitions (consented donors), after the unseen ones."""
+        return range(self.num_clients + self.unseen_devices, self.num_partitions)
 
     @property
     def train_nodes(self) -> int:
@@ -558,13 +582,17 @@ def _check_controller(config: RunConfig) -> None:
 
 
 def _check_learning(config: RunConfig) -> None:
-    """Modality dropout, Ditto's λ and the held-out devices."""
+    """Modality dropout, Ditto's λ, the held-out and the public devices."""
     if not 0.0 <= config.modality_dropout < 1.0:
         raise ValueError(f"modality-dropout must lie in [0, 1), got {config.modality_dropout}")
     if not 0.0 <= config.ditto_lambda < math.inf:
         raise ValueError(f"ditto-lambda must be finite and >= 0, got {config.ditto_lambda}")
-    if config.unseen_devices < 0:
-        raise ValueError(f"unseen-devices must be >= 0, got {config.unseen_devices}")
+    for name in ("unseen_devices", "public_devices", "pretrain_epochs"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{_key(name)} must be >= 0, got {getattr(config, name)}")
+    if config.pretrain_epochs and not config.public_devices:
+        raise ValueError(f"pretrain-epochs={config.pretrain_epochs} pretrains on the public "
+                         f"devices' data: set public-devices >= 1, got 0")
 
 
 def _key(field_name: str) -> str:

@@ -12,9 +12,13 @@ invocation on the same 8 subjects' training windows for the same number of epoch
 * **missing modalities** — the hierarchical mixture trained with ``modality-dropout=0.5``
   (ours) and zero-filled concatenation (``fusion=concat``, FedMultimodal's baseline), each
   seed; FedAvg's ``none`` cell is the mixture without dropout;
-* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on two paths: from scratch (``tcn`` encoders)
-  and fixed DP-friendly features (``sensor-encoder=features``: statistical and spectral window
-  features, only a projection and the head trained), each against the same path without DP.
+* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on three paths, each against the same path
+  without DP: from scratch (``tcn`` encoders); fixed DP-friendly features
+  (``sensor-encoder=features``: statistical and spectral window features, only a projection
+  and the head trained); public pretraining (the last 2 subjects are consented donors,
+  ``public-devices=2``: the server pretrains on their windows for 20 epochs, the 8 devices
+  DP-fine-tune the heads, fusion and classifier only, ``fine-tune=top``; the donors are in no
+  evaluation, so this path's central test has 8 subjects).
 
 Figures (beside their targets):
 
@@ -58,7 +62,14 @@ from fedmosaic.task import build_model, cached_dataset, loss_weights
 NAME = "learning_quality"
 PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
 EPSILONS = (8.0, 3.0, 1.0)
-PATHS = {"scratch": "tcn", "features": "features"}
+PRETRAIN_EPOCHS = 20
+PATHS: dict[str, dict[str, Any]] = {
+    "scratch": {},
+    "features": {"sensor-encoder": "features"},
+    "public": {"unseen-devices": 0, "public-devices": 2, "pretrain-epochs": PRETRAIN_EPOCHS,
+               "fine-tune": "top"},
+}
+"""The DP paths: run-config overrides over the base (``scratch`` is the base itself)."""
 CENTRALIZED_REFERENCE = 0.937
 DP_TARGETS = {8.0: 3.0, 3.0: 6.0}
 DP_TIME_TARGET = 1.5
@@ -90,12 +101,12 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float]) -> l
         per_seed.append(cells)
     dp: list[dict] = []
     if "dp" in parts:
-        dp = [{"part": "dp", "variant": f"{path}-eps{eps:g}", "seed": seeds[0],
-               "overrides": {"sensor-encoder": encoder, "dp": True, "dp-epsilon-budget": eps}}
-              for eps in epsilons for path, encoder in PATHS.items()]
-        dp.insert(0, {"part": "dp", "variant": "features-nodp", "seed": seeds[0],
-                      "overrides": {"sensor-encoder": "features"}})
-    early = 1 + 2 * len(PATHS)  # the non-DP features run and the first two ε
+        dp = [{"part": "dp", "variant": f"{path}-nodp", "seed": seeds[0], "overrides": extra}
+              for path, extra in PATHS.items() if extra]  # scratch: FedAvg's own cell
+        dp += [{"part": "dp", "variant": f"{path}-eps{eps:g}", "seed": seeds[0],
+                "overrides": {**extra, "dp": True, "dp-epsilon-budget": eps}}
+               for eps in epsilons for path, extra in PATHS.items()]
+    early = len(PATHS) - 1 + 2 * len(PATHS)  # the non-DP runs and the first two ε
     return [*per_seed[0], *dp[:early], *(c for cells in per_seed[1:] for c in cells),
             *dp[early:]]
 
@@ -140,13 +151,14 @@ def baseline(config: RunConfig, variant: str) -> dict[str, Any]:
             return evaluate(model, make_loader(arrays, specs, 256, shuffle=False, seed=0),
                             specs).accuracy
 
-    held_out = range(config.num_clients, config.num_partitions)
+    held_out = config.unseen_partitions
     if variant == "local-only":
         own = [accuracy(fit(dataset.partition(p)[0]), dataset.partition(p)[1]) for p in devices]
         return {"final_device_accuracy": float(np.mean(own))}
     model = fit(MultimodalArrays.concatenate([dataset.partition(p)[0] for p in devices]))
     return {
-        "final_accuracy": accuracy(model, dataset.central_test()),
+        "final_accuracy": accuracy(model, dataset.central_test_without(
+            config.public_partitions)),
         "final_device_accuracy": float(np.mean([accuracy(model, dataset.partition(p)[1])
                                                 for p in devices])),
         "unseen_subject_accuracy": float(np.mean([accuracy(model, dataset.partition(p)[1])
@@ -198,7 +210,8 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
     """``dp_accuracy_loss_points_eps*`` and ``dp_time_ratio`` per path, with their targets."""
-    no_dp = {"scratch": ("personalization", "none"), "features": ("dp", "features-nodp")}
+    no_dp = {path: ("dp", f"{path}-nodp") for path in PATHS}
+    no_dp["scratch"] = ("personalization", "none")
     seed = min((c["seed"] for c in cells if c["part"] == "dp"), default=None)
     if seed is None:
         return {}

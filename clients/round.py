@@ -229,12 +229,14 @@ def train_model(state: DeviceRound) -> None:
     """Local training from the global weights: plain, or DP-SGD with ``dp=true``.
 
     Under ``fedrep`` only the shared parameters train (the head stays as its first phase fitted
-    it). FedProx's ``proximal-mu`` and the learning rate come from the training config. A
-    device whose DP-SGD round would exceed its budget refuses: it replies with the global
-    weights, ``num-examples = 0`` and its DP metrics.
+    it); with ``fine-tune=top`` the encoders do not train. FedProx's ``proximal-mu`` and the
+    learning rate come from the training config. A device whose DP-SGD round would exceed its
+    budget refuses: it replies with the global weights, ``num-examples = 0`` and its DP
+    metrics.
     """
     config, specs, model = state.config, state.dataset.specs, state.model
-    shared = frozenset(name for name, _ in model.named_parameters()) - (
+    shared = frozenset(name for name, _ in model.named_parameters()
+                       if config.fine_tune == "all" or not name.startswith("encoders.")) - (
         state.personal if config.personalization == "fedrep" else frozenset())
     proximal_mu = float(state.received.get(records.PROXIMAL_MU, 0.0))
     reference = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None

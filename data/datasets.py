@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +49,20 @@ class FederatedDataset(abc.ABC):
     @abc.abstractmethod
     def central_test(self) -> MultimodalArrays:
         """Held-out samples the server evaluates the global model on."""
+
+    def central_test_without(self, partitions: Collection[int]) -> MultimodalArrays:
+        """The central test set without any sample of ``partitions`` (public donors).
+
+        Raises:
+            ValueError: If the dataset cannot tell which central test samples come from
+                which partition (override this where it can).
+        """
+        if not partitions:
+            return self.central_test()
+        raise ValueError(f"dataset {type(self).__name__} cannot leave partitions "
+                         f"{sorted(partitions)} out of its central test set; public-devices "
+                         f"needs smartwatch, synthetic or a dataset that overrides "
+                         f"central_test_without")
 
     sensitive_attribute: str | None = None
     """The protected attribute of a device's data (``subject``, ``site``), if the data has one:

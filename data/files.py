@@ -69,8 +69,9 @@ def file_dataset(config: RunConfig) -> FederatedDataset:
         found = len(np.unique(devices[pool_rows]))
         if found != config.num_partitions:
             raise ValueError(f"dataset {path}: its '{DEVICE}' column names {found} devices, "
-                             f"so num-clients + unseen-devices must be {found}, got "
-                             f"{config.num_clients} + {config.unseen_devices}")
+                             f"so num-clients + unseen-devices + public-devices must be "
+                             f"{found}, got {config.num_clients} + {config.unseen_devices} + "
+                             f"{config.public_devices}")
         partitioner = NaturalIdPartitioner(partition_by=DEVICE)
         columns[DEVICE] = devices[pool_rows]
     elif config.partitioner == "dirichlet":

@@ -20,6 +20,7 @@ Preprocessing:
 from __future__ import annotations
 
 import functools
+from collections.abc import Collection
 
 import numpy as np
 from flwr_datasets.partitioner import NaturalIdPartitioner
@@ -153,16 +154,23 @@ class SmartwatchDataset(FederatedDataset):
         """Held-out windows of all subjects."""
         return self._test
 
+    def central_test_without(self, partitions: Collection[int]) -> MultimodalArrays:
+        """Held-out windows of every subject but those of ``partitions``."""
+        excluded = [self.subject_of(p) for p in partitions]
+        return self._test.subset(~np.isin(self._test_subjects, excluded))
+
 
 @register_dataset("smartwatch")
 def smartwatch_dataset(config: RunConfig) -> FederatedDataset:
     """The smartwatch dataset; with ``num-clients < 10`` only the first subjects take part.
 
-    The ``unseen-devices`` held out of training are the subjects after them.
+    The ``unseen-devices`` held out of training are the subjects after them, then the
+    ``public-devices`` (consented donors).
     """
     if config.num_partitions > NUM_SUBJECTS:
         raise ValueError(
-            f"dataset 'smartwatch' has one client per subject: num-clients + unseen-devices "
-            f"must be at most {NUM_SUBJECTS}, got {config.num_clients} + {config.unseen_devices}"
+            f"dataset 'smartwatch' has one client per subject: num-clients + unseen-devices + "
+            f"public-devices must be at most {NUM_SUBJECTS}, got {config.num_clients} + "
+            f"{config.unseen_devices} + {config.public_devices}"
         )
     return SmartwatchDataset(config.window_seconds)

@@ -67,6 +67,7 @@ draws its own site and gains as if it came from a fresh device.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -441,6 +442,10 @@ class SyntheticIoTDataset(FederatedDataset):
         if self._central is None:
             self._central = generate_central_test(self.config)
         return self._central
+
+    def central_test_without(self, partitions: Collection[int]) -> MultimodalArrays:
+        """The central test set: generated apart from every device, so it holds none of theirs."""
+        return self.central_test()
 
     def site_of(self, partition_id: int) -> int:
         """Return device ``partition_id``'s site (the sensitive attribute), without its samples."""

@@ -18,6 +18,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedmosaic import records
 from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset, is_file_dataset
+from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.data.report import partition_report, partition_warnings
 from fedmosaic.models.missing_modality import remove_each_modality, worst_drop_points
 from fedmosaic.models.training import evaluate, make_loader
@@ -38,6 +39,7 @@ from fedmosaic.server.controller_stage import ControllerStage, controller_scalar
 from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy, resume
+from fedmosaic.server.public_pretraining import pretrain_on_public_devices
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
 from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
@@ -80,12 +82,13 @@ def main(grid: Grid, context: Context) -> None:
 
     parse_sensitivities(config.risk_sensitivities)  # a bad table fails now, not rounds later
     dataset = cached_dataset(config)
-    if config.unseen_devices and dataset.num_partitions < config.num_partitions:
-        raise ValueError(f"unseen-devices={config.unseen_devices} needs num-clients + "
-                         f"unseen-devices = {config.num_partitions} partitions, the dataset "
-                         f"has {dataset.num_partitions}")
+    if dataset.num_partitions < config.num_partitions:
+        raise ValueError(f"num-clients + unseen-devices + public-devices = "
+                         f"{config.num_partitions} partitions needed, the dataset has "
+                         f"{dataset.num_partitions}")
     model = build_model(config, dataset)
-    test_loader = make_loader(dataset.central_test(), dataset.specs, 256, shuffle=False, seed=0)
+    central_test = dataset.central_test_without(config.public_partitions)
+    test_loader = make_loader(central_test, dataset.specs, 256, shuffle=False, seed=0)
     ledger, resumed_round = PrivacyLedger(accountant=config.accountant), 0
     if config.resume_from:  # the global weights into ``model``, the ledger from the checkpoint
         ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
@@ -94,6 +97,10 @@ def main(grid: Grid, context: Context) -> None:
                              f"{ledger.accountant!r}, this run with {config.accountant!r} "
                              f"(controller={config.controller}); resume with the same "
                              f"controller and dp-accountant")
+    pretraining = None
+    if config.pretrain_epochs and not config.resume_from:  # a checkpoint is already trained
+        pretraining = pretrain_on_public_devices(config, dataset, model)
+        log.info("pretrained on the public devices' data: %s", pretraining)
     recorder = RunRecorder(run_dir, config.to_mapping())
     generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder)
     chain = build_chain(config, ledger, round_offset=resumed_round, anonymizer=generator,
@@ -178,14 +185,16 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
         evaluate_fn=evaluate_and_record,
     )
-    final_figures = learning_figures(config, dataset, outcome.arrays.to_torch_state_dict())
+    final_figures = learning_figures(config, dataset, central_test,
+                                     outcome.arrays.to_torch_state_dict())
     if recorder.history:
         recorder.add_scalars({f"final/{name}": value for name, value in final_figures.items()
                               if isinstance(value, float)}, recorder.history[-1].round)
     summary = recorder.finish({"privacy": ledger.state_dict(), **final_figures,
                                **({"controller": controller.summary()} if controller else {}),
                                **({"anonymizer": anonymizer_history} if anonymizer_history
-                                  else {})})
+                                  else {}),
+                               **({"pretraining": pretraining} if pretraining else {})})
     if controller is not None:
         controller_figure(run_dir)
     log.info("final accuracy %.4f after %d rounds; outputs in %s",
@@ -215,7 +224,7 @@ def prepare_anonymizer(grid: Grid, config: RunConfig, dataset: FederatedDataset,
     return outcome.models.generator, outcome.history
 
 
-def learning_figures(config: RunConfig, dataset: FederatedDataset,
+def learning_figures(config: RunConfig, dataset: FederatedDataset, central_test: MultimodalArrays,
                      global_state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """What the final model does where training did not look.
 
@@ -227,7 +236,7 @@ def learning_figures(config: RunConfig, dataset: FederatedDataset,
     """
     model = build_model(config, dataset)
     model.load_state_dict(global_state)
-    removals = remove_each_modality(model, dataset.central_test(), dataset.specs)
+    removals = remove_each_modality(model, central_test, dataset.specs)
     figures: dict[str, Any] = {
         "missing_modality": {name: asdict(removal) for name, removal in removals.items()},
         "missing_modality_drop_points": worst_drop_points(removals),

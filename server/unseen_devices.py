@@ -37,7 +37,7 @@ def evaluate_unseen_devices(config: RunConfig, dataset: FederatedDataset,
                          f"{config.num_partitions} partitions, the dataset has "
                          f"{dataset.num_partitions}")
     accuracies = {}
-    for partition in range(config.num_clients, config.num_partitions):
+    for partition in config.unseen_partitions:
         train_arrays, test_arrays = dataset.partition(partition)
         model = build_model(config, dataset)
         model.load_state_dict(dict(global_state))

@@ -60,8 +60,9 @@ def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
 
     order = [(c["part"], c["variant"], c["seed"]) for c in cells]
     assert order.index(("dp", "scratch-eps3", 0)) < order.index(("personalization", "none", 1))
-    assert order[-2:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0)]
-    assert len(order) == len(set(order)) == 2 * 9 + 7
+    assert order[-3:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
+                          ("dp", "public-eps1", 0)]
+    assert len(order) == len(set(order)) == 2 * 9 + 2 + 3 * 3
 
 
 def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
@@ -80,6 +81,6 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
         "none", "fedbn", "fedrep", "ditto", "local-gate", "local-only", "centralized"}
     assert set(figures["unseen_subject_accuracy"]) == {
         "none", "fedbn", "fedrep", "ditto", "local-gate", "centralized"}
-    assert set(figures["dp_accuracy_loss_points_eps8"]) == {"scratch", "features"}
+    assert set(figures["dp_accuracy_loss_points_eps8"]) == {"scratch", "features", "public"}
     assert figures["missing_modality_drop_points"]["concat_baseline"] is not None
-    assert len(result["cells"]) == 12
+    assert len(result["cells"]) == 14

@@ -47,7 +47,7 @@ def test_training_windows_are_standardised(dataset):
 
 
 def test_more_clients_than_subjects_is_rejected():
-    with pytest.raises(ValueError, match="num-clients must be at most 10, got 11"):
+    with pytest.raises(ValueError, match=r"public-devices must be at most 10, got 11 \+ 0 \+ 0"):
         smartwatch_dataset(RunConfig.from_mapping({"num-clients": 11}))
 
 

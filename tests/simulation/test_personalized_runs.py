@@ -66,5 +66,5 @@ def test_unseen_devices_fit_only_their_personal_parameters():
 
 
 def test_too_many_unseen_devices_for_the_dataset_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="num-clients \\+ unseen-devices must be at most 10"):
+    with pytest.raises(ValueError, match="unseen-devices \\+ public-devices must be at most 10"):
         run_in_process({"num-clients": 8, "unseen-devices": 3, "out-dir": str(tmp_path)})

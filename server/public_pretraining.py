@@ -1,0 +1,47 @@
+"""Pretraining on public data: the server trains the initial model on consented donors' data.
+
+DP-SGD from scratch on a few hundred windows per device learns little (Tramèr & Boneh 2021,
+"Differentially Private Learning Needs Better Features (or Much More Data)", ICLR). Features
+learned on public data help: the ``public-devices`` partitions (after the devices and the
+unseen ones) are donors who consented to share their training data. Before the first round
+the server trains the model on their pooled training split, plainly, for ``pretrain-epochs``;
+with ``fine-tune=top`` the devices then DP-train only the heads, fusion and classifier on top
+of these encoders. The donors' data is left out of every evaluation: they are no device, no
+unseen device, and the central test set drops their samples
+(:meth:`~fedmosaic.data.datasets.FederatedDataset.central_test_without`). Pretraining spends
+no device's ε: no device's data is touched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import FederatedDataset
+from fedmosaic.data.modality import MultimodalArrays
+from fedmosaic.models.multimodal import MultimodalClassifier
+from fedmosaic.models.training import make_loader, train
+from fedmosaic.task import loss_weights
+
+
+def pretrain_on_public_devices(config: RunConfig, dataset: FederatedDataset,
+                               model: MultimodalClassifier) -> dict[str, Any]:
+    """Train ``model`` in place on the public devices' training data (module docstring).
+
+    Returns:
+        What was done: ``partitions``, ``samples``, ``epochs`` and the last epoch's ``loss``.
+
+    Raises:
+        ValueError: If the public devices hold no training data.
+
+    """
+    partitions = list(config.public_partitions)
+    public = MultimodalArrays.concatenate([dataset.partition(p)[0] for p in partitions])
+    if not len(public):
+        raise ValueError(f"public-devices {partitions} hold no training samples to pretrain on")
+    result = train(model, make_loader(public, dataset.specs, config.batch_size, shuffle=True,
+                                      seed=config.seed),
+                   dataset.specs, epochs=config.pretrain_epochs,
+                   learning_rate=config.learning_rate, weights=loss_weights(config))
+    return {"partitions": partitions, "samples": len(public), "epochs": config.pretrain_epochs,
+            "loss": result.loss}
