@@ -590,6 +590,12 @@ def _check_learning(config: RunConfig) -> None:
     for name in ("unseen_devices", "public_devices", "pretrain_epochs"):
         if getattr(config, name) < 0:
             raise ValueError(f"{_key(name)} must be >= 0, got {getattr(config, name)}")
+    if config.personalization == "local-gate" and config.fusion == "concat":
+        raise ValueError("personalization=local-gate keeps the mixture of experts' routing; "
+                         "fusion=concat has none: use fusion=moe")
+    if config.personalization == "fedbn" and config.fine_tune == "top":
+        raise ValueError("personalization=fedbn keeps the encoders' normalisation layers, which "
+                         "fine-tune=top never trains: use fine-tune=all")
     if config.pretrain_epochs and not config.public_devices:
         raise ValueError(f"pretrain-epochs={config.pretrain_epochs} pretrains on the public "
                          f"devices' data: set public-devices >= 1, got 0")

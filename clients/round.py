@@ -216,9 +216,13 @@ def prepare_model(state: DeviceRound) -> None:
 def fit_personal_head(state: DeviceRound) -> None:
     """``fedrep``: fit the personal head on the frozen shared body (FedRep's first phase).
 
-    Plain training: the head never leaves the device, so it spends no ε.
+    Plain training, without DP-SGD: the head never leaves the device. Under ``dp=true`` this
+    phase is skipped: a head fitted on the raw data would make every example's DP-SGD gradient
+    of the body depend on all the others (through the head), which DP-SGD's bound does not
+    cover; the head then trains with the body, in the same DP-SGD steps (FedPer's joint update,
+    Arivazhagan et al. 2019), and stays on the device.
     """
-    if state.config.personalization != "fedrep":
+    if state.config.personalization != "fedrep" or state.config.dp:
         return
     with training_only(state.model, state.personal):
         train(state.model, state.loader, state.dataset.specs, epochs=state.config.local_epochs,
@@ -228,16 +232,17 @@ def fit_personal_head(state: DeviceRound) -> None:
 def train_model(state: DeviceRound) -> None:
     """Local training from the global weights: plain, or DP-SGD with ``dp=true``.
 
-    Under ``fedrep`` only the shared parameters train (the head stays as its first phase fitted
-    it); with ``fine-tune=top`` the encoders do not train. FedProx's ``proximal-mu`` and the
-    learning rate come from the training config. A device whose DP-SGD round would exceed its
-    budget refuses: it replies with the global weights, ``num-examples = 0`` and its DP
-    metrics.
+    Under ``fedrep`` without DP only the shared parameters train (the head stays as its first
+    phase fitted it); with ``fine-tune=top`` the encoders do not train. FedProx's
+    ``proximal-mu`` and the learning rate come from the training config. A device whose DP-SGD
+    round would exceed its budget refuses: it replies with the global weights,
+    ``num-examples = 0`` and its DP metrics.
     """
     config, specs, model = state.config, state.dataset.specs, state.model
+    head_fitted = config.personalization == "fedrep" and not config.dp
     shared = frozenset(name for name, _ in model.named_parameters()
                        if config.fine_tune == "all" or not name.startswith("encoders.")) - (
-        state.personal if config.personalization == "fedrep" else frozenset())
+        state.personal if head_fitted else frozenset())
     proximal_mu = float(state.received.get(records.PROXIMAL_MU, 0.0))
     reference = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     if not config.dp:

@@ -138,9 +138,19 @@ def test_evaluation_predicts_with_the_personal_parameters():
 def test_modality_dropout_and_personalization_compose_with_dp():
     config = run_config("fedrep", dp=True, **{"modality-dropout": 0.5})
     context, sent = device(config), global_state(config)
+    ran = [stage.__name__ for stage in TRAIN_STAGES]
+    heads = []
 
-    reply = train_locally(train_message(sent), context)
+    def no_plain_head_fit(state: DeviceRound) -> None:  # under DP the head trains in DP-SGD
+        heads.append(state.model.state_dict()["classifier.2.weight"].clone())
 
+    at = ran.index("fit_personal_head") + 1
+    reply = run_train_round(train_message(sent), context,
+                            (*TRAIN_STAGES[:at], no_plain_head_fit, *TRAIN_STAGES[at:]))
+
+    assert torch.equal(heads[0], sent["classifier.2.weight"])
+    assert not torch.equal(PersonalStore(config, context, 1).load()["classifier.2.weight"],
+                           sent["classifier.2.weight"])  # trained, by DP-SGD
     metrics = reply.content[records.METRICS]
     assert metrics[records.DP_REFUSED] == 0 and metrics[records.DP_STEPS] > 0
     got = reply.content[records.ARRAYS].to_torch_state_dict()

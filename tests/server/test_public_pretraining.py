@@ -1,0 +1,92 @@
+"""Public pretraining reads only the donors' data; the donors are left out of every evaluation."""
+
+import numpy as np
+import pytest
+import torch
+from flwr_datasets.partitioner import IidPartitioner
+
+from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import from_arrays
+from fedmosaic.data.smartwatch import SmartwatchDataset
+from fedmosaic.models.encoders import SensorFeatureEncoder
+from fedmosaic.server.public_pretraining import pretrain_on_public_devices
+from fedmosaic.task import build_model, cached_dataset
+
+
+class Spy:
+    """A dataset that records which partitions were read."""
+
+    def __init__(self, dataset):
+        self._dataset, self.read = dataset, []
+
+    def __getattr__(self, name):
+        return getattr(self._dataset, name)
+
+    def partition(self, partition_id):
+        self.read.append(partition_id)
+        return self._dataset.partition(partition_id)
+
+
+def test_pretraining_reads_only_the_public_devices_and_moves_the_model():
+    config = RunConfig.from_mapping({"num-clients": 6, "unseen-devices": 2,
+                                     "public-devices": 2, "pretrain-epochs": 1})
+    dataset = Spy(cached_dataset(config))
+    model = build_model(config, dataset)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    done = pretrain_on_public_devices(config, dataset, model)
+
+    assert dataset.read == [8, 9] == done["partitions"]
+    assert done["samples"] == sum(len(dataset.partition(p)[0]) for p in (8, 9))
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_the_smartwatch_central_test_drops_the_donors_subjects():
+    dataset = SmartwatchDataset()
+    everyone = dataset.central_test()
+
+    without = dataset.central_test_without([8, 9])
+
+    donors = {dataset.subject_of(8), dataset.subject_of(9)}
+    kept = ~np.isin(dataset._test_subjects, list(donors))
+    assert len(without) == kept.sum() < len(everyone)
+    assert np.array_equal(without.labels, everyone.labels[kept])
+    assert len(dataset.central_test_without([])) == len(everyone)
+
+
+def test_a_dataset_that_cannot_drop_donors_from_its_test_set_says_so():
+    config = RunConfig.from_mapping({"dataset": "synthetic", "num-clients": 2})
+    synthetic = cached_dataset(config)
+    assert len(synthetic.central_test_without([1])) == len(synthetic.central_test())
+    arrays = synthetic.partition(0)[0]
+    generic = from_arrays(arrays, arrays, synthetic.specs, synthetic.num_classes,
+                          IidPartitioner(num_partitions=2))
+    with pytest.raises(ValueError, match="cannot leave partitions \\[1\\] out"):
+        generic.central_test_without([1])
+
+
+def test_the_fixed_features_do_not_depend_on_the_seed():
+    windows = torch.randn(4, 3, 100)
+    torch.manual_seed(0)
+    first = SensorFeatureEncoder(3, 100, 16)
+    torch.manual_seed(1)
+    second = SensorFeatureEncoder(3, 100, 16)
+
+    assert torch.equal(first.features(windows), second.features(windows))
+    assert not torch.equal(first(windows), second(windows))  # only the projection is learned
+
+
+def test_pretrain_epochs_without_public_devices_is_refused():
+    with pytest.raises(ValueError, match="set public-devices >= 1"):
+        RunConfig.from_mapping({"pretrain-epochs": 5})
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"personalization": "local-gate", "fusion": "concat"}, "fusion=concat has none"),
+    ({"personalization": "fedbn", "fine-tune": "top"}, "fine-tune=top never trains"),
+    ({"modality-dropout": 1.0}, r"modality-dropout must lie in \[0, 1\)"),
+    ({"unseen-devices": -1}, "unseen-devices must be >= 0"),
+])
+def test_combinations_that_cannot_work_are_refused_up_front(settings, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_mapping(settings)
