@@ -197,6 +197,10 @@ class RunConfig:
         "label skew of the synthetic devices and of `partitioner=dirichlet` (smaller: more skew)"
     )
     missing_modality_prob: float = setting("chance a synthetic device lacks each modality")
+    missing_modality_devices: float = setting(
+        "simulation: share of devices (drawn from `seed`) that each lack one modality (drawn "
+        "too) in all their data, for training and their own evaluation; in [0, 1]"
+    )
     samples_per_client: int = setting("training samples per synthetic device")
     synthetic_noise: float = setting(
         "standard deviation of the synthetic devices' sensor noise (larger: a harder task)"
@@ -583,6 +587,9 @@ def _check_controller(config: RunConfig) -> None:
 
 def _check_learning(config: RunConfig) -> None:
     """Modality dropout, Ditto's λ, the held-out and the public devices."""
+    if not 0.0 <= config.missing_modality_devices <= 1.0:
+        raise ValueError(f"missing-modality-devices must lie in [0, 1], got "
+                         f"{config.missing_modality_devices}")
     if not 0.0 <= config.modality_dropout < 1.0:
         raise ValueError(f"modality-dropout must lie in [0, 1), got {config.modality_dropout}")
     if not 0.0 <= config.ditto_lambda < math.inf:

@@ -11,7 +11,8 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   windows) and *centralized* (the 8 devices' windows pooled);
 * **missing modalities** — the hierarchical mixture trained with ``modality-dropout=0.5``
   (ours) and zero-filled concatenation (``fusion=concat``, FedMultimodal's baseline), each
-  seed; FedAvg's ``none`` cell is the mixture without dropout;
+  seed; FedAvg's ``none`` cell is the mixture without dropout; then both again with half the
+  devices lacking a modality in all their data (``missing-modality-devices=0.5``);
 * **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on three paths, each against the same path
   without DP: from scratch (``tcn`` encoders); fixed DP-friendly features
   (``sensor-encoder=features``: statistical and spectral window features, only a projection
@@ -32,6 +33,8 @@ Figures (beside their targets):
 * ``missing_modality_drop_points``: worst accuracy drop (points) when one modality is removed
   at prediction time, on the central test (``models/missing_modality.py``), ours and the
   baseline; target ours ≤ 3 and below the baseline;
+  ``missing_modality_drop_points_half_devices_lacking``: the same after training with half
+  the devices lacking a modality;
 * ``dp_accuracy_loss_points_eps{8,3,1}``: per path, central accuracy without DP minus with DP;
   targets ≤ 3 at ε = 8 and ≤ 6 at ε = 3 on the best path; ``dp_time_ratio`` per path: the DP
   run's wall time over the same path's non-DP run (target ≤ 1.5 on the best path).
@@ -54,6 +57,7 @@ import numpy as np
 import torch
 
 from fedmosaic.config import RunConfig
+from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.models.training import evaluate, make_loader, train
 from fedmosaic.simulation.inprocess import run_in_process
@@ -98,6 +102,12 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float]) -> l
                        "overrides": {"modality-dropout": 0.5}},
                       {"part": "missing", "variant": "concat", "seed": seed,
                        "overrides": {"fusion": "concat"}}]
+        if "missing-half" in parts:
+            half = {"missing-modality-devices": 0.5}
+            cells += [{"part": "missing-half", "variant": "ours", "seed": seed,
+                       "overrides": {**half, "modality-dropout": 0.5}},
+                      {"part": "missing-half", "variant": "concat", "seed": seed,
+                       "overrides": {**half, "fusion": "concat"}}]
         per_seed.append(cells)
     dp: list[dict] = []
     if "dp" in parts:
@@ -139,6 +149,9 @@ def baseline(config: RunConfig, variant: str) -> dict[str, Any]:
     epochs = config.num_server_rounds * config.local_epochs
     specs = dataset.specs
 
+    def held(partition: int, split: int) -> MultimodalArrays:
+        return as_held(config, dataset.partition(partition)[split], partition)
+
     def fit(arrays: MultimodalArrays) -> torch.nn.Module:
         model = build_model(config, dataset)
         train(model, make_loader(arrays, specs, config.batch_size, shuffle=True,
@@ -153,13 +166,13 @@ def baseline(config: RunConfig, variant: str) -> dict[str, Any]:
 
     held_out = config.unseen_partitions
     if variant == "local-only":
-        own = [accuracy(fit(dataset.partition(p)[0]), dataset.partition(p)[1]) for p in devices]
+        own = [accuracy(fit(held(p, 0)), held(p, 1)) for p in devices]
         return {"final_device_accuracy": float(np.mean(own))}
-    model = fit(MultimodalArrays.concatenate([dataset.partition(p)[0] for p in devices]))
+    model = fit(MultimodalArrays.concatenate([held(p, 0) for p in devices]))
     return {
         "final_accuracy": accuracy(model, dataset.central_test_without(
             config.public_partitions)),
-        "final_device_accuracy": float(np.mean([accuracy(model, dataset.partition(p)[1])
+        "final_device_accuracy": float(np.mean([accuracy(model, held(p, 1))
                                                 for p in devices])),
         "unseen_subject_accuracy": float(np.mean([accuracy(model, dataset.partition(p)[1])
                                                   for p in held_out])),
@@ -190,6 +203,13 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
     figures["unseen_subject_accuracy"] = {
         v: u for v in (*PERSONALIZATIONS, "centralized")
         if (u := mean("personalization", v, "unseen_subject_accuracy")) is not None}
+    half = {"ours": mean("missing-half", "ours", "missing_modality_drop_points"),
+            "concat_baseline": mean("missing-half", "concat", "missing_modality_drop_points")}
+    if half["ours"] is not None:
+        figures["missing_modality_drop_points_half_devices_lacking"] = half
+        figures["missing_modality_accuracy_half_devices_lacking"] = {
+            "ours": mean("missing-half", "ours", "final_accuracy"),
+            "concat_baseline": mean("missing-half", "concat", "final_accuracy")}
     missing = {"ours": mean("missing", "ours", "missing_modality_drop_points"),
                "concat_baseline": mean("missing", "concat", "missing_modality_drop_points"),
                "moe_without_dropout": mean("personalization", "none",
@@ -255,12 +275,14 @@ def main() -> None:
     parser = common.make_parser(NAME, __doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds (default: 0 1 2; 0 with --quick)")
-    parser.add_argument("--parts", nargs="+", default=["personalization", "missing", "dp"],
-                        choices=["personalization", "missing", "dp"])
+    parser.add_argument("--parts", nargs="+",
+                        default=["personalization", "missing", "missing-half", "dp"],
+                        choices=["personalization", "missing", "missing-half", "dp"])
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--workers", type=int, default=2, help="cells run in parallel")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="summarize the cells of earlier `.cells.json` files instead")
+                        help="start from the cells of earlier `.cells.json` files; only the "
+                             "cells of the grid they lack are run")
     args = parser.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     base = {**BASE, **common.run_overrides(args)}
@@ -269,8 +291,10 @@ def main() -> None:
     runs_dir = common.run_folder(NAME, args.runs_dir)
     partial = args.out.with_suffix(".cells.json")
     cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
-    if not args.merge:
-        todo = cells_to_run(args.parts, seeds, args.epsilons)
+    done_keys = {(c["part"], c["variant"], c["seed"]) for c in cells}
+    todo = [c for c in cells_to_run(args.parts, seeds, args.epsilons)
+            if (c["part"], c["variant"], c["seed"]) not in done_keys]
+    if todo:
         print(f"{NAME}: {len(todo)} cells on {args.workers} workers; runs in {runs_dir}",
               flush=True)
         context = multiprocessing.get_context("spawn")

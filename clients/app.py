@@ -18,6 +18,7 @@ from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.edge_forward import forward_to_edge, is_edge_node
 from fedmosaic.clients.round import partition_id, run_train_round
 from fedmosaic.config import RunConfig
+from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.task import build_model, cached_dataset
 
@@ -48,7 +49,7 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     dataset = cached_dataset(config)
     device = partition_id(context)
-    _, test_arrays = dataset.partition(device)
+    test_arrays = as_held(config, dataset.partition(device)[1], device)
     model = build_model(config, dataset)
     model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
     if config.personalization != "none":

@@ -11,7 +11,8 @@ is one function and one line in :data:`TRAIN_STAGES`.
 ==================  ==========================================================================
 stage               contract
 ==================  ==========================================================================
-load_partition      ``train_arrays``: the device's training split (node config partition)
+load_partition      ``train_arrays``: the device's training split (node config partition),
+                    without a modality it lacks (``missing-modality-devices``)
 anonymize_inputs    ``anonymize-training``: ``train_arrays`` through the anonymizer the message
                     carries, at the knobs it names (``anonymizer-knobs``)
 poison_data         simulation only: a malicious device's data poisoning (label flips)
@@ -54,6 +55,7 @@ from fedmosaic.clients.poisoning import ClientAttack
 from fedmosaic.clients.private_training import train_private_round
 from fedmosaic.clients.telemetry import publish_telemetry
 from fedmosaic.config import RunConfig
+from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.data.modality import ModalityKind, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
@@ -172,8 +174,9 @@ Stage = Callable[[DeviceRound], None]
 
 
 def load_partition(state: DeviceRound) -> None:
-    """The device's training split of its partition."""
-    state.train_arrays, _ = state.dataset.partition(state.partition_id)
+    """The device's training split of its partition (without a modality it lacks)."""
+    train_arrays, _ = state.dataset.partition(state.partition_id)
+    state.train_arrays = as_held(state.config, train_arrays, state.partition_id)
 
 
 def anonymize_inputs(state: DeviceRound) -> None:

@@ -83,4 +83,5 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
         "none", "fedbn", "fedrep", "ditto", "local-gate", "centralized"}
     assert set(figures["dp_accuracy_loss_points_eps8"]) == {"scratch", "features", "public"}
     assert figures["missing_modality_drop_points"]["concat_baseline"] is not None
-    assert len(result["cells"]) == 14
+    assert figures["missing_modality_drop_points_half_devices_lacking"]["ours"] is not None
+    assert len(result["cells"]) == 16
