@@ -41,7 +41,8 @@ def _overrides(pairs: list[str] | None, config_file: Path | None) -> dict[str, C
 
 
 def _report(summary: dict[str, Any], run_dir: Path) -> None:
-    figures = [f"final accuracy {summary['final_accuracy']:.4f}"]
+    figures = [f"final accuracy {summary['final_accuracy']:.4f}"
+               + (" (global model)" if summary.get("final_device_accuracy") is not None else "")]
     for key, label in (("final_device_accuracy", "on devices' own data"),
                        ("unseen_subject_accuracy", "on unseen devices")):
         if summary.get(key) is not None:

@@ -39,10 +39,13 @@ EDGE_AGGREGATIONS = ("mean", "trimmed-mean", "median")
 PARTITIONERS = ("iid", "dirichlet")
 """How a data file without a ``device`` column is split across devices (``data/files.py``)."""
 SENSOR_ENCODERS = ("tcn", "features")
-FUSIONS = ("moe", "concat")
-PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
-FINE_TUNES = ("all", "top")
 """Sensor encoders: the trainable TCN, or fixed features and a projection (for DP-SGD)."""
+FUSIONS = ("moe", "concat")
+"""Fusion of the modalities: the hierarchical mixture, or zero-filled concatenation."""
+PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
+"""What a device keeps to itself (``models/personalization.py``)."""
+FINE_TUNES = ("all", "top")
+"""What devices train: every parameter, or all but the encoders."""
 DATA_POISONING_ATTACKS = ("label-flip",)
 """Attacks a malicious device makes on its own data (``clients/poisoning.py``)."""
 MODEL_POISONING_ATTACKS = ("sign-flip", "gaussian", "scale-10", "scale-100", "nan")
@@ -153,7 +156,8 @@ class RunConfig:
     )
     personalization: str = setting(
         "what each device keeps to itself: `none`, `fedbn` (its normalisation layers), `fedrep` "
-        "(its classifier head, fitted before the shared body each round), `ditto` (a whole "
+        "(its classifier head, fitted before the shared body each round; under DP trained with "
+        "it), `ditto` (a whole "
         "personal model pulled towards the global one by `ditto-lambda`) or `local-gate` (its "
         'mixture-of-experts routing); see "Personalization"',
         choices=PERSONALIZATIONS,
@@ -600,6 +604,10 @@ def _check_learning(config: RunConfig) -> None:
     if config.personalization == "local-gate" and config.fusion == "concat":
         raise ValueError("personalization=local-gate keeps the mixture of experts' routing; "
                          "fusion=concat has none: use fusion=moe")
+    if config.personalization == "ditto" and config.dp:
+        raise ValueError("personalization=ditto trains each device's personal model without DP "
+                         "and reports its evaluation; with dp=true use fedrep, fedbn or "
+                         "local-gate, whose personal parameters DP-SGD trains")
     if config.personalization == "fedbn" and config.fine_tune == "top":
         raise ValueError("personalization=fedbn keeps the encoders' normalisation layers, which "
                          "fine-tune=top never trains: use fine-tune=all")

@@ -14,6 +14,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from fedmosaic import records
 from fedmosaic.clients.round import partition_id
 from fedmosaic.config import RunConfig
+from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.privacy.anonymizer.training import (
     AnonymizerModels,
     AnonymizerTraining,
@@ -27,7 +28,7 @@ def run_anonymizer_round(message: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     dataset = cached_dataset(config)
     device = partition_id(context)
-    train_arrays, _ = dataset.partition(device)
+    train_arrays = as_held(config, dataset.partition(device)[0], device)
     settings = AnonymizerTraining.from_config(config)
     models = AnonymizerModels(dataset.specs, dataset.num_sensitive_values, dataset.num_classes,
                               settings)

@@ -10,6 +10,7 @@ gRPC/HTTP on loopback.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
         "default": FEDERATION,
         FEDERATION: {"address": f"{HOST}:{link_port}", "insecure": True},
     }}))
+    if not config.resume_from:  # a new run: no device state from an earlier, unfinished one
+        shutil.rmtree(run_dir / DEVICE_STATE_DIR, ignore_errors=True)
     run_config_file = run_dir / "run-config.toml"
     run_config_file.write_text(tomli_w.dumps(config.to_mapping()))
 

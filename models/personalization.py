@@ -12,7 +12,7 @@ ones never leave it. The split, by ``state_dict`` key of
 ``fedrep``    the classifier head (FedRep, Collins et al. 2021, "Exploiting Shared
               Representations for Personalized Federated Learning", ICML): each round the
               device first fits its head on the frozen shared body, then trains the body
-              with its head frozen
+              with its head frozen (under DP-SGD both in the same steps, as FedPer does)
 ``local-gate``  the mixture of experts' routing: the level-2 gate and every level-1 gate
               (the experts stay shared)
 ``ditto``     nothing *inside* the shared model: Ditto (Li et al. 2021, "Ditto: Fair and
@@ -46,9 +46,14 @@ def personal_keys(model: MultimodalClassifier, personalization: str) -> frozense
     if personalization in ("none", *FULL_MODEL):
         return frozenset()
     if personalization == "fedbn":
-        return frozenset(f"{name}.{key}" for name, module in model.named_modules()
-                         if isinstance(module, nn.GroupNorm)
-                         for key in module.state_dict())
+        norms = frozenset(f"{name}.{key}" for name, module in model.named_modules()
+                          if isinstance(module, nn.GroupNorm)
+                          for key in module.state_dict())
+        if not norms:
+            raise ValueError("personalization=fedbn keeps the normalisation layers; this model "
+                             "has none (sensor-encoder=features on sensor-only data): use "
+                             "fedrep or local-gate")
+        return norms
     if personalization == "fedrep":
         return frozenset(key for key in model.state_dict() if key.startswith("classifier."))
     if personalization == "local-gate":

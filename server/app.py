@@ -21,6 +21,7 @@ from fedmosaic.data.datasets import FederatedDataset, is_file_dataset
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.data.report import partition_report, partition_warnings
 from fedmosaic.models.missing_modality import remove_each_modality, worst_drop_points
+from fedmosaic.models.personalization import personal_keys
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.training import (
@@ -59,6 +60,20 @@ def warn_pointless_settings(config: RunConfig) -> None:
     if config.partitioner != "iid" and not is_file_dataset(config.dataset):
         log.warning("partitioner=%s has no effect with dataset=%s (it splits data files "
                     "without a device column)", config.partitioner, config.dataset)
+    if config.personalization != "none" and config.num_edges and config.edge_role == "cloud":
+        log.warning("personalization=%s with deployed edges: federated evaluation does not go "
+                    "through the edges, so device_accuracy is not measured; the central "
+                    "figures are the global model's", config.personalization)
+    if config.personalization != "none" and config.resume_from:
+        log.warning("resume-from with personalization=%s: devices without a state-dir start "
+                    "their personal parameters again from the global ones (simulation keeps "
+                    "them in memory only)", config.personalization)
+    if config.fine_tune == "top" and not (config.pretrain_epochs or config.resume_from):
+        log.warning("fine-tune=top without pretrain-epochs or resume-from: the encoders stay at "
+                    "their random initialisation for the whole run")
+    if config.public_devices and not config.pretrain_epochs:
+        log.warning("public-devices=%d with pretrain-epochs=0: the donors' data is not used",
+                    config.public_devices)
     if config.controller != "none" and config.dp_accountant != "rdp":
         log.warning("dp-accountant=%s has no effect with controller=%s (adaptive budgets are "
                     "accounted by the Rényi filter)", config.dp_accountant, config.controller)
@@ -87,6 +102,7 @@ def main(grid: Grid, context: Context) -> None:
                          f"{config.num_partitions} partitions needed, the dataset has "
                          f"{dataset.num_partitions}")
     model = build_model(config, dataset)
+    personal_keys(model, config.personalization)  # a model without such layers fails now
     central_test = dataset.central_test_without(config.public_partitions)
     test_loader = make_loader(central_test, dataset.specs, 256, shuffle=False, seed=0)
     ledger, resumed_round = PrivacyLedger(accountant=config.accountant), 0
@@ -232,7 +248,10 @@ def learning_figures(config: RunConfig, dataset: FederatedDataset, central_test:
     (:func:`~fedmosaic.models.missing_modality.remove_each_modality`), and
     ``missing_modality_drop_points``, the worst drop; with ``unseen-devices``,
     ``unseen_devices`` (accuracy per held-out partition) and their mean,
-    ``unseen_subject_accuracy`` (:mod:`fedmosaic.server.unseen_devices`).
+    ``unseen_subject_accuracy``, and ``unseen_subject_accuracy_head_fitted``, the mean when
+    every newcomer fits the classifier head alone (:mod:`fedmosaic.server.unseen_devices`).
+    Under ``personalization`` these are figures of the global model, whose personal
+    parameters never trained (FedRep's head is its initial one).
     """
     model = build_model(config, dataset)
     model.load_state_dict(global_state)
@@ -245,6 +264,9 @@ def learning_figures(config: RunConfig, dataset: FederatedDataset, central_test:
         unseen = evaluate_unseen_devices(config, dataset, global_state)
         figures["unseen_devices"] = {str(p): accuracy for p, accuracy in unseen.items()}
         figures["unseen_subject_accuracy"] = float(np.mean(list(unseen.values())))
+        head_fitted = evaluate_unseen_devices(config, dataset, global_state, fit="head")
+        figures["unseen_subject_accuracy_head_fitted"] = float(np.mean(list(
+            head_fitted.values())))
     return figures
 
 

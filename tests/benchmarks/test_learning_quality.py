@@ -62,7 +62,7 @@ def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
     assert order.index(("dp", "scratch-eps3", 0)) < order.index(("personalization", "none", 1))
     assert order[-3:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
                           ("dp", "public-eps1", 0)]
-    assert len(order) == len(set(order)) == 2 * 9 + 2 + 3 * 3
+    assert len(order) == len(set(order)) == 2 * 10 + 2 + 3 * 3
 
 
 def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
@@ -84,4 +84,4 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
     assert set(figures["dp_accuracy_loss_points_eps8"]) == {"scratch", "features", "public"}
     assert figures["missing_modality_drop_points"]["concat_baseline"] is not None
     assert figures["missing_modality_drop_points_half_devices_lacking"]["ours"] is not None
-    assert len(result["cells"]) == 16
+    assert len(result["cells"]) == 17

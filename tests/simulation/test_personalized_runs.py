@@ -32,6 +32,7 @@ def test_each_personalization_runs_and_reports_device_and_unseen_accuracy(
     assert set(summary["unseen_devices"]) == {"3", "4"}
     assert summary["unseen_subject_accuracy"] == pytest.approx(
         np.mean(list(summary["unseen_devices"].values())))
+    assert 0.0 <= summary["unseen_subject_accuracy_head_fitted"] <= 1.0
     removals = summary["missing_modality"]
     assert removals and summary["missing_modality_drop_points"] == pytest.approx(max(
         100 * (r["accuracy_with"] - r["accuracy_without"]) for r in removals.values()))
@@ -68,3 +69,29 @@ def test_unseen_devices_fit_only_their_personal_parameters():
 def test_too_many_unseen_devices_for_the_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unseen-devices \\+ public-devices must be at most 10"):
         run_in_process({"num-clients": 8, "unseen-devices": 3, "out-dir": str(tmp_path)})
+
+
+def test_a_head_fitting_newcomer_changes_only_its_head():
+    config = RunConfig.from_mapping({**SMALL, "local-epochs": 20, "learning-rate": 0.05,
+                                     "samples-per-client": 200})
+    dataset = cached_dataset(config)
+    state = build_model(config, dataset).state_dict()
+
+    plain = evaluate_unseen_devices(config, dataset, state)
+    fitted = evaluate_unseen_devices(config, dataset, state, fit="head")
+
+    assert set(fitted) == set(plain) == {3, 4}
+    assert np.mean(list(fitted.values())) > np.mean(list(plain.values()))  # vs a random head
+    with pytest.raises(ValueError, match="fit must be"):
+        evaluate_unseen_devices(config, dataset, state, fit="all")
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"personalization": "ditto", "dp": True}, "with dp=true use fedrep"),
+    ({"personalization": "fedbn", "sensor-encoder": "features"}, "this model has none"),
+])
+def test_personalizations_that_cannot_hold_are_refused_before_round_one(
+        tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        run_in_process({**SMALL, "dataset": "smartwatch", "unseen-devices": 0, **settings,
+                        "out-dir": str(tmp_path)})
