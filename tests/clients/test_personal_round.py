@@ -10,6 +10,7 @@ from fedmosaic.clients import round as device_round
 from fedmosaic.clients.app import evaluate_locally, train_locally
 from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.round import TRAIN_STAGES, DeviceRound, run_train_round
+from fedmosaic.compression import decode, payload_from_record
 from fedmosaic.config import RunConfig
 from fedmosaic.models.personalization import personal_keys
 from fedmosaic.task import build_model, cached_dataset
@@ -155,3 +156,28 @@ def test_modality_dropout_and_personalization_compose_with_dp():
     assert metrics[records.DP_REFUSED] == 0 and metrics[records.DP_STEPS] > 0
     got = reply.content[records.ARRAYS].to_torch_state_dict()
     assert all(torch.equal(got[k], sent[k]) for k in sent if k.startswith("classifier."))
+
+
+def test_below_an_edge_the_compressed_delta_of_personal_keys_is_zero():
+    config = run_config("fedrep", **{"num-edges": 1, "device-topk": 0.1, "device-bits": 8})
+    context, sent = device(config), global_state(config)
+
+    reply = train_locally(train_message(sent), context)
+
+    delta = decode(payload_from_record(reply.content[records.COMPRESSED_DELTA]))
+    assert all(not delta[k].any() for k in sent if k.startswith("classifier."))
+    assert any(delta[k].any() for k in sent if k.startswith("encoders."))
+    residual = context.state[records.DEVICE_RESIDUAL]  # nothing personal kept for later either
+    assert all(not residual[k].numpy().any() for k in sent if k.startswith("classifier."))
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_fine_tuning_the_top_leaves_the_encoders_as_sent(dp):
+    config = run_config("none", dp=dp, **{"fine-tune": "top"})
+    context, sent = device(config), global_state(config)
+
+    reply = train_locally(train_message(sent), context)
+
+    got = reply.content[records.ARRAYS].to_torch_state_dict()
+    assert all(torch.equal(got[k], sent[k]) for k in sent if k.startswith("encoders."))
+    assert any(not torch.equal(got[k], sent[k]) for k in sent if k.startswith("classifier."))
