@@ -82,14 +82,20 @@ class PartitionReport:
         return "\n".join(lines)
 
 
-def partition_report(dataset: FederatedDataset) -> PartitionReport:
-    """Read the partitions of ``dataset`` (the first :data:`MAX_REPORTED`).
+def partition_report(dataset: FederatedDataset,
+                     num_devices: int | None = None) -> PartitionReport:
+    """Read the first ``num_devices`` partitions of ``dataset`` (at most :data:`MAX_REPORTED`).
+
+    ``num_devices`` leaves out the partitions after them (held-out and public devices, which
+    never train); by default every partition is a device.
 
     Raises:
         ValueError: If a partition cannot be made, naming it.
     """
     devices = []
-    for partition_id in range(min(dataset.num_partitions, MAX_REPORTED)):
+    count = (dataset.num_partitions if num_devices is None
+             else min(num_devices, dataset.num_partitions))
+    for partition_id in range(min(count, MAX_REPORTED)):
         try:
             train, test = dataset.partition(partition_id)
         except (IndexError, KeyError, ValueError) as error:
@@ -108,7 +114,7 @@ def partition_report(dataset: FederatedDataset) -> PartitionReport:
     partitioner = (type(dataset.partitioner).__name__ if isinstance(dataset, PartitionedArrays)
                    else None)
     return PartitionReport(devices, dataset.num_classes, [s.name for s in dataset.specs],
-                           partitioner, dataset.num_partitions)
+                           partitioner, count)
 
 
 def partition_warnings(report: PartitionReport) -> list[str]:

@@ -130,7 +130,7 @@ def main(grid: Grid, context: Context) -> None:
     risk_stage = chain.find(RiskStage)
     controller = chain.find(ControllerStage)
     try:
-        report = partition_report(dataset)
+        report = partition_report(dataset, num_devices=config.num_clients)
     except ValueError as error:  # partitions that only exist on the devices
         log.warning("partitions: no report, the server cannot read them (%s)", error)
     else:

@@ -107,3 +107,10 @@ def test_the_run_config_gives_the_seed_and_the_local_test_fraction():
     assert np.array_equal(same[0].labels, again[0].labels)
     assert not np.array_equal(same[0].inputs["thermal"], other[0].inputs["thermal"])
     assert abs(len(half[1]) - len(half[0])) <= 1  # local-test-fraction 0.5
+
+
+def test_only_the_devices_are_reported_not_the_held_out_partitions():
+    report = partition_report(dataset(IidPartitioner(num_partitions=5)), num_devices=3)
+
+    assert [d.partition_id for d in report.devices] == [0, 1, 2]
+    assert report.to_dict()["total_devices"] == 3
