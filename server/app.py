@@ -194,15 +194,18 @@ def main(grid: Grid, context: Context) -> None:
         round_started = time.time()
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
+    initial_arrays = ArrayRecord(model.state_dict())
     outcome = chain.strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=initial_arrays,
         num_rounds=config.num_server_rounds,
         train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
         evaluate_fn=evaluate_and_record,
     )
+    # Flower's result holds arrays only if some round aggregated; else the start is final
+    final_arrays = outcome.arrays if len(outcome.arrays) else initial_arrays
     final_figures = learning_figures(config, dataset, central_test,
-                                     outcome.arrays.to_torch_state_dict())
+                                     final_arrays.to_torch_state_dict())
     if recorder.history:
         recorder.add_scalars({f"final/{name}": value for name, value in final_figures.items()
                               if isinstance(value, float)}, recorder.history[-1].round)
