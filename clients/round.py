@@ -284,15 +284,14 @@ def train_personal(state: DeviceRound) -> None:
     if state.config.personalization != "ditto":
         return
     config, store = state.config, state.personal_store
+    received = state.global_arrays.to_torch_state_dict()
     personal = build_model(config, state.dataset)
-    personal.load_state_dict(state.global_arrays.to_torch_state_dict())
+    personal.load_state_dict(received)
     store.apply(personal)
-    anchor = build_model(config, state.dataset)
-    anchor.load_state_dict(state.global_arrays.to_torch_state_dict())
     train(personal, state.loader, state.dataset.specs, epochs=config.local_epochs,
           learning_rate=state.learning_rate, weights=loss_weights(config),
           proximal_mu=config.ditto_lambda,
-          reference_params=[p.detach() for p in anchor.parameters()])
+          reference_params=[received[name] for name, _ in personal.named_parameters()])
     store.save(personal.state_dict())
 
 
