@@ -12,7 +12,7 @@ and stays at its global value if no sampled client holds ``m`` (an expert nobody
 not pulled towards the random drift of clients that never saw its modality). Every other
 parameter (second-level gate, fusion, classifier) is the example-weighted average over all
 clients, as in FedAvg. With ``beta > 0`` each of these averages is a coordinate-wise weighted
-trimmed mean (:func:`~fedmosaic.strategies.trimmed_mean.weighted_trimmed_mean`), which also
+trimmed mean (:func:`~fedmosaic.strategies.kernels.trimmed_mean`), which also
 withstands Byzantine clients. The per-modality averaging follows the modality-wise aggregation
 of FedMSplit / "Cross-Modal Federated Human Activity Recognition" (Chen and Zhang 2022,
 arXiv:2209.03898) and the uncertainty weighting of probabilistic embeddings.
@@ -28,7 +28,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmosaic import records
-from fedmosaic.strategies.trimmed_mean import weighted_trimmed_mean
+from fedmosaic.strategies import kernels
+from fedmosaic.strategies.trimmed_mean import record_arrays
 
 
 def modality_of(key: str, modality_prefixes: Mapping[str, Sequence[str]]) -> int | None:
@@ -80,24 +81,27 @@ class MoEFusion(FedAvg):
         examples = np.array([self._metric(m, self.weighted_by_key) for m in valid], float)
         confidence = np.array([self._confidence(m) for m in valid])
         held = np.array([self._held(m) for m in valid], dtype=bool)
-        fused: dict[str, Array] = {}
-        for key in valid[0].content[self.arrayrecord_key].keys():
-            stack = np.stack([m.content[self.arrayrecord_key][key].numpy() for m in valid])
-            modality = modality_of(key, self.modality_prefixes)
-            if modality is None:
-                fused[key] = Array(weighted_trimmed_mean(stack, self.beta, examples))
+        updates = [record_arrays(m.content[self.arrayrecord_key]) for m in valid]
+        groups: dict[int | None, list[str]] = {}
+        for key in updates[0]:
+            groups.setdefault(modality_of(key, self.modality_prefixes), []).append(key)
+        fused: dict[str, np.ndarray] = {}
+        for modality, keys in groups.items():  # one kernel call per modality's parameters
+            rows = np.ones(len(valid), dtype=bool) if modality is None else held[:, modality]
+            if not rows.any():
+                missing = [key for key in keys if key not in self._global]
+                if missing:
+                    raise RuntimeError(f"no global value of {missing}: configure_train must "
+                                       "run before aggregate_train in the same round")
+                fused.update({key: self._global[key].copy() for key in keys})
                 continue
-            holders = held[:, modality]
-            if not holders.any():
-                if key not in self._global:
-                    raise RuntimeError(f"no global value of {key!r}: configure_train must run "
-                                       "before aggregate_train in the same round")
-                fused[key] = Array(self._global[key].copy())
-                continue
-            weights = (examples * confidence)[holders]
-            fused[key] = Array(weighted_trimmed_mean(stack[holders], self.beta, weights))
+            weights = examples[rows] if modality is None else (examples * confidence)[rows]
+            fused.update(kernels.combine(
+                [{key: update[key] for key in keys} for update, use in zip(updates, rows,
+                                                                          strict=True) if use],
+                lambda stack, weights=weights: kernels.trimmed_mean(stack, self.beta, weights)))
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
-        return ArrayRecord(fused), metrics
+        return ArrayRecord({key: Array(fused[key]) for key in updates[0]}), metrics
 
     def _metric(self, reply: Message, key: str) -> object:
         return next(iter(reply.content.metric_records.values())).get(key)

@@ -27,6 +27,7 @@ import numpy as np
 
 from fedmosaic.compression import CompressionSpec, WireFormatError, compress, decode
 from fedmosaic.server.validation import RejectedUpdate, Rejections
+from fedmosaic.strategies import kernels
 
 log = logging.getLogger("fedmosaic")
 
@@ -77,6 +78,8 @@ class EdgeAggregate:
 def weighted_average(deltas: Sequence[Arrays], weights: Sequence[int]) -> Arrays:
     """``Σ_i w_i Δ_i / Σ_i w_i`` per array, accumulated in float64, cast to each array's dtype.
 
+    Streamed into one accumulator (:func:`~fedmosaic.strategies.kernels.weighted_average`).
+
     Raises:
         ValueError: if there are no deltas, lengths differ, a weight is not positive, or the
             deltas do not share names and shapes.
@@ -88,17 +91,7 @@ def weighted_average(deltas: Sequence[Arrays], weights: Sequence[int]) -> Arrays
                          f"{len(deltas)} deltas")
     if any(w <= 0 for w in weights):
         raise ValueError(f"weights must be > 0, got {list(weights)}")
-    total = float(sum(weights))
-    names = list(deltas[0])
-    for delta in deltas[1:]:
-        if list(delta) != names:
-            raise ValueError(f"deltas must share array names; expected {names}, got "
-                             f"{list(delta)}")
-    return {
-        name: (sum(np.asarray(d[name], dtype=np.float64) * w for d, w in
-                   zip(deltas, weights, strict=True)) / total).astype(deltas[0][name].dtype)
-        for name in names
-    }
+    return kernels.weighted_average(deltas, weights, dtype=np.float64)
 
 
 def rejection_reason(error: BaseException) -> str:

@@ -7,7 +7,7 @@ r"""How an edge combines its devices' accepted deltas: weighted mean, trimmed me
   :math:`\sum_i n_i \Delta_i / \sum_i n_i` (hierarchical FedAvg);
 * ``trimmed-mean``: per coordinate, drop the :math:`\lfloor \beta m \rfloor` smallest and
   largest of the edge's :math:`m` values and average the rest, unweighted (Yin et al. 2018,
-  arXiv:1803.01498; :func:`~fedmosaic.strategies.trimmed_mean.weighted_trimmed_mean`), with
+  arXiv:1803.01498; :func:`~fedmosaic.strategies.kernels.trimmed_mean`), with
   :math:`\beta` = ``trim-fraction``;
 * ``median``: the coordinate-wise median (Yin et al. 2018), as Flower's ``FedMedian``.
 
@@ -24,23 +24,22 @@ import numpy as np
 
 from fedmosaic.config import EDGE_AGGREGATIONS
 from fedmosaic.server.edge.aggregation import Arrays, weighted_average
-from fedmosaic.strategies.trimmed_mean import weighted_trimmed_mean
+from fedmosaic.strategies import kernels
 
 Combiner = Callable[[Sequence[Arrays], Sequence[int]], Arrays]
 """``combine(deltas, num_examples)``: one delta from the accepted devices' deltas."""
 
 
 def coordinate_wise(rule: Callable[[np.ndarray], np.ndarray]) -> Combiner:
-    """A combiner applying ``rule`` to every array's ``(m, ...)`` stack of device values.
+    """A combiner applying ``rule`` to the ``(m, P)`` float64 stack of the flattened deltas.
 
-    Each result is computed in float64 and cast back to the array's dtype.
+    See :func:`~fedmosaic.strategies.kernels.combine`; results are cast to each array's dtype.
     """
 
     def combine(deltas: Sequence[Arrays], num_examples: Sequence[int]) -> Arrays:
         if not deltas:
             raise ValueError("an edge needs at least one accepted delta to combine, got none")
-        return {name: rule(np.stack([np.asarray(d[name], dtype=np.float64) for d in deltas]))
-                .astype(deltas[0][name].dtype) for name in deltas[0]}
+        return kernels.combine(deltas, rule, dtype=np.float64)
 
     return combine
 
@@ -56,7 +55,7 @@ def edge_combiner(method: str, trim_fraction: float) -> Combiner:
     if method == "mean":
         return weighted_average
     if method == "trimmed-mean":
-        return coordinate_wise(lambda stack: weighted_trimmed_mean(stack, trim_fraction))
+        return coordinate_wise(lambda stack: kernels.trimmed_mean(stack, trim_fraction))
     if method == "median":
-        return coordinate_wise(lambda stack: np.median(stack, axis=0))
+        return coordinate_wise(kernels.median)
     raise ValueError(f"edge-aggregation must be one of {EDGE_AGGREGATIONS}, got {method!r}")

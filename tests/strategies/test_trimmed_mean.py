@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 from flwr.serverapp.strategy import FedMedian, FedTrimmedAvg
-from scipy.stats import trim_mean
 
-from fedmosaic.strategies.trimmed_mean import TrimmedMean, weighted_trimmed_mean
+from fedmosaic.strategies.trimmed_mean import TrimmedMean
 
 
 def replies_from(make_reply, values, seed=0):
@@ -13,21 +12,6 @@ def replies_from(make_reply, values, seed=0):
     return [make_reply({"conv": layers[0][i], "bias": layers[1][i]},
                        {"num-examples": i + 1, "train-loss": float(i)}, node=i + 1)
             for i in range(len(values))]
-
-
-def test_hand_computed_trimmed_mean_drops_the_extremes():
-    stack = np.array([[1.0], [2.0], [3.0], [100.0], [-50.0]])
-
-    # beta = 0.2 of 5 cuts one value at each end: mean(1, 2, 3) = 2
-    assert weighted_trimmed_mean(stack, 0.2)[0] == pytest.approx(2.0)
-    # weights 1, 1, 2 on the kept values 1, 2, 3: (1 + 2 + 6) / 4
-    assert weighted_trimmed_mean(stack, 0.2, np.array([1, 1, 2, 9, 9]))[0] == pytest.approx(2.25)
-
-
-def test_unweighted_equals_scipy():
-    stack = np.random.default_rng(1).normal(size=(9, 5, 2))
-
-    np.testing.assert_allclose(weighted_trimmed_mean(stack, 0.3), trim_mean(stack, 0.3, axis=0))
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.1, 0.2, 0.4])
@@ -56,11 +40,6 @@ def test_largest_trim_of_an_odd_count_equals_flowers_fedmedian(train_reply):
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: TrimmedMean(beta=0.5), r"beta must lie in \[0, 0.5\), got 0.5"),
     (lambda: TrimmedMean(beta=-0.1), r"beta must lie in \[0, 0.5\), got -0.1"),
-    (lambda: weighted_trimmed_mean(np.ones((2, 1)), 0.7), r"beta must lie in \[0, 0.5\)"),
-    (lambda: weighted_trimmed_mean(np.ones((2, 1)), 0.1, np.array([1.0, 0.0])),
-     "weights must be 2 values > 0"),
-    (lambda: weighted_trimmed_mean(np.ones((2, 1)), 0.1, np.array([1.0])),
-     "weights must be 2 values > 0"),
 ])
 def test_bad_settings_are_refused(call, message):
     with pytest.raises(ValueError, match=message):

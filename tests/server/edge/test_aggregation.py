@@ -36,7 +36,7 @@ def test_weighted_average_weights_by_examples():
     ([], [], "at least one delta"),
     ([{"w": np.zeros(1)}], [1, 2], "one weight per delta"),
     ([{"w": np.zeros(1)}], [0], "weights must be > 0"),
-    ([{"w": np.zeros(1)}, {"v": np.zeros(1)}], [1, 1], "must share array names"),
+    ([{"w": np.zeros(1)}, {"v": np.zeros(1)}], [1, 1], "must hold the arrays"),
 ])
 def test_weighted_average_rejects_bad_input(deltas, weights, message):
     with pytest.raises(ValueError, match=message):
