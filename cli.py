@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from fedmosaic.config import ConfigValue, parse_overrides
+from fedmosaic.config import ConfigValue, RayResources, parse_overrides
 from fedmosaic.launch.runs import RunFailedError, run_simulation
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -76,10 +76,22 @@ def _execute(launch: Any, **kwargs: Any) -> None:
 
 @app.command()
 def run(run_config: ConfigPairs = None, config: ConfigFile = None, out: OutDir = None,
-        quiet: Quiet = False) -> None:
+        quiet: Quiet = False,
+        ray_address: Annotated[str, typer.Option(
+            help="Join this existing Ray cluster (its head's HOST:PORT, or auto) instead of "
+                 "starting a private Ray; see README, \"A Ray cluster\".")] = "",
+        client_cpus: Annotated[float, typer.Option(
+            help="CPUs each simulated device (ClientApp actor) reserves.")] = 1.0,
+        client_gpus: Annotated[float, typer.Option(
+            help="GPUs (or a fraction of one) each simulated device reserves.")] = 0.0,
+        ) -> None:
     """Run a Ray-backed simulation (default: smartwatch data, 10 clients, FedAvg)."""
+    try:
+        resources = RayResources(ray_address, client_cpus, client_gpus)
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from err
     _execute(run_simulation, overrides=_overrides(run_config, config), out=out,
-             show_progress=not quiet)
+             show_progress=not quiet, resources=resources)
 
 
 @app.command("deploy-local")

@@ -85,6 +85,28 @@ def setting(meaning: str, choices: tuple[ConfigValue, ...] | None = None) -> Any
 
 
 @dataclass(frozen=True)
+class RayResources:
+    """Where the ClientApps run and what each one (one device at a time) is given.
+
+    Attributes:
+        address: An existing Ray cluster to join (``HOST:PORT`` of its head, ``auto`` or a
+            ``ray://`` client address); empty: start a private Ray on this machine.
+        client_cpus: CPUs each ClientApp actor reserves (Flower's ``client_resources``).
+        client_gpus: GPUs (or fractions of one) each ClientApp actor reserves.
+    """
+
+    address: str = ""
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.client_cpus > 0:
+            raise ValueError(f"client CPUs must be > 0, got {self.client_cpus}")
+        if not self.client_gpus >= 0:
+            raise ValueError(f"client GPUs must be >= 0, got {self.client_gpus}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run. Field ``x_y`` is run-config key ``x-y``."""
 

@@ -8,6 +8,7 @@ SuperNodes): both resolve the run folder up front, start their processes in a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from fedmosaic.config import ConfigValue, RunConfig
+from fedmosaic.config import ConfigValue, RayResources, RunConfig
 from fedmosaic.data.datasets import is_file_dataset
 from fedmosaic.launch.processes import ProcessGroup
 from fedmosaic.server.recorder import HISTORY_FILE, SUMMARY_FILE
@@ -102,13 +103,20 @@ def read_summary(run_dir: Path, log_file: Path, code: int) -> dict[str, Any]:
 
 
 def run_simulation(overrides: dict[str, ConfigValue], out: Path | None = None,
-                   show_progress: bool = True) -> dict[str, Any]:
-    """Run a Ray simulation in a child process and return its summary."""
+                   show_progress: bool = True,
+                   resources: RayResources | None = None) -> dict[str, Any]:
+    """Run a Ray simulation in a child process and return its summary.
+
+    ``resources``: an existing Ray cluster to join and what each ClientApp reserves
+    (default: a private Ray, one CPU per ClientApp).
+    """
     config, run_dir = resolve_run(overrides, out)
     run_dir.mkdir(parents=True, exist_ok=True)
     log_file = run_dir / "simulation.log"
     command = [sys.executable, "-m", "fedmosaic.simulation.engine",
                json.dumps(config.to_mapping())]
+    if resources is not None:
+        command += ["--resources", json.dumps(dataclasses.asdict(resources))]
     with ProcessGroup(env=flower_environment(run_dir)) as group:
         process = group.start(command, log_file)
         code = follow(run_dir, config.num_server_rounds, process.poll, show_progress)

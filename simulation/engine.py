@@ -5,14 +5,20 @@ the ServerApp in a thread and the ClientApps on a pool of Ray actors, one virtua
 per client, with ``partition-id``/``num-partitions`` in each node config. ``fedmosaic run``
 launches it as a child process (``python -m fedmosaic.simulation.engine``) so that Ray and
 every worker go away with it, also on Ctrl-C or failure.
+
+By default Ray is private to the run (``ray.init`` with this machine's CPUs). With
+:attr:`RayResources.address` the run joins an existing Ray cluster instead (``ray start
+--head`` on one machine, ``ray start --address`` on the others): Flower's Ray backend sizes its
+actor pool from every node's CPUs and GPUs (one actor per ``client_cpus``/``client_gpus``)
+and Ray places the ClientApp actors on any node; the cluster stays up after the run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
 from flwr.app import Context, RecordDict
@@ -25,22 +31,32 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
 
 from fedmosaic import PROJECT_DIR
-from fedmosaic.config import ConfigValue, RunConfig, default_run_config
+from fedmosaic.config import ConfigValue, RayResources, RunConfig, default_run_config
 
 SERVERAPP = "fedmosaic.server.app:app"
 CLIENTAPP = "fedmosaic.clients.app:app"
 
 
-def backend_config(num_cpus: int | None = None) -> dict[str, dict[str, ConfigValue]]:
-    """Ray settings: one CPU per ClientApp actor, so a 2-core machine runs two at a time."""
-    cpus = num_cpus or os.cpu_count() or 1
-    return {
-        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-        "init_args": {"num_cpus": cpus, "include_dashboard": False},
-    }
+def backend_config(resources: RayResources | None = None,
+                   num_cpus: int | None = None) -> dict[str, dict[str, ConfigValue]]:
+    """Flower's Ray backend settings.
+
+    A private Ray gets this machine's CPUs (or ``num_cpus``), so with one CPU per ClientApp
+    a 2-core machine runs two at a time; a joined cluster brings its own (Ray refuses
+    ``num_cpus`` when connecting to one).
+    """
+    resources = resources or RayResources()
+    client: dict[str, ConfigValue] = {"num_cpus": resources.client_cpus,
+                                      "num_gpus": resources.client_gpus}
+    if resources.address:
+        return {"client_resources": client, "init_args": {"address": resources.address}}
+    return {"client_resources": client,
+            "init_args": {"num_cpus": num_cpus or os.cpu_count() or 1,
+                          "include_dashboard": False}}
 
 
-def simulate(overrides: dict[str, ConfigValue], verbose: bool = False) -> RunConfig:
+def simulate(overrides: dict[str, ConfigValue], verbose: bool = False,
+             resources: RayResources | None = None) -> RunConfig:
     """Run one fedmosaic simulation in this process; returns the validated config."""
     config = RunConfig.from_mapping(overrides)
     run_flower_app(
@@ -50,6 +66,7 @@ def simulate(overrides: dict[str, ConfigValue], verbose: bool = False) -> RunCon
         run_config={**default_run_config(), **config.to_mapping()},
         num_supernodes=config.num_clients,
         verbose=verbose,
+        resources=resources,
     )
     return config
 
@@ -61,6 +78,7 @@ def run_flower_app(
     run_config: dict[str, ConfigValue],
     num_supernodes: int,
     verbose: bool = False,
+    resources: RayResources | None = None,
 ) -> None:
     """Run any Flower app (``module:attr`` components) on the Ray simulation runtime.
 
@@ -83,7 +101,7 @@ def run_flower_app(
         client_app_attr=clientapp,
         server_app_attr=serverapp,
         backend_name="ray",
-        backend_config=backend_config(),
+        backend_config=backend_config(resources),
         server_app_context=context,
         app_dir=str(app_dir),
         run=run,
@@ -93,15 +111,23 @@ def run_flower_app(
 
 
 def main() -> None:
-    """Child-process entry: ``python -m fedmosaic.simulation.engine '<json overrides>'``."""
+    """Child-process entry of ``fedmosaic run``.
+
+    ``python -m fedmosaic.simulation.engine '<json overrides>' [--resources '<json>']``, the
+    second a :class:`~fedmosaic.config.RayResources` as a JSON object.
+    """
+    parser = argparse.ArgumentParser(prog="python -m fedmosaic.simulation.engine")
+    parser.add_argument("overrides", nargs="?", default="{}")
+    parser.add_argument("--resources", default="{}")
+    args = parser.parse_args()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     fedmosaic_log = logging.getLogger("fedmosaic")
     fedmosaic_log.addHandler(handler)
     fedmosaic_log.setLevel(logging.INFO)
     fedmosaic_log.propagate = False
-    overrides = json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}
-    simulate(overrides, verbose=os.environ.get("FEDMOSAIC_VERBOSE") == "1")
+    simulate(json.loads(args.overrides), verbose=os.environ.get("FEDMOSAIC_VERBOSE") == "1",
+             resources=RayResources(**json.loads(args.resources)))
 
 
 if __name__ == "__main__":
