@@ -44,6 +44,8 @@ FUSIONS = ("moe", "concat")
 """Fusion of the modalities: the hierarchical mixture, or zero-filled concatenation."""
 PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
 """What a device keeps to itself (``models/personalization.py``)."""
+DEVICE_STATES = ("auto", "memory", "disk")
+"""Where a device keeps its state between rounds (``clients/state_store.py``)."""
 FINE_TUNES = ("all", "top")
 """What devices train: every parameter, or all but the encoders."""
 DATA_POISONING_ATTACKS = ("label-flip",)
@@ -362,6 +364,15 @@ class RunConfig:
     resume_from: str = setting(
         "a `checkpoints/round-NNN.pt` to continue from: restores the global model and the privacy "
         "ledger"
+    )
+    device_state: str = setting(
+        "where a device keeps its state between rounds (privacy account, error-feedback "
+        "residual, personal parameters, telemetry ledger): `memory` (its Flower context), "
+        "`disk` (one file per device in the run folder's `device-state/`, read when it is "
+        "sampled, so memory follows the sample, not the population) or `auto` (`disk` in "
+        "`fedmosaic run` on a private Ray and in-process runs, else `memory`); see "
+        '"Many devices"',
+        choices=DEVICE_STATES,
     )
 
     def __post_init__(self) -> None:

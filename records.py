@@ -90,6 +90,9 @@ NUM_PARTITIONS = "num-partitions"
 STATE_DIR = "state-dir"
 """Node-config key: directory where the device keeps its privacy account and its personal
 parameters across restarts."""
+DEVICE_STATE_FOLDER = "device-state"
+"""Folder of a run folder with the devices' state: ``deploy-local`` devices' ``state-dir``, and
+with ``device-state = disk`` one file per simulated device (``clients/state_store.py``)."""
 PERSONAL = "personal"
 """ArrayRecord in a ClientApp's ``context.state``: the device's personal parameters
 (``personalization``), never sent."""

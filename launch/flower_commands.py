@@ -15,7 +15,7 @@ from fedmosaic import records
 from fedmosaic.launch.runs import RunFailedError
 
 HOST = "127.0.0.1"
-DEVICE_STATE_DIR = "device-state"
+DEVICE_STATE_DIR = records.DEVICE_STATE_FOLDER
 """Folder of a loopback deployment's run folder where its devices keep their state."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -117,6 +118,8 @@ def main(grid: Grid, context: Context) -> None:
     if config.pretrain_epochs and not config.resume_from:  # a checkpoint is already trained
         pretraining = pretrain_on_public_devices(config, dataset, model)
         log.info("pretrained on the public devices' data: %s", pretraining)
+    if config.device_state == "disk" and not config.resume_from:  # new run: devices start afresh
+        shutil.rmtree(run_dir / records.DEVICE_STATE_FOLDER, ignore_errors=True)
     recorder = RunRecorder(run_dir, config.to_mapping())
     generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder)
     chain = build_chain(config, ledger, round_offset=resumed_round, anonymizer=generator,

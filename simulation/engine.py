@@ -31,6 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from flwr.supercore.telemetry import EventType
 
 from fedmosaic import PROJECT_DIR
+from fedmosaic.clients.state_store import resolved_device_state
 from fedmosaic.config import ConfigValue, RayResources, RunConfig, default_run_config
 
 SERVERAPP = "fedmosaic.server.app:app"
@@ -63,7 +64,9 @@ def simulate(overrides: dict[str, ConfigValue], verbose: bool = False,
         app_dir=PROJECT_DIR,
         serverapp=SERVERAPP,
         clientapp=CLIENTAPP,
-        run_config={**default_run_config(), **config.to_mapping()},
+        run_config=resolved_device_state(
+            {**default_run_config(), **config.to_mapping()},
+            shared_folder=not (resources and resources.address)),
         num_supernodes=config.num_clients,
         verbose=verbose,
         resources=resources,

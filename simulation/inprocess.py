@@ -29,6 +29,7 @@ from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedmosaic import records
+from fedmosaic.clients.state_store import resolved_device_state
 from fedmosaic.config import ConfigValue, RunConfig, default_run_config
 
 log = logging.getLogger("fedmosaic")
@@ -144,7 +145,10 @@ def run_in_process(overrides: dict[str, Any], server_app: ServerApp | None = Non
     from fedmosaic.server.app import app as default_server_app
 
     config = RunConfig.from_mapping(overrides)
-    run_config = {**default_run_config(), **config.to_mapping()}
+    if not config.run_name:  # fixed now, so the server and the devices see one run folder
+        config = RunConfig.from_mapping({**config.to_mapping(), "run-name": config.run_dir().name})
+    run_config = resolved_device_state({**default_run_config(), **config.to_mapping()},
+                                       shared_folder=True)
     node_configs: list[dict[str, ConfigValue]] = [
         {records.PARTITION_ID: i, records.NUM_PARTITIONS: config.num_clients}
         for i in range(config.num_clients)

@@ -1,32 +1,35 @@
 """flower_quickstart_baseline: model, data loading, training and test (quickstart's task.py).
 
-The model is fedmosaic's ``MultimodalClassifier``, the data the smartwatch partitions (one
-subject per ``partition-id``) and the loops ``fedmosaic.models.training.train``/``evaluate``,
-so this app does exactly the work fedmosaic's ClientApp and ServerApp do.
+The model is fedmosaic's ``MultimodalClassifier``, the data fedmosaic's smartwatch partitions
+(one subject per ``partition-id``) or, with ``dataset = "synthetic"``, its synthetic devices
+(each generated from its ``partition-id`` when it is sampled), and the loops
+``fedmosaic.models.training.train``/``evaluate``, so this app does exactly the work
+fedmosaic's ClientApp and ServerApp do.
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch.utils.data import DataLoader
 
-from fedmosaic.data.smartwatch import SmartwatchDataset
+from fedmosaic.config import RunConfig
+from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.models import LossWeights, MultimodalClassifier, training
+from fedmosaic.task import cached_dataset
 
 EVAL_BATCH_SIZE = 256
 
 
-@functools.lru_cache(maxsize=1)
-def _dataset(window_seconds: float) -> SmartwatchDataset:
-    """Load the smartwatch windows once per process (like quickstart's global ``fds``)."""
-    return SmartwatchDataset(window_seconds)
+def _dataset(run_config: dict) -> FederatedDataset:
+    """The federated dataset, loaded once per process (like quickstart's global ``fds``)."""
+    return cached_dataset(RunConfig.from_mapping({
+        key: run_config[key] for key in ("dataset", "num-clients", "window-seconds", "seed",
+                                         "samples-per-client")}))
 
 
 def Net(run_config: dict) -> MultimodalClassifier:  # noqa: N802 - quickstart's name
     """The model, initialised from the run config's seed."""
-    dataset = _dataset(float(run_config["window-seconds"]))
+    dataset = _dataset(run_config)
     torch.manual_seed(int(run_config["seed"]))
     return MultimodalClassifier(
         dataset.specs,
@@ -37,8 +40,8 @@ def Net(run_config: dict) -> MultimodalClassifier:  # noqa: N802 - quickstart's 
 
 
 def load_data(partition_id: int, run_config: dict) -> tuple[DataLoader, DataLoader]:
-    """Train and test loaders of one subject's partition."""
-    dataset = _dataset(float(run_config["window-seconds"]))
+    """Train and test loaders of one device's partition."""
+    dataset = _dataset(run_config)
     train_arrays, test_arrays = dataset.partition(partition_id)
     seed = int(run_config["seed"]) * 100_003 + partition_id
     trainloader = training.make_loader(train_arrays, dataset.specs,
@@ -49,8 +52,8 @@ def load_data(partition_id: int, run_config: dict) -> tuple[DataLoader, DataLoad
 
 
 def load_centralized_dataset(run_config: dict) -> DataLoader:
-    """The server's test loader: held-out windows of all subjects."""
-    dataset = _dataset(float(run_config["window-seconds"]))
+    """The server's test loader: the dataset's central test set."""
+    dataset = _dataset(run_config)
     return training.make_loader(dataset.central_test(), dataset.specs, EVAL_BATCH_SIZE,
                                 shuffle=False, seed=0)
 
