@@ -44,6 +44,8 @@ FUSIONS = ("moe", "concat")
 """Fusion of the modalities: the hierarchical mixture, or zero-filled concatenation."""
 PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
 """What a device keeps to itself (``models/personalization.py``)."""
+MODES = ("sync", "async")
+"""Synchronous rounds (Flower's), or buffered asynchronous ones (``server/async_rounds.py``)."""
 DEVICE_STATES = ("auto", "memory", "disk")
 """Where a device keeps its state between rounds (``clients/state_store.py``)."""
 FINE_TUNES = ("all", "top")
@@ -365,6 +367,37 @@ class RunConfig:
         "a `checkpoints/round-NNN.pt` to continue from: restores the global model and the privacy "
         "ledger"
     )
+    mode: str = setting(
+        "`sync`: rounds wait for every sampled device; `async`: FedBuff, the server keeps "
+        "`concurrency` devices training and aggregates every `buffer-size` replies, each "
+        "stale one weighted 1/sqrt(1 + staleness); a round is one aggregation; see "
+        '"Asynchronous rounds"',
+        choices=MODES,
+    )
+    concurrency: int = setting(
+        "async: devices training at once, a new one starting as soon as one replies (0: as "
+        "many as `fraction-train` samples)"
+    )
+    buffer_size: int = setting(
+        "async: replies aggregated into each new global model, FedBuff's K (0: half the "
+        "concurrency, at least 1)"
+    )
+    max_staleness: int = setting(
+        "async: a reply trained on a global model older than this many aggregations is "
+        "rejected (`stale`), its privacy spend still entered"
+    )
+    straggler_fraction: float = setting(
+        "simulation: share of devices (drawn from `seed`) that take `straggler-slowdown` times "
+        "longer per round; with it or `latency-sigma`, rounds are timed on a simulated clock "
+        "(`simulated_seconds`); in [0, 1]"
+    )
+    straggler_slowdown: float = setting(
+        "simulation: how many times longer a straggler's round takes (>= 1)"
+    )
+    latency_sigma: float = setting(
+        "simulation: σ of the log-normal factor of each device round's simulated duration "
+        "(1 s times LogNormal(0, σ²); 0: no spread)"
+    )
     device_state: str = setting(
         "where a device keeps its state between rounds (privacy account, error-feedback "
         "residual, personal parameters, telemetry ledger): `memory` (its Flower context), "
@@ -502,6 +535,21 @@ class RunConfig:
     def train_nodes(self) -> int:
         """Devices sampled to train each round (:func:`sampled_nodes` of ``fraction-train``)."""
         return sampled_nodes(self.fraction_train, self.num_clients)
+
+    @property
+    def async_concurrency(self) -> int:
+        """Devices training at once in ``mode = async`` (``concurrency``, 0: ``train_nodes``)."""
+        return self.concurrency or self.train_nodes
+
+    @property
+    def async_buffer(self) -> int:
+        """Replies per asynchronous aggregation (``buffer-size``, 0: half the concurrency)."""
+        return self.buffer_size or max(1, self.async_concurrency // 2)
+
+    @property
+    def simulated_latency(self) -> bool:
+        """Whether rounds run on a simulated clock (stragglers or a latency spread)."""
+        return self.straggler_fraction > 0 or self.latency_sigma > 0
 
     @property
     def evaluate_nodes(self) -> int:
@@ -644,9 +692,50 @@ def _check_learning(config: RunConfig) -> None:
     if config.personalization == "fedbn" and config.fine_tune == "top":
         raise ValueError("personalization=fedbn keeps the encoders' normalisation layers, which "
                          "fine-tune=top never trains: use fine-tune=all")
+    check_async(config)
     if config.pretrain_epochs and not config.public_devices:
         raise ValueError(f"pretrain-epochs={config.pretrain_epochs} pretrains on the public "
                          f"devices' data: set public-devices >= 1, got 0")
+
+
+def check_async(config: RunConfig) -> None:
+    """Refuse async settings out of range and what asynchronous rounds do not compose with.
+
+    Raises:
+        ValueError: Naming the setting and what to use instead.
+    """
+    for name in ("concurrency", "buffer_size", "max_staleness"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{_key(name)} must be >= 0, got {getattr(config, name)}")
+    if not 0.0 <= config.straggler_fraction <= 1.0:
+        raise ValueError(f"straggler-fraction must lie in [0, 1], got "
+                         f"{config.straggler_fraction}")
+    if not 1.0 <= config.straggler_slowdown < math.inf:
+        raise ValueError(f"straggler-slowdown must be finite and >= 1, got "
+                         f"{config.straggler_slowdown}")
+    if not 0.0 <= config.latency_sigma < math.inf:
+        raise ValueError(f"latency-sigma must be finite and >= 0, got {config.latency_sigma}")
+    if config.mode != "async":
+        return
+    if config.async_buffer > config.async_concurrency:
+        raise ValueError(f"buffer-size ({config.async_buffer}) must not exceed concurrency "
+                         f"({config.async_concurrency}): the buffer would never fill")
+    if config.async_concurrency > config.num_clients:
+        raise ValueError(f"concurrency ({config.async_concurrency}) must not exceed "
+                         f"num-clients ({config.num_clients})")
+    refused = {
+        "num-edges": (config.num_edges > 0, "the edge tier runs synchronous sub-rounds"),
+        "central-dp": (config.central_dp != "none", "its accounting assumes m of N devices "
+                       "sampled uniformly each round, which asynchronous selection (by device "
+                       "speed) is not"),
+        "controller": (config.controller != "none", "the controller acts between rounds"),
+        "anonymize-training / anonymizer-release": (
+            config.anonymize_training or config.anonymizer_release > 0,
+            "the anonymizer stage works on synchronous rounds"),
+    }
+    for name, (used, why) in refused.items():
+        if used:
+            raise ValueError(f"mode=async does not combine with {name}: {why}; use mode=sync")
 
 
 def _key(field_name: str) -> str:

@@ -36,10 +36,12 @@ from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.privacy.risk.sensitivity import parse_sensitivities
 from fedmosaic.server.anonymizer_rounds import train_federated_anonymizer
 from fedmosaic.server.anonymizer_stage import AnonymizerStage
+from fedmosaic.server.async_rounds import AsyncRounds, StalenessFilter
 from fedmosaic.server.chain import build_chain
 from fedmosaic.server.controller_stage import ControllerStage, controller_scalars
 from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
+from fedmosaic.server.latency import SimulatedClock
 from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy, resume
 from fedmosaic.server.public_pretraining import pretrain_on_public_devices
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
@@ -127,7 +129,10 @@ def main(grid: Grid, context: Context) -> None:
                         if anonymizer_history else None)
     traffic_meter = chain.get(MeteredStrategy)
     validation = chain.get(ValidatingStrategy)
-    cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections, validation.rejections]
+    staleness = chain.find(StalenessFilter)
+    clock = chain.find(SimulatedClock)
+    cloud_rejections = [chain.get(PrivacyLedgerStrategy).rejections, validation.rejections,
+                        *([staleness.rejections] if staleness else [])]
     edge_tier = chain.find(HierarchicalStrategy)
     anonymizer_stage = chain.find(AnonymizerStage)
     risk_stage = chain.find(RiskStage)
@@ -165,6 +170,7 @@ def main(grid: Grid, context: Context) -> None:
             bytes_up=traffic.bytes_up,
             bytes_down=traffic.bytes_down,
             seconds=time.time() - round_started,
+            simulated_seconds=clock.at.get(server_round) if clock is not None else None,
             train_loss=_metric(train_metrics, records.TRAIN_LOSS),
             federated_accuracy=_metric(eval_metrics, records.EVAL_ACCURACY),
             federated_loss=_metric(eval_metrics, records.EVAL_LOSS),
@@ -198,15 +204,19 @@ def main(grid: Grid, context: Context) -> None:
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
     initial_arrays = ArrayRecord(model.state_dict())
-    outcome = chain.strategy.start(
-        grid=grid,
-        initial_arrays=initial_arrays,
-        num_rounds=config.num_server_rounds,
-        train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
-        evaluate_fn=evaluate_and_record,
-    )
-    # Flower's result holds arrays only if some round aggregated; else the start is final
-    final_arrays = outcome.arrays if len(outcome.arrays) else initial_arrays
+    if staleness is not None:  # mode = async
+        final_arrays = AsyncRounds(config, chain.strategy, staleness, clock).run(
+            grid, initial_arrays, evaluate_and_record)
+    else:
+        outcome = chain.strategy.start(
+            grid=grid,
+            initial_arrays=initial_arrays,
+            num_rounds=config.num_server_rounds,
+            train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
+            evaluate_fn=evaluate_and_record,
+        )
+        # Flower's result holds arrays only if some round aggregated; else the start is final
+        final_arrays = outcome.arrays if len(outcome.arrays) else initial_arrays
     final_figures = learning_figures(config, dataset, central_test,
                                      final_arrays.to_torch_state_dict())
     if recorder.history:

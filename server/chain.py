@@ -10,14 +10,17 @@ config does not ask for is ``None`` and left out. Adding a stage is one line the
 stage                   what it does to a round
 ======================  ======================================================================
 metering                counts the serialized bytes of every message, both directions
+simulated clock         times rounds on simulated device latencies (``straggler-fraction``,
+                        ``latency-sigma``)
 risk perception         scores each device from what the server observed of its round
-                        (``risk-perception``, flat federations)
+                        (``risk-perception``, flat synchronous federations)
 anonymizer              sends the generator and each device's knobs; takes out and k-anonymizes
                         released records (``anonymize-training``, ``anonymizer-release``)
 controller              between rounds: each device's spend share and knobs from its
                         observation, audited (``controller``)
 edge tier               devices' compressed deltas → one reply per edge (``num-edges > 0``)
 privacy ledger          enters each DP-SGD reply's spend; drops refusals; sends budgets
+staleness filter        ``mode = async``: drops replies older than ``max-staleness``
 colluding attacker      simulation only: crafts ALIE / IPM updates (``attack=alie|ipm``)
 validation              drops malformed or out-of-bounds updates, logs why, skips a short round
 central-DP accounting   accounts each central-DP release in the ledger (``central-dp``)
@@ -53,10 +56,12 @@ from fedmosaic.privacy.ledger import PrivacyLedger
 from fedmosaic.privacy.risk.perception import RiskPerception
 from fedmosaic.privacy.risk.sensitivity import SensitivityTable, parse_sensitivities
 from fedmosaic.server.anonymizer_stage import AnonymizerStage
+from fedmosaic.server.async_rounds import StalenessFilter
 from fedmosaic.server.collusion import CollusionSimulation
 from fedmosaic.server.controller_stage import AUDIT_FILE, ControllerSettings, ControllerStage
 from fedmosaic.server.edge.configured import cloud_config
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
+from fedmosaic.server.latency import SimulatedClock
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
 from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
@@ -145,9 +150,12 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
         raise ValueError(f"controller={config.controller} writes an audit log: give run_dir")
     central = config.central_dp != "none"
     colluding = config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0
-    risk = config.risk_perception and not config.num_edges
+    risk = config.risk_perception and not config.num_edges and config.mode == "sync"
+    asynchronous = config.mode == "async"
     chain = ServerChain.around(build_aggregator(cloud_config(config)), [
         MeteredStrategy,
+        functools.partial(SimulatedClock, config=config, synchronous=not asynchronous)
+        if config.simulated_latency else None,
         functools.partial(RiskStage, specs=cached_dataset(config).specs,
                           perception=RiskPerception(sensitivity=SensitivityTable(
                               parse_sensitivities(config.risk_sensitivities),
@@ -169,6 +177,7 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
         if config.num_edges else None,
         functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset,
                           config=config),
+        StalenessFilter if asynchronous else None,
         functools.partial(CollusionSimulation, attack=config.attack) if colluding else None,
         functools.partial(ValidatingStrategy, max_norm=config.max_update_norm or math.inf,
                           min_replies=config.min_valid_replies, contract=cloud_contract(config),

@@ -106,7 +106,9 @@ class PrivacyLedgerStrategy(StrategyWrapper):
     ) -> Iterable[Message]:
         """Configure through ``strategy``; add per-device budgets to copies of the content."""
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._connected = set(grid.get_node_ids()) if grid is not None else set()
+        # every connected node (an asynchronous dispatch shows the aggregator only its own)
+        self._connected = (set(getattr(grid, "population", None) or grid.get_node_ids())
+                           if grid is not None else set())
         priors = self._prior_segments()
         for message in messages:
             partition_id = self._node_partition.get(message.metadata.dst_node_id)

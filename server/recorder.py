@@ -32,6 +32,8 @@ HISTORY_FILE = "history.jsonl"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "summary.png"
 PARTITIONS_PLOT_FILE = "partitions.png"
+MAX_PARTITION_BARS = 60
+"""Devices drawn as stacked bars in ``partitions.png``; more are drawn as a heatmap."""
 """Training samples per device and label, drawn before the first round."""
 
 
@@ -45,6 +47,8 @@ class RoundRecord:
     bytes_up: int
     bytes_down: int
     seconds: float
+    simulated_seconds: float | None = None
+    """End of the round on the simulated clock (``server/latency.py``), if one runs."""
     train_loss: float | None = None
     federated_accuracy: float | None = None
     federated_loss: float | None = None
@@ -141,16 +145,25 @@ class RunRecorder:
         """Keep the partition report for ``summary.json`` and draw ``partitions.png``."""
         self.partitions = {**report.to_dict(), "warnings": warnings}
         devices = report.devices
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(devices) + 2), 3.6))
-        bottom = np.zeros(len(devices))
-        for label in range(report.classes):
-            counts = np.array([d.label_counts[label] for d in devices], dtype=float)
-            ax.bar([d.partition_id for d in devices], counts, bottom=bottom, label=str(label))
-            bottom += counts
-        ax.set(title=f"Training samples per device and label ({report.partitioner or 'dataset'})",
-               xlabel="device (partition id)", ylabel="samples")
-        if report.classes <= 20:
-            ax.legend(title="label", fontsize="small", ncols=2, loc="upper right")
+        title = f"Training samples per device and label ({report.partitioner or 'dataset'})"
+        if len(devices) > MAX_PARTITION_BARS:  # one image, whatever the number of devices
+            counts = np.array([d.label_counts for d in devices], dtype=float).T
+            fig, ax = plt.subplots(figsize=(9.0, 3.6))
+            image = ax.imshow(counts, aspect="auto", interpolation="nearest", cmap="viridis",
+                              extent=(-0.5, len(devices) - 0.5, report.classes - 0.5, -0.5))
+            fig.colorbar(image, ax=ax, label="samples")
+            ax.set(title=title, xlabel=f"device (the first {len(devices)})", ylabel="label")
+        else:
+            fig, ax = plt.subplots(figsize=(max(5.0, 0.25 * len(devices) + 2), 3.6))
+            bottom = np.zeros(len(devices))
+            for label in range(report.classes):
+                counts = np.array([d.label_counts[label] for d in devices], dtype=float)
+                ax.bar([d.partition_id for d in devices], counts, bottom=bottom,
+                       label=str(label))
+                bottom += counts
+            ax.set(title=title, xlabel="device (partition id)", ylabel="samples")
+            if report.classes <= 20:
+                ax.legend(title="label", fontsize="small", ncols=2, loc="upper right")
         fig.tight_layout()
         fig.savefig(self.run_dir / PARTITIONS_PLOT_FILE, dpi=110)
         plt.close(fig)

@@ -9,7 +9,7 @@ deployment.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -20,10 +20,28 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
+SIZE_CACHE_ENTRIES = 65536
+"""Objects whose deflated size :func:`message_bytes` remembers (a few rounds' worth)."""
+_sizes: OrderedDict[str, int] = OrderedDict()
+
 
 def message_bytes(message: Message) -> int:
-    """Serialized size of ``message``: its content and metadata, as Flower sends them."""
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    """Serialized size of ``message``: its content and metadata, as Flower sends them.
+
+    Each object's deflated size is remembered by its object id (a hash of its content, so the
+    cache is exact): the messages of a round share the global model's arrays, serialized then
+    once, not once per device, and a reply measured by the traffic meter is not serialized
+    again by the risk stage.
+    """
+    total = 0
+    for object_id, obj in get_all_nested_objects(message).items():
+        size = _sizes.get(object_id)
+        if size is None:
+            size = _sizes[object_id] = len(obj.deflate())
+            if len(_sizes) > SIZE_CACHE_ENTRIES:
+                _sizes.popitem(last=False)
+        total += size
+    return total
 
 
 @dataclass

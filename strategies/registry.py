@@ -75,6 +75,8 @@ def build_aggregator(config: RunConfig) -> Strategy:
         "num_nodes_to_select": max(1, config.train_nodes - config.num_malicious_nodes),
         "client_learning_rate": config.learning_rate,
     }
+    if config.mode == "async":  # the asynchronous loop picks each device; take all it shows
+        candidates.update(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
     if cls is MoEFusion:
         candidates["modality_prefixes"] = modality_prefixes(config)
     return cls(**accepted_kwargs(cls, candidates))

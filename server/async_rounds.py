@@ -1,0 +1,287 @@
+r"""Asynchronous, staleness-bounded rounds: buffered aggregation on Flower's Message API.
+
+FedBuff (Nguyen et al. 2022, "Federated Learning with Buffered Asynchronous Aggregation",
+arXiv:2106.06639). The server keeps up to ``concurrency`` devices training: each gets the
+global model :math:`w_{v}` of the moment (version :math:`v`, the number of aggregations so
+far) and a new device starts as soon as one replies. A reply :math:`w_i` trained on version
+:math:`v_i` and received at version :math:`v` has staleness :math:`s_i = v - v_i`; it is
+
+* rejected (reason ``stale``, counted and logged) if :math:`s_i >` ``max-staleness``;
+* else buffered as the update :math:`\Delta_i = g(s_i)\,(w_i - w_{v_i})` with
+  :math:`g(s) = 1/\sqrt{1 + s}` (FedBuff's staleness scaling).
+
+When ``buffer-size`` = K updates are buffered, the server chain aggregates them into
+:math:`w_{v+1}`: each buffered reply enters the chain rewritten as :math:`w_{v} + \Delta_i`, so
+the aggregator (FedAvg: :math:`w_{v+1} = w_v + \sum_i n_i \Delta_i / \sum_i n_i`, trimmed
+mean, ...), the update validation (norm bound against :math:`w_v`), the privacy ledger and
+the traffic meter work unchanged. Version :math:`v + 1` is then round :math:`v + 1` of the
+run: centrally evaluated, recorded and checkpointed like a synchronous round.
+
+Privacy: every reply goes through the ledger, stale ones too (a stale reply's device spent
+its budget all the same, so it is charged once per update it trained, whether used or not),
+and :class:`StalenessFilter`, inside the ledger, drops the stale ones. Central DP is refused
+with ``mode = async``: its accounting amplifies by sampling m of N devices uniformly each
+round; here who trains next depends on who finished first (device speed), which is not a
+uniform sample, so no sampling amplification applies.
+
+Order of replies. Deployed, replies are handled as they come. With a simulated latency
+(``server/latency.py``) each dispatch's arrival time is known when it is sent, and the loop
+handles replies in that order, waiting for the real reply of the next one to arrive, so the
+run is the same whatever the simulation's CPUs do.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmosaic import records
+from fedmosaic.config import RunConfig
+from fedmosaic.server.latency import SimulatedClock
+from fedmosaic.server.validation import Rejections
+from fedmosaic.strategies.wrapper import StrategyWrapper
+
+log = logging.getLogger("fedmosaic")
+
+STALE = "stale"
+"""Rejection reason of a reply older than ``max-staleness`` versions."""
+POLL_SECONDS = 0.05
+
+
+def staleness_weight(staleness: int) -> float:
+    """FedBuff's scaling of a reply ``staleness`` versions old: ``1 / sqrt(1 + staleness)``."""
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0, got {staleness}")
+    return 1.0 / math.sqrt(1.0 + staleness)
+
+
+class StalenessFilter(StrategyWrapper):
+    """Drops the replies the asynchronous loop marked stale; counts them (``stale``).
+
+    It sits inside the privacy ledger, which has entered every reply's spend before.
+    """
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__(strategy)
+        self.stale: set[int] = set()
+        self.rejections = Rejections()
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the replies not marked stale."""
+        kept = []
+        for reply in replies:
+            if id(reply) in self.stale:
+                self.stale.discard(id(reply))
+                self.rejections.add(server_round, STALE, node=reply.metadata.src_node_id)
+            else:
+                kept.append(reply)
+        return self.strategy.aggregate_train(server_round, kept) if kept else (None, None)
+
+
+class GridView(Grid):
+    """A grid that shows only ``nodes``: the aggregator's sampling then picks exactly them.
+
+    ``population`` is every node of the grid, for stages that need to know who is connected.
+    """
+
+    def __init__(self, grid: Grid, nodes: list[int], population: list[int]) -> None:
+        self.grid, self.nodes, self.population = grid, nodes, population
+
+    def get_node_ids(self) -> list[int]:
+        """The chosen nodes."""
+        return list(self.nodes)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.grid, name)
+
+    def create_message(self, *args: object, **kwargs: object) -> Message:  # noqa: D102
+        return self.grid.create_message(*args, **kwargs)  # type: ignore[arg-type]
+
+    def push_messages(self, *args: object, **kwargs: object) -> Iterable[str]:  # noqa: D102
+        return self.grid.push_messages(*args, **kwargs)  # type: ignore[arg-type]
+
+    def pull_messages(self, *args: object, **kwargs: object) -> Iterable[Message]:  # noqa: D102
+        return self.grid.pull_messages(*args, **kwargs)  # type: ignore[arg-type]
+
+    def send_and_receive(self, *args: object, **kwargs: object) -> Iterable[Message]:  # noqa: D102
+        return self.grid.send_and_receive(*args, **kwargs)  # type: ignore[arg-type]
+
+    def set_run(self, run_id: int) -> None:  # noqa: D102
+        self.grid.set_run(run_id)
+
+    @property
+    def run(self) -> object:  # noqa: D102
+        return self.grid.run
+
+    def get_nodes(self) -> object:  # noqa: D102
+        return self.grid.get_nodes()
+
+
+@dataclass
+class Dispatch:
+    """One device's work in flight."""
+
+    node: int
+    version: int
+    arrives_at: float
+    """Simulated arrival time (order of handling), or the real send time without one."""
+    order: int
+
+
+def rewritten(reply: Message, sent: dict[str, np.ndarray], current: dict[str, np.ndarray],
+              weight: float) -> None:
+    """Replace ``reply``'s arrays ``w_i`` by ``current + weight (w_i - sent)`` (float arrays).
+
+    A reply whose arrays do not match the model is left as it is: validation rejects it.
+    """
+    arrays = reply.content.array_records.get(records.ARRAYS)
+    if arrays is None or set(arrays) != set(current):
+        return
+    updated = {}
+    for key, array in arrays.items():
+        value = array.numpy()
+        if value.shape != current[key].shape or not np.issubdtype(value.dtype, np.floating):
+            if value.shape != current[key].shape:
+                return
+            updated[key] = Array(current[key])
+            continue
+        updated[key] = Array((current[key] + weight * (value - sent[key])).astype(value.dtype))
+    content = RecordDict(dict(reply.content.items()))
+    content[records.ARRAYS] = ArrayRecord(updated)
+    reply.content = content
+
+
+class AsyncRounds:
+    """The asynchronous loop of a run (module docstring).
+
+    Args:
+        config: ``concurrency``, ``buffer-size``, ``max-staleness``, ``num-server-rounds``,
+            ``seed``, ``learning-rate``.
+        strategy: The server chain's outermost stage.
+        staleness: The chain's :class:`StalenessFilter`.
+        clock: The chain's :class:`SimulatedClock` (``None``: real arrival order).
+    """
+
+    def __init__(self, config: RunConfig, strategy: Strategy, staleness: StalenessFilter,
+                 clock: SimulatedClock | None = None) -> None:
+        self.config = config
+        self.strategy, self.staleness, self.clock = strategy, staleness, clock
+        self.rng = random.Random(config.seed)
+        self.dispatched = 0
+        self.stale_rejected = 0
+        self.failures = 0
+
+    def run(self, grid: Grid, initial: ArrayRecord,
+            evaluate: Callable[[int, ArrayRecord], MetricRecord]) -> ArrayRecord:
+        """Run ``num-server-rounds`` aggregations; return the final global arrays."""
+        config = self.config
+        latency = self.clock.latency(grid) if self.clock is not None else None
+        train_config = ConfigRecord({records.LEARNING_RATE: config.learning_rate})
+        evaluate(0, initial)
+        version, current = 0, initial
+        versions = {0: {k: a.numpy() for k, a in initial.items()}}
+        in_flight: dict[str, Dispatch] = {}
+        arrived: dict[str, Message] = {}
+        queue: list[tuple[float, int, str]] = []
+        buffer: list[Message] = []
+        fresh = 0
+        now = 0.0
+        nodes = sorted(grid.get_node_ids())
+
+        def dispatch(count: int) -> None:
+            busy = {d.node for d in in_flight.values()}
+            idle = [n for n in nodes if n not in busy]
+            for node in self.rng.sample(idle, min(count, len(idle))):
+                messages = list(self.strategy.configure_train(
+                    version + 1, current, train_config, GridView(grid, [node], nodes)))
+                for message_id in grid.push_messages(messages):
+                    self.dispatched += 1
+                    arrives = (now + latency.seconds(node, self.dispatched)
+                               if latency is not None else time.monotonic())
+                    in_flight[message_id] = Dispatch(node, version, arrives, self.dispatched)
+                    heapq.heappush(queue, (arrives, self.dispatched, message_id))
+
+        dispatch(config.async_concurrency)
+        while version < config.num_server_rounds and in_flight:
+            message_id, reply = self._next(grid, queue, in_flight, arrived, latency is not None)
+            work = in_flight.pop(message_id)
+            if latency is not None:
+                now = work.arrives_at
+            staleness = version - work.version
+            if reply.has_error():
+                self.failures += 1
+                buffer.append(reply)  # counted by the traffic meter with the next aggregation
+            elif staleness > config.max_staleness:
+                self.stale_rejected += 1
+                log.warning("async: the reply of node %d trained on version %d arrived at "
+                            "version %d (staleness %d > max-staleness %d): rejected",
+                            work.node, work.version, version, staleness, config.max_staleness)
+                self.staleness.stale.add(id(reply))
+                buffer.append(reply)
+            else:
+                if staleness:
+                    rewritten(reply, versions[work.version], versions[version],
+                              staleness_weight(staleness))
+                buffer.append(reply)
+                fresh += 1
+            if fresh >= config.async_buffer:
+                arrays, _ = self.strategy.aggregate_train(version + 1, buffer)
+                version += 1
+                if arrays is not None:
+                    current = arrays
+                versions[version] = {k: a.numpy() for k, a in current.items()}
+                for old in [v for v in versions if v < version - config.max_staleness]:
+                    versions.pop(old)
+                if self.clock is not None:
+                    self.clock.at[version] = now
+                evaluate(version, current)
+                buffer, fresh = [], 0
+            dispatch(config.async_concurrency - len(in_flight))
+        return current
+
+    def _drain(self, grid: Grid, in_flight: dict[str, Dispatch], arrived: dict[str, Message],
+               version: int) -> None:
+        """Wait for the work still in flight; enter its spend in the ledger, aggregate none."""
+        if not in_flight:
+            return
+        while len(arrived) < len(in_flight):
+            for reply in grid.pull_messages([i for i in in_flight if i not in arrived]):
+                arrived[reply.metadata.reply_to_message_id] = reply
+            if len(arrived) < len(in_flight):
+                time.sleep(POLL_SECONDS)
+        leftovers = [arrived[i] for i in in_flight]
+        self.staleness.stale.update(id(reply) for reply in leftovers)
+        self.strategy.aggregate_train(version, leftovers)
+        log.info("async: %d replies of work in flight at the end entered the privacy ledger "
+                 "and were not aggregated", len(leftovers))
+
+    def _next(self, grid: Grid, queue: list[tuple[float, int, str]],
+              in_flight: dict[str, Dispatch], arrived: dict[str, Message],
+              simulated: bool) -> tuple[str, Message]:
+        """The next reply to handle: the earliest simulated arrival, or the first to come."""
+        while True:
+            pulled = grid.pull_messages([i for i in in_flight if i not in arrived])
+            for reply in pulled:
+                arrived[reply.metadata.reply_to_message_id] = reply
+            if simulated:
+                message_id = queue[0][2]
+                if message_id in arrived:
+                    heapq.heappop(queue)
+                    return message_id, arrived.pop(message_id)
+            elif arrived:
+                message_id = next(iter(arrived))
+                queue[:] = [q for q in queue if q[2] != message_id]
+                heapq.heapify(queue)
+                return message_id, arrived.pop(message_id)
+            time.sleep(POLL_SECONDS)
