@@ -204,9 +204,10 @@ def main(grid: Grid, context: Context) -> None:
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
     initial_arrays = ArrayRecord(model.state_dict())
+    asynchronous = None
     if staleness is not None:  # mode = async
-        final_arrays = AsyncRounds(config, chain.strategy, staleness, clock).run(
-            grid, initial_arrays, evaluate_and_record)
+        asynchronous = AsyncRounds(config, chain.strategy, staleness, clock)
+        final_arrays = asynchronous.run(grid, initial_arrays, evaluate_and_record)
     else:
         outcome = chain.strategy.start(
             grid=grid,
@@ -226,7 +227,8 @@ def main(grid: Grid, context: Context) -> None:
                                **({"controller": controller.summary()} if controller else {}),
                                **({"anonymizer": anonymizer_history} if anonymizer_history
                                   else {}),
-                               **({"pretraining": pretraining} if pretraining else {})})
+                               **({"pretraining": pretraining} if pretraining else {}),
+                               **({"async": asynchronous.summary()} if asynchronous else {})})
     if controller is not None:
         controller_figure(run_dir)
     log.info("final accuracy %.4f after %d rounds; outputs in %s",

@@ -181,6 +181,12 @@ class AsyncRounds:
         self.dispatched = 0
         self.stale_rejected = 0
         self.failures = 0
+        self.unused_at_end = 0
+
+    def summary(self) -> dict[str, int]:
+        """What the loop did: trainings sent, replies rejected as stale, failed replies."""
+        return {"dispatched": self.dispatched, "stale_rejected": self.stale_rejected,
+                "failures": self.failures, "unused_at_end": self.unused_at_end}
 
     def run(self, grid: Grid, initial: ArrayRecord,
             evaluate: Callable[[int, ArrayRecord], MetricRecord]) -> ArrayRecord:
@@ -247,7 +253,9 @@ class AsyncRounds:
                     self.clock.at[version] = now
                 evaluate(version, current)
                 buffer, fresh = [], 0
-            dispatch(config.async_concurrency - len(in_flight))
+            if version < config.num_server_rounds:
+                dispatch(config.async_concurrency - len(in_flight))
+        self._drain(grid, in_flight, arrived, version)
         return current
 
     def _drain(self, grid: Grid, in_flight: dict[str, Dispatch], arrived: dict[str, Message],
@@ -261,6 +269,7 @@ class AsyncRounds:
             if len(arrived) < len(in_flight):
                 time.sleep(POLL_SECONDS)
         leftovers = [arrived[i] for i in in_flight]
+        self.unused_at_end = len(leftovers)
         self.staleness.stale.update(id(reply) for reply in leftovers)
         self.strategy.aggregate_train(version, leftovers)
         log.info("async: %d replies of work in flight at the end entered the privacy ledger "

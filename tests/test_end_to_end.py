@@ -122,6 +122,19 @@ def test_a_rogue_device_in_a_loopback_deployment_is_rejected_and_the_run_complet
     assert leftover_processes(run_dir) == []
 
 
+def test_async_rounds_run_through_a_loopback_deployment(tmp_path, leftover_processes):
+    run_dir = tmp_path / "async"
+
+    summary = deploy_locally({"num-server-rounds": 2, "local-epochs": 1, "fraction-evaluate": 0.0,
+                              "window-seconds": 0.5, "mode": "async", "concurrency": 2,
+                              "buffer-size": 1}, supernodes=3, out=run_dir, show_progress=False)
+
+    assert_complete_run(run_dir, rounds=2)
+    assert all(entry["replies"] >= 1 for entry in summary["history"])
+    assert summary["async"]["dispatched"] >= 2
+    assert leftover_processes(run_dir) == []
+
+
 def test_a_lost_supernode_is_named_with_how_it_ended(tmp_path, leftover_processes):
     run_dir = tmp_path / "lost"
     failure = {}

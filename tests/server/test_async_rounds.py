@@ -1,0 +1,107 @@
+"""Asynchronous buffered rounds (``mode = async``): staleness, the ledger, the clock."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from fedmosaic import records
+from fedmosaic.config import RunConfig
+from fedmosaic.server.async_rounds import rewritten, staleness_weight
+from fedmosaic.server.latency import LatencyModel
+from fedmosaic.simulation.inprocess import run_in_process
+
+TINY = {"dataset": "synthetic", "num-clients": 6, "local-epochs": 1, "samples-per-client": 24,
+        "fraction-evaluate": 0.0, "mode": "async", "latency-sigma": 0.5}
+
+
+def summary(config):
+    return json.loads((config.run_dir() / "summary.json").read_text())
+
+
+def test_staleness_weight_is_one_over_root_one_plus_staleness():
+    assert [staleness_weight(s) for s in (0, 3, 8)] == [1.0, 0.5, pytest.approx(1 / 3)]
+    with pytest.raises(ValueError, match="staleness must be >= 0, got -1"):
+        staleness_weight(-1)
+
+
+def test_a_stale_reply_enters_the_chain_as_the_current_model_plus_its_scaled_update():
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
+    sent = {"w": np.array([1.0, 1.0], np.float32), "steps": np.array([3], np.int64)}
+    current = {"w": np.array([2.0, 0.0], np.float32), "steps": np.array([5], np.int64)}
+    trained = {"w": np.array([1.5, 3.0], np.float32), "steps": np.array([9], np.int64)}
+    instruction = Message(RecordDict(), dst_node_id=4, message_type="train")
+    reply = Message(RecordDict({records.ARRAYS: ArrayRecord({k: Array(v) for k, v in
+                                                             trained.items()}),
+                                records.METRICS: MetricRecord({records.NUM_EXAMPLES: 10})}),
+                    reply_to=instruction)
+
+    rewritten(reply, sent, current, staleness_weight(3))
+
+    arrays = reply.content[records.ARRAYS]
+    # current + 0.5 (trained - sent) = [2 + 0.25, 0 + 1]
+    np.testing.assert_allclose(arrays["w"].numpy(), [2.25, 1.0])
+    assert arrays["w"].numpy().dtype == np.float32
+    assert arrays["steps"].numpy().tolist() == [5]  # counters follow the current model
+    assert reply.content[records.METRICS][records.NUM_EXAMPLES] == 10
+
+
+def test_latencies_are_reproducible_and_stragglers_are_the_asked_share():
+    config = RunConfig.from_mapping({"straggler-fraction": 0.25, "straggler-slowdown": 5.0,
+                                     "latency-sigma": 0.0, "seed": 3})
+    model = LatencyModel(config, list(range(100, 140)))
+
+    slow = [n for n in range(100, 140) if model.is_straggler(n)]
+    assert len(slow) == 10
+    assert {model.seconds(n, 1) for n in slow} == {5.0}
+    assert model.seconds(100, 7) == LatencyModel(config, list(range(100, 140))).seconds(100, 7)
+
+
+def test_a_reply_older_than_max_staleness_is_rejected_and_still_charged(tmp_path):
+    # four devices train at once and one reply makes a version: with max-staleness 0 the three
+    # others were trained on the previous version when they arrive
+    config = run_in_process({**TINY, "num-server-rounds": 3, "concurrency": 4, "buffer-size": 1,
+                             "max-staleness": 0, "dp": True, "out-dir": str(tmp_path),
+                             "run-name": "stale"})
+
+    result = summary(config)
+    stale = sum(r["rejected_reasons"].get("stale", 0) for r in result["history"])
+    run = result["async"]
+    assert stale > 0 and stale == run["stale_rejected"]
+    assert [r["round"] for r in result["history"]] == [1, 2, 3]
+    trained = sum(len(entry["segments"]) for entry in result["privacy"]["devices"].values())
+    assert trained == run["dispatched"] - run["failures"]  # every training charged, once
+
+
+def test_async_runs_to_the_end_faster_on_the_simulated_clock_than_sync(tmp_path):
+    common = {**TINY, "num-server-rounds": 4, "straggler-fraction": 0.34, "latency-sigma": 0.0,
+              "fraction-train": 1.0, "out-dir": str(tmp_path)}
+    asynchronous = summary(run_in_process({**common, "run-name": "async", "concurrency": 4,
+                                           "buffer-size": 2}))
+    synchronous = summary(run_in_process({**common, "run-name": "sync", "mode": "sync"}))
+
+    for result in (asynchronous, synchronous):
+        times = [r["simulated_seconds"] for r in result["history"]]
+        assert len(times) == 4 and times == sorted(times) and times[0] > 0
+        assert not math.isnan(result["final_accuracy"])
+    # a synchronous round waits for a straggler (5 s); four async versions need eight replies
+    assert synchronous["history"][0]["simulated_seconds"] >= 5.0
+    assert asynchronous["history"][-1]["simulated_seconds"] < synchronous["history"][-1][
+        "simulated_seconds"]
+    assert all(r["replies"] >= 2 for r in asynchronous["history"])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"num-edges": 2}, "mode=async does not combine with num-edges"),
+    ({"central-dp": "server"}, "mode=async does not combine with central-dp"),
+    ({"concurrency": 3, "buffer-size": 4}, r"buffer-size \(4\) must not exceed concurrency"),
+    ({"concurrency": 9}, r"concurrency \(9\) must not exceed num-clients \(6\)"),
+    ({"max-staleness": -1}, "max-staleness must be >= 0, got -1"),
+    ({"straggler-fraction": 1.5}, r"straggler-fraction must lie in \[0, 1\]"),
+])
+def test_impossible_async_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_mapping({**TINY, **overrides})
