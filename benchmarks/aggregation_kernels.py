@@ -49,7 +49,6 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from scipy.stats import trim_mean
 
 from fedmosaic.strategies import kernels
-from fedmosaic.strategies.trimmed_mean import record_arrays
 
 NAME = "aggregation_kernels"
 TARGET_TRIMMED_VS_MEAN = 3.0
@@ -108,7 +107,7 @@ def main() -> None:
     results = [([row], 1) for row in stack]
     from_updates = {
         "weighted_mean": (
-            lambda: kernels.weighted_average([record_arrays(r["arrays"]) for r in replies],
+            lambda: kernels.weighted_average([kernels.record_arrays(r["arrays"]) for r in replies],
                                              weights),
             lambda: aggregate_arrayrecords(replies, "num-examples")["w"].numpy()),
         "trimmed_mean": (

@@ -102,9 +102,6 @@ class GridView(Grid):
         """The chosen nodes."""
         return list(self.nodes)
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.grid, name)
-
     def create_message(self, *args: object, **kwargs: object) -> Message:  # noqa: D102
         return self.grid.create_message(*args, **kwargs)  # type: ignore[arg-type]
 

@@ -35,6 +35,7 @@ from fedmosaic.privacy.risk.channel import CHANNEL_FIELDS, ChannelObservation
 from fedmosaic.privacy.risk.perception import DeviceObservation, RiskPerception, RiskScore
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import Rejections
+from fedmosaic.strategies.kernels import record_arrays
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -139,7 +140,7 @@ def flat_update(reply: Message, reference: dict[str, np.ndarray]) -> np.ndarray 
     if arrays is None or list(arrays) != list(reference):
         return None
     try:
-        update = {k: a.numpy() for k, a in arrays.items()}
+        update = record_arrays(arrays)
     except Exception:  # noqa: BLE001 - a payload that does not decode has no update
         return None
     if any(update[k].shape != g.shape for k, g in reference.items()):

@@ -52,6 +52,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.strategies.kernels import record_arrays
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -340,7 +341,7 @@ def check_reply(reply: Message, reference: Arrays, declared: int | None, max_nor
         raise RejectedUpdate("num-examples", f"metric {records.NUM_EXAMPLES!r} is missing")
     num_examples = metrics.pop(records.NUM_EXAMPLES)
     try:
-        update = {k: a.numpy() for k, a in content.array_records[records.ARRAYS].items()}
+        update = record_arrays(content.array_records[records.ARRAYS])
     except Exception as error:  # a payload that does not deserialize  # noqa: BLE001
         raise RejectedUpdate("malformed", f"arrays do not decode ({error})") from error
     validate_update(update, reference, num_examples, metrics=metrics,

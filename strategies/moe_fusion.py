@@ -29,7 +29,6 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedmosaic import records
 from fedmosaic.strategies import kernels
-from fedmosaic.strategies.trimmed_mean import record_arrays
 
 
 def modality_of(key: str, modality_prefixes: Mapping[str, Sequence[str]]) -> int | None:
@@ -81,7 +80,7 @@ class MoEFusion(FedAvg):
         examples = np.array([self._metric(m, self.weighted_by_key) for m in valid], float)
         confidence = np.array([self._confidence(m) for m in valid])
         held = np.array([self._held(m) for m in valid], dtype=bool)
-        updates = [record_arrays(m.content[self.arrayrecord_key]) for m in valid]
+        updates = [kernels.record_arrays(m.content[self.arrayrecord_key]) for m in valid]
         groups: dict[int | None, list[str]] = {}
         for key in updates[0]:
             groups.setdefault(modality_of(key, self.modality_prefixes), []).append(key)

@@ -18,16 +18,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedmosaic.strategies import kernels
-
-
-def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """An ``ArrayRecord``'s arrays as NumPy arrays, by name."""
-    return {key: array.numpy() for key, array in record.items()}
 
 
 class TrimmedMean(FedAvg):
@@ -52,7 +46,7 @@ class TrimmedMean(FedAvg):
         if not valid:
             return None, None
         arrays = ArrayRecord({key: Array(value) for key, value in kernels.combine(
-            [record_arrays(m.content[self.arrayrecord_key]) for m in valid],
+            [kernels.record_arrays(m.content[self.arrayrecord_key]) for m in valid],
             lambda stack: kernels.trimmed_mean(stack, self.beta)).items()})
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return arrays, metrics
