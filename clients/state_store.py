@@ -20,6 +20,7 @@ and ``memory`` under a SuperNode.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -63,7 +64,7 @@ def read_state(path: Path) -> RecordDict:
 def write_state(path: Path, state: RecordDict) -> None:
     """Store ``state`` at ``path`` atomically (a temporary file renamed over the old one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
     partial.write_bytes(recorddict_to_proto(state).SerializeToString())
     os.replace(partial, path)
 
@@ -85,4 +86,6 @@ def keep_state_on_disk(message: Message, context: Context,
     finally:  # also after a failed round: whatever the device already spent stays recorded
         if len(context.state):
             write_state(path, context.state)
+        else:  # the device dropped its state: an old file must not come back
+            path.unlink(missing_ok=True)
         context.state = RecordDict()

@@ -10,7 +10,8 @@ far) and a new device starts as soon as one replies. A reply :math:`w_i` trained
 * else buffered as the update :math:`\Delta_i = g(s_i)\,(w_i - w_{v_i})` with
   :math:`g(s) = 1/\sqrt{1 + s}` (FedBuff's staleness scaling).
 
-When ``buffer-size`` = K updates are buffered, the server chain aggregates them into
+When ``buffer-size`` = K replies are buffered (a failed reply counts, as a synchronous round
+ends with its failures, so a run always ends), the server chain aggregates them into
 :math:`w_{v+1}`: each buffered reply enters the chain rewritten as :math:`w_{v} + \Delta_i`, so
 the aggregator (FedAvg: :math:`w_{v+1} = w_v + \sum_i n_i \Delta_i / \sum_i n_i`, trimmed
 mean, ...), the update validation (norm bound against :math:`w_v`), the privacy ledger and
@@ -19,7 +20,10 @@ run: centrally evaluated, recorded and checkpointed like a synchronous round.
 
 Privacy: every reply goes through the ledger, stale ones too (a stale reply's device spent
 its budget all the same, so it is charged once per update it trained, whether used or not),
-and :class:`StalenessFilter`, inside the ledger, drops the stale ones. Central DP is refused
+and :class:`StalenessFilter`, inside the ledger, drops the stale ones. Work still in flight when
+the last aggregation is due is waited for and goes into it, marked ``unused``: entered in the ledger
+before the last round is checkpointed, never aggregated. A checkpoint of an earlier round does
+not hold the spend of work still in flight or buffered at that moment. Central DP is refused
 with ``mode = async``: its accounting amplifies by sampling m of N devices uniformly each
 round; here who trains next depends on who finished first (device speed), which is not a
 uniform sample, so no sampling amplification applies.
@@ -55,6 +59,8 @@ log = logging.getLogger("fedmosaic")
 
 STALE = "stale"
 """Rejection reason of a reply older than ``max-staleness`` versions."""
+UNUSED = "unused"
+"""Rejection reason of work in flight when the last version is made (entered, not used)."""
 POLL_SECONDS = 0.05
 
 
@@ -68,12 +74,15 @@ def staleness_weight(staleness: int) -> float:
 class StalenessFilter(StrategyWrapper):
     """Drops the replies the asynchronous loop marked stale; counts them (``stale``).
 
-    It sits inside the privacy ledger, which has entered every reply's spend before.
+    It sits inside the privacy ledger, which has entered every reply's spend before. A mark is
+    the reply object's ``id``, valid while the loop's buffer holds the reply: the marks are
+    cleared after every aggregation.
     """
 
     def __init__(self, strategy: Strategy) -> None:
         super().__init__(strategy)
-        self.stale: set[int] = set()
+        self.marked: dict[int, str] = {}
+        """``id(reply)`` → reason (:data:`STALE` or :data:`UNUSED`) of the current buffer."""
         self.rejections = Rejections()
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
@@ -81,11 +90,13 @@ class StalenessFilter(StrategyWrapper):
         """Aggregate the replies not marked stale."""
         kept = []
         for reply in replies:
-            if id(reply) in self.stale:
-                self.stale.discard(id(reply))
-                self.rejections.add(server_round, STALE, node=reply.metadata.src_node_id)
+            reason = self.marked.get(id(reply))
+            if reason is not None:
+                self.rejections.add(server_round, reason, node=reply.metadata.src_node_id)
             else:
                 kept.append(reply)
+        # the marks belong to this buffer only (also those the ledger dropped before this stage)
+        self.marked.clear()
         return self.strategy.aggregate_train(server_round, kept) if kept else (None, None)
 
 
@@ -189,6 +200,7 @@ class AsyncRounds:
             evaluate: Callable[[int, ArrayRecord], MetricRecord]) -> ArrayRecord:
         """Run ``num-server-rounds`` aggregations; return the final global arrays."""
         config = self.config
+        nodes = self._wait_for_nodes(grid)
         latency = self.clock.latency(grid) if self.clock is not None else None
         train_config = ConfigRecord({records.LEARNING_RATE: config.learning_rate})
         evaluate(0, initial)
@@ -200,9 +212,9 @@ class AsyncRounds:
         buffer: list[Message] = []
         fresh = 0
         now = 0.0
-        nodes = sorted(grid.get_node_ids())
 
         def dispatch(count: int) -> None:
+            nodes[:] = sorted(grid.get_node_ids())  # a device that reconnects is used again
             busy = {d.node for d in in_flight.values()}
             idle = [n for n in nodes if n not in busy]
             for node in self.rng.sample(idle, min(count, len(idle))):
@@ -225,12 +237,13 @@ class AsyncRounds:
             if reply.has_error():
                 self.failures += 1
                 buffer.append(reply)  # counted by the traffic meter with the next aggregation
+                fresh += 1  # as a synchronous round, a buffer ends with its failures
             elif staleness > config.max_staleness:
                 self.stale_rejected += 1
                 log.warning("async: the reply of node %d trained on version %d arrived at "
                             "version %d (staleness %d > max-staleness %d): rejected",
                             work.node, work.version, version, staleness, config.max_staleness)
-                self.staleness.stale.add(id(reply))
+                self.staleness.marked[id(reply)] = STALE
                 buffer.append(reply)
             else:
                 if staleness:
@@ -239,6 +252,8 @@ class AsyncRounds:
                 buffer.append(reply)
                 fresh += 1
             if fresh >= config.async_buffer:
+                if version + 1 == config.num_server_rounds:  # the last: settle all work first
+                    buffer += self._drain(grid, in_flight, arrived)
                 arrays, _ = self.strategy.aggregate_train(version + 1, buffer)
                 version += 1
                 if arrays is not None:
@@ -252,25 +267,36 @@ class AsyncRounds:
                 buffer, fresh = [], 0
             if version < config.num_server_rounds:
                 dispatch(config.async_concurrency - len(in_flight))
-        self._drain(grid, in_flight, arrived, version)
         return current
 
-    def _drain(self, grid: Grid, in_flight: dict[str, Dispatch], arrived: dict[str, Message],
-               version: int) -> None:
-        """Wait for the work still in flight; enter its spend in the ledger, aggregate none."""
-        if not in_flight:
-            return
+    def _drain(self, grid: Grid, in_flight: dict[str, Dispatch],
+               arrived: dict[str, Message]) -> list[Message]:
+        """Wait for the work still in flight and return it marked :data:`UNUSED`.
+
+        It goes into the last aggregation, so the ledger enters its spend before the last
+        round is recorded and checkpointed, and the staleness filter keeps it out of the model.
+        """
         while len(arrived) < len(in_flight):
             for reply in grid.pull_messages([i for i in in_flight if i not in arrived]):
                 arrived[reply.metadata.reply_to_message_id] = reply
             if len(arrived) < len(in_flight):
                 time.sleep(POLL_SECONDS)
-        leftovers = [arrived[i] for i in in_flight]
+        leftovers = [arrived.pop(i) for i in list(in_flight)]
+        in_flight.clear()
         self.unused_at_end = len(leftovers)
-        self.staleness.stale.update(id(reply) for reply in leftovers)
-        self.strategy.aggregate_train(version, leftovers)
-        log.info("async: %d replies of work in flight at the end entered the privacy ledger "
-                 "and were not aggregated", len(leftovers))
+        self.staleness.marked.update((id(reply), UNUSED) for reply in leftovers)
+        if leftovers:
+            log.info("async: %d replies of work in flight at the end enter the privacy ledger "
+                     "and are not aggregated", len(leftovers))
+        return leftovers
+
+    def _wait_for_nodes(self, grid: Grid) -> list[int]:
+        """The grid's nodes, once ``num-clients`` are connected (as a synchronous run waits)."""
+        while len(nodes := sorted(grid.get_node_ids())) < self.config.num_clients:
+            log.info("async: waiting for devices: %d of %d connected", len(nodes),
+                     self.config.num_clients)
+            time.sleep(1.0)
+        return nodes
 
     def _next(self, grid: Grid, queue: list[tuple[float, int, str]],
               in_flight: dict[str, Dispatch], arrived: dict[str, Message],

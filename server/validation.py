@@ -59,9 +59,10 @@ log = logging.getLogger("fedmosaic")
 
 Arrays = Mapping[str, np.ndarray]
 REASONS = ("keys", "shape", "dtype", "non-finite", "num-examples", "metrics", "norm", "malformed",
-           "payload", "dp-metadata", "dp-over-cap")
-"""Every ``RejectedUpdate.reason`` (``payload``: a compressed payload that does not decode or
-does not fit the model; ``dp-*``: the privacy ledger's refusals)."""
+           "payload", "dp-metadata", "dp-over-cap", "stale", "unused")
+"""Every rejection reason (``payload``: a compressed payload that does not decode or does not
+fit the model; ``dp-*``: the privacy ledger's refusals; ``stale``: an asynchronous reply older
+than ``max-staleness``; ``unused``: asynchronous work that ended after the last version)."""
 
 
 class RejectedUpdate(ValueError):

@@ -12,7 +12,8 @@ Every rule here works on one ``(n, P)`` stack, the updates flattened into rows
   :math:`a_i` if weights are given (Yin et al. 2018, "Byzantine-Robust Distributed Learning",
   arXiv:1803.01498); unweighted, it equals ``scipy.stats.trim_mean`` and Flower's
   ``aggregate_trimmed_avg``;
-* :func:`median`: the coordinate-wise median (Yin et al. 2018), as ``numpy.median``.
+* :func:`median`: the coordinate-wise median (Yin et al. 2018), as ``numpy.median`` for finite
+  values (validation rejects non-finite updates before any aggregation).
 
 The order statistics need each coordinate's ``n`` values side by side. The stack is cut into
 blocks of :data:`BLOCK_COLUMNS` coordinates; a block is transposed into a cache-resident
@@ -210,7 +211,8 @@ def trimmed_mean(stack: np.ndarray, beta: float,
         workers: Threads (``None``: one per CPU).
 
     Returns:
-        The ``stack.shape[1:]`` result in ``stack``'s dtype (sums accumulated in float64).
+        The ``stack.shape[1:]`` result in ``stack``'s dtype (trimmed sums accumulated in
+        float64; with nothing trimmed, the mean in the stack's precision, as FedAvg's).
 
     Raises:
         ValueError: If ``beta`` is out of range, nothing would remain, or a weight is not > 0.

@@ -116,3 +116,17 @@ def test_a_run_with_state_on_disk_equals_one_with_state_in_memory(tmp_path):
     assert records.DEVICE_RESIDUAL in kept and records.PERSONAL in kept
     assert all(len(c.state) == 0 for c in grids[0].contexts.values())
     assert all(records.DEVICE_RESIDUAL in c.state for c in grids[1].contexts.values())
+
+
+def test_a_device_that_drops_its_state_does_not_get_the_old_file_back(tmp_path):
+    context = device(tmp_path, "disk")
+    visit(context)
+
+    def forget(message, context):
+        context.state = RecordDict()
+        return Message(RecordDict(), reply_to=message)
+
+    keep_state_on_disk(Message(RecordDict(), dst_node_id=5, message_type="train"), context,
+                       forget)
+
+    assert visit(context) == 1  # counting starts again

@@ -69,8 +69,10 @@ def test_a_reply_older_than_max_staleness_is_rejected_and_still_charged(tmp_path
 
     result = summary(config)
     stale = sum(r["rejected_reasons"].get("stale", 0) for r in result["history"])
+    unused = sum(r["rejected_reasons"].get("unused", 0) for r in result["history"])
     run = result["async"]
     assert stale > 0 and stale == run["stale_rejected"]
+    assert unused == run["unused_at_end"] == 3  # the other three of four were in flight
     assert [r["round"] for r in result["history"]] == [1, 2, 3]
     trained = sum(len(entry["segments"]) for entry in result["privacy"]["devices"].values())
     assert trained == run["dispatched"] - run["failures"]  # every training charged, once
@@ -105,3 +107,24 @@ def test_async_runs_to_the_end_faster_on_the_simulated_clock_than_sync(tmp_path)
 def test_impossible_async_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         RunConfig.from_mapping({**TINY, **overrides})
+
+
+def test_an_async_run_ends_even_when_every_device_fails(tmp_path):
+    from flwr.clientapp import ClientApp
+
+    failing = ClientApp()
+
+    @failing.train()
+    def train(message, context):
+        raise RuntimeError("this device cannot train")
+
+    config = run_in_process({**TINY, "num-server-rounds": 2, "concurrency": 2,
+                             "buffer-size": 2, "out-dir": str(tmp_path), "run-name": "fails"},
+                            client_app=failing)
+
+    result = summary(config)
+    assert [r["round"] for r in result["history"]] == [1, 2]
+    assert all(r["failed_replies"] >= 2 and r["replies"] == 0 for r in result["history"])
+    run = result["async"]
+    assert run["failures"] + run["unused_at_end"] == run["dispatched"]
+    assert result["final_accuracy"] == result["initial_accuracy"]
