@@ -45,37 +45,53 @@ POLL_SECONDS = 0.02
 MEMORY_POLL_SECONDS = 0.5
 
 
-class PeakTreeMemory:
-    """Peak of the summed RSS of every descendant of this process, sampled in a thread."""
+class Poller:
+    """A thread that calls :meth:`poll` every ``poll_seconds`` inside a ``with`` block, and
+    once more on leaving it."""
 
-    def __init__(self, poll_seconds: float = MEMORY_POLL_SECONDS) -> None:
+    def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
-        self.peak_bytes = 0
-        self.peak_processes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> PeakTreeMemory:
+    def __enter__(self) -> Poller:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.poll()
 
     def _run(self) -> None:
-        me = psutil.Process()
         while not self._stop.is_set():
-            total, count = 0, 0
-            for process in me.children(recursive=True):
-                try:
-                    total += process.memory_info().rss
-                    count += 1
-                except psutil.Error:  # ended between listing and reading
-                    continue
-            if total > self.peak_bytes:
-                self.peak_bytes, self.peak_processes = total, count
+            self.poll()
             self._stop.wait(self.poll_seconds)
+
+    def poll(self) -> None:
+        """One sample."""
+        raise NotImplementedError
+
+
+class PeakTreeMemory(Poller):
+    """Peak of the summed RSS of every descendant of this process."""
+
+    def __init__(self, poll_seconds: float = MEMORY_POLL_SECONDS) -> None:
+        super().__init__(poll_seconds)
+        self.peak_bytes = 0
+        self.peak_processes = 0
+
+    def poll(self) -> None:
+        """Sum the RSS of the descendants now; keep the largest sum."""
+        total, count = 0, 0
+        for process in psutil.Process().children(recursive=True):
+            try:
+                total += process.memory_info().rss
+                count += 1
+            except psutil.Error:  # ended between listing and reading
+                continue
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_processes = total, count
 
     @property
     def peak_gib(self) -> float:
@@ -83,31 +99,16 @@ class PeakTreeMemory:
         return self.peak_bytes / 2**30
 
 
-class LineClock:
+class LineClock(Poller):
     """Stamps each complete line of a JSON-lines file with the wall-clock time it appeared."""
 
     def __init__(self, path: Path, poll_seconds: float = POLL_SECONDS) -> None:
+        super().__init__(poll_seconds)
         self.path = path
-        self.poll_seconds = poll_seconds
         self.stamped: list[tuple[float, dict[str, Any]]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> LineClock:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._poll()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._poll()
-            time.sleep(self.poll_seconds)
-
-    def _poll(self) -> None:
+    def poll(self) -> None:
+        """Stamp the lines that appeared since the last poll."""
         now = time.time()
         try:
             text = self.path.read_text()

@@ -159,9 +159,9 @@ def rewritten(reply: Message, sent: dict[str, np.ndarray], current: dict[str, np
     updated = {}
     for key, array in arrays.items():
         value = array.numpy()
-        if value.shape != current[key].shape or not np.issubdtype(value.dtype, np.floating):
-            if value.shape != current[key].shape:
-                return
+        if value.shape != current[key].shape:
+            return
+        if not np.issubdtype(value.dtype, np.floating):  # counters follow the current model
             updated[key] = Array(current[key])
             continue
         updated[key] = Array((current[key] + weight * (value - sent[key])).astype(value.dtype))
