@@ -1,4 +1,7 @@
-"""The ``fedmosaic`` command line: ``run``, ``deploy-local``, ``privacy-report``, ``audit``."""
+"""The ``fedmosaic`` command line.
+
+``run``, ``deploy-local``, ``credentials``, ``privacy-report``, ``audit``.
+"""
 
 from __future__ import annotations
 
@@ -102,12 +105,48 @@ def deploy_local(
                     "(0: devices connect to the cloud).")] = 0,
     run_config: ConfigPairs = None, config: ConfigFile = None, out: OutDir = None,
     quiet: Quiet = False,
+    insecure: Annotated[bool, typer.Option(
+        help="Plain-text gRPC/HTTP, no node authentication (default: TLS and registered "
+             "SuperNodes).")] = False,
+    credentials: Annotated[Path | None, typer.Option(
+        exists=True, file_okay=False,
+        help="A folder made by `fedmosaic credentials` (default: new credentials in "
+             "RUN/credentials).")] = None,
 ) -> None:
     """Start a SuperLink and SuperNodes on 127.0.0.1, run the app, shut everything down."""
     from fedmosaic.launch.deployment import deploy_locally
 
     _execute(deploy_locally, overrides=_overrides(run_config, config), supernodes=supernodes,
-             edges=edges, out=out, show_progress=not quiet)
+             edges=edges, out=out, show_progress=not quiet, insecure=insecure,
+             credentials=credentials)
+
+
+@app.command("credentials")
+def credentials_command(
+    devices: Annotated[int, typer.Option(min=0, help="Device SuperNodes to make keys for.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (README, \"Deploying\").")],
+    edges: Annotated[int, typer.Option(min=0, help="Edge aggregators (a SuperLink "
+                                                   "certificate and a SuperNode key each).")] = 0,
+    cloud_host: Annotated[list[str] | None, typer.Option(
+        help="Name or IP address the cloud SuperLink is reached by (repeatable; default "
+             "127.0.0.1 and localhost).")] = None,
+    edge_host: Annotated[list[str] | None, typer.Option(
+        help="Name or IP address of each edge's SuperLink, one per edge in order.")] = None,
+    valid_days: Annotated[int, typer.Option(min=1, help="Certificate lifetime.")] = 365,
+) -> None:
+    """Make a CA, TLS certificates for every SuperLink and an ECDSA P-384 key per SuperNode."""
+    from fedmosaic.launch.credentials import LOOPBACK_HOSTS, create_credentials
+
+    try:
+        made = create_credentials(out, devices=devices, edges=edges,
+                                  cloud_hosts=cloud_host or LOOPBACK_HOSTS,
+                                  edge_hosts=edge_host or (), valid_days=valid_days)
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    console.print(f"credentials for {devices} device(s) and {edges} edge(s) in {made.folder}: "
+                  f"CA {made.ca_certificate.name}, superlinks/, supernodes/ (keep ca.key "
+                  f"offline)")
 
 
 @app.command("privacy-report")

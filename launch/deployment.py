@@ -4,12 +4,20 @@ Starts one ``flower-superlink`` and ``N`` ``flower-supernode`` processes (SuperN
 gets ``--node-config "partition-id=i num-partitions=N"``), submits the app with
 ``flwr run`` against that SuperLink, and stops every process when the run ends, fails or is
 interrupted. Each role's command (``launch/flower_commands.py``) is exactly what a user runs
-on real machines (README, "Deploying"); here they only share a host and use plain-text
-gRPC/HTTP on loopback.
+on real machines (README, "Deploying"); here they only share a host.
+
+Secure by default: every SuperLink serves TLS and admits only registered SuperNodes, with
+credentials made for the run in ``RUN/credentials`` (``launch/credentials.py``) or taken from
+a folder ``fedmosaic credentials`` made; ``insecure=True`` runs plain-text gRPC/HTTP instead.
+
+A device SuperNode that ends does not end the run: the federation goes on without it
+(``round-timeout``, ``node-wait``) and the summary names it under ``lost_supernodes``. A
+SuperLink, an edge's SuperNode or the submitting ``flwr run`` that ends does end it.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,12 +27,21 @@ import tomli_w
 
 from fedmosaic import PROJECT_DIR
 from fedmosaic.config import ConfigValue
-from fedmosaic.launch.edge_deployment import start_edge_tier
+from fedmosaic.launch.credentials import (
+    CLOUD,
+    Credentials,
+    create_credentials,
+    device_name,
+    edge_name,
+)
+from fedmosaic.launch.edge_deployment import EdgeTier, start_edge_tier
 from fedmosaic.launch.flower_commands import (
+    CLOUD_FEDERATION,
     DEVICE_STATE_DIR,
-    HOST,
     free_port,
+    register_supernodes,
     superlink_command,
+    superlink_settings,
     supernode_command,
     wait_for_port,
 )
@@ -37,30 +54,53 @@ from fedmosaic.launch.runs import (
     resolve_run,
 )
 
-FEDERATION = "fedmosaic-local"
+log = logging.getLogger("fedmosaic")
+
+
+def deployment_credentials(run_dir: Path, supernodes: int, edges: int,
+                           folder: Path | None) -> Credentials:
+    """``folder``'s credentials, checked to cover this deployment, or new ones in the run."""
+    if folder is None:
+        return create_credentials(run_dir / "credentials", devices=supernodes, edges=edges)
+    credentials = Credentials(Path(folder).expanduser().resolve())
+    credentials.check(superlinks=[CLOUD, *(edge_name(e) for e in range(edges))],
+                      supernodes=[*(device_name(p) for p in range(supernodes)),
+                                  *(edge_name(e) for e in range(edges))])
+    return credentials
+
+
 def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path | None = None,
                    show_progress: bool = True, startup_timeout: float = 60.0,
-                   edges: int = 0) -> dict[str, Any]:
+                   edges: int = 0, insecure: bool = False,
+                   credentials: Path | None = None) -> dict[str, Any]:
     """Run the app through a loopback SuperLink and ``supernodes`` SuperNodes.
 
     With ``edges > 0`` the SuperNodes are devices below ``edges`` edge aggregators, each with
     its own SuperLink (``launch/edge_deployment.py``); the cloud SuperLink sees only the
-    edges.
+    edges. ``insecure`` drops TLS and node authentication; ``credentials`` is a folder made by
+    ``fedmosaic credentials`` (default: new credentials in ``RUN/credentials``).
+
+    Returns:
+        The run's summary, with ``lost_supernodes``: how each device SuperNode that ended
+        during the run ended.
     """
     if supernodes < 1:
         raise ValueError(f"supernodes must be >= 1, got {supernodes}")
     if not 0 <= edges <= supernodes:
         raise ValueError(f"edges must lie in [0, supernodes={supernodes}], got {edges}")
+    if insecure and credentials is not None:
+        raise ValueError("insecure=True runs without TLS: it takes no credentials folder")
     tier = {"num-edges": edges, "edge-role": "cloud"} if edges else {}
     config, run_dir = resolve_run({**overrides, "num-clients": supernodes, **tier}, out)
     logs = run_dir / "logs"
     env = flower_environment(run_dir)
     flwr_home = Path(env["FLWR_HOME"])
     flwr_home.mkdir(parents=True, exist_ok=True)
+    secrets = None if insecure else deployment_credentials(run_dir, supernodes, edges,
+                                                           credentials)
     link_port = free_port()
     (flwr_home / "config.toml").write_text(tomli_w.dumps({"superlink": {
-        "default": FEDERATION,
-        FEDERATION: {"address": f"{HOST}:{link_port}", "insecure": True},
+        "default": CLOUD_FEDERATION, CLOUD_FEDERATION: superlink_settings(link_port, secrets),
     }}))
     if not config.resume_from:  # a new run: no device state from an earlier, unfinished one
         shutil.rmtree(run_dir / DEVICE_STATE_DIR, ignore_errors=True)
@@ -68,30 +108,41 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
     run_config_file.write_text(tomli_w.dumps(config.to_mapping()))
 
     with ProcessGroup(env=env) as group:
-        link = group.start(superlink_command(link_port), logs / "superlink.log")
+        link = group.start(superlink_command(link_port, secrets), logs / "superlink.log")
         wait_for_port(link_port, startup_timeout, lambda: link.poll() is None)
-        edge_runs = []
+        edge_tier = EdgeTier()
         if edges:
-            edge_runs = start_edge_tier(group, config, link_port, run_dir, flwr_home,
-                                        startup_timeout)
+            edge_tier = start_edge_tier(group, config, link_port, run_dir, flwr_home,
+                                        startup_timeout, secrets)
         else:
+            if secrets is not None:
+                register_supernodes([secrets.supernode(device_name(p))[1]
+                                     for p in range(supernodes)], CLOUD_FEDERATION, group.env)
             for partition_id in range(supernodes):
-                group.start(supernode_command(link_port, free_port(), partition_id,
-                                              supernodes, state_dir=run_dir / DEVICE_STATE_DIR),
-                            logs / f"supernode-{partition_id}.log")
+                edge_tier.devices.append(group.start(
+                    supernode_command(link_port, free_port(), partition_id, supernodes,
+                                      state_dir=run_dir / DEVICE_STATE_DIR,
+                                      credentials=secrets),
+                    logs / f"supernode-{partition_id}.log"))
         submit = group.start(
-            ["flwr", "run", str(PROJECT_DIR), FEDERATION, "--run-config",
+            ["flwr", "run", str(PROJECT_DIR), CLOUD_FEDERATION, "--run-config",
              str(run_config_file), "--stream"],
             logs / "flwr-run.log",
         )
 
         died: list[subprocess.Popen[bytes]] = []
+        lost: dict[int, str] = {}
 
         def finished() -> int | None:
             for process in group.processes:
-                if process is submit or process.poll() is None:
+                if process is submit or process.poll() is None or process.pid in lost:
                     continue
-                if process not in edge_runs or process.returncode != 0:
+                if process in edge_tier.devices:  # node loss: the rounds go on without it
+                    lost[process.pid] = group.describe_exit(process, tail_lines=5)
+                    log.warning("a device SuperNode ended; the run goes on without it: %s",
+                                lost[process.pid])
+                    continue
+                if process not in edge_tier.runs or process.returncode != 0:
                     died.append(process)
                     return process.returncode or 1
             return submit.poll()
@@ -100,4 +151,5 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
         if died:
             raise RunFailedError(f"the run stopped because a process of the federation ended: "
                                  f"{group.describe_exit(died[0])}")
-    return read_summary(run_dir, logs / "flwr-run.log", code)
+    return {**read_summary(run_dir, logs / "flwr-run.log", code),
+            "lost_supernodes": list(lost.values())}
