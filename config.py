@@ -398,6 +398,16 @@ class RunConfig:
         "simulation: σ of the log-normal factor of each device round's simulated duration "
         "(1 s times LogNormal(0, σ²); 0: no spread)"
     )
+    round_timeout: float = setting(
+        "seconds a synchronous round waits for its replies; a device that has not answered "
+        "by then counts as a failed reply (`timeout`) and the round closes with the replies "
+        "that came (> 0)"
+    )
+    node_wait: float = setting(
+        "seconds a round waits for the nodes it would sample to be online before it goes on "
+        "with those that are (the first round waits up to `round-timeout` while devices "
+        "connect); with none online it waits up to `round-timeout`, then ends the run (>= 0)"
+    )
     device_state: str = setting(
         "where a device keeps its state between rounds (privacy account, error-feedback "
         "residual, personal parameters, telemetry ledger): `memory` (its Flower context), "
@@ -715,6 +725,10 @@ def check_async(config: RunConfig) -> None:
                          f"{config.straggler_slowdown}")
     if not 0.0 <= config.latency_sigma < math.inf:
         raise ValueError(f"latency-sigma must be finite and >= 0, got {config.latency_sigma}")
+    if not 0.0 < config.round_timeout < math.inf:
+        raise ValueError(f"round-timeout must be finite and > 0, got {config.round_timeout}")
+    if not 0.0 <= config.node_wait < math.inf:
+        raise ValueError(f"node-wait must be finite and >= 0, got {config.node_wait}")
     if config.mode != "async":
         return
     if config.async_buffer > config.async_concurrency:

@@ -213,6 +213,7 @@ def main(grid: Grid, context: Context) -> None:
             grid=grid,
             initial_arrays=initial_arrays,
             num_rounds=config.num_server_rounds,
+            timeout=config.round_timeout,
             train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
             evaluate_fn=evaluate_and_record,
         )

@@ -9,6 +9,9 @@ config does not ask for is ``None`` and left out. Adding a stage is one line the
 ======================  ======================================================================
 stage                   what it does to a round
 ======================  ======================================================================
+node loss               ``mode = sync``: waits a bounded time for nodes, samples from those
+                        online, attributes error replies to their node, turns a missing reply
+                        into a ``timeout`` failure (``round-timeout``, ``node-wait``)
 metering                counts the serialized bytes of every message, both directions
 simulated clock         times rounds on simulated device latencies (``straggler-fraction``,
                         ``latency-sigma``)
@@ -62,6 +65,7 @@ from fedmosaic.server.controller_stage import AUDIT_FILE, ControllerSettings, Co
 from fedmosaic.server.edge.configured import cloud_config
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.latency import SimulatedClock
+from fedmosaic.server.node_loss import NodeLossStage
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
 from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
@@ -153,6 +157,8 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
     risk = config.risk_perception and not config.num_edges and config.mode == "sync"
     asynchronous = config.mode == "async"
     chain = ServerChain.around(build_aggregator(cloud_config(config)), [
+        functools.partial(NodeLossStage, node_wait=config.node_wait,
+                          round_timeout=config.round_timeout) if not asynchronous else None,
         MeteredStrategy,
         functools.partial(SimulatedClock, config=config, synchronous=not asynchronous)
         if config.simulated_latency else None,

@@ -15,6 +15,7 @@ from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.chain import ServerChain, build_chain
 from fedmosaic.server.collusion import CollusionSimulation
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
+from fedmosaic.server.node_loss import NodeLossStage
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
 from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
@@ -33,8 +34,8 @@ def kinds(chain):
 def test_the_default_chain_meters_enters_the_ledger_validates_and_aggregates():
     chain = chain_of(**{"strategy": "fedmedian", "max-update-norm": 3.0})
 
-    assert kinds(chain) == [MeteredStrategy, RiskStage, PrivacyLedgerStrategy, ValidatingStrategy,
-                            FedMedian]
+    assert kinds(chain) == [NodeLossStage, MeteredStrategy, RiskStage, PrivacyLedgerStrategy,
+                            ValidatingStrategy, FedMedian]
     for outer, inner in itertools.pairwise(chain.stages):
         assert outer.strategy is inner
     assert chain.strategy is chain.stages[0]
@@ -52,15 +53,15 @@ def test_every_stage_in_the_documented_order():
         PrivacyLedger(), anonymizer=MultimodalAnonymizer(
             cached_dataset(RunConfig.from_mapping({})).specs, token_dim=8))
 
-    assert kinds(edges) == [MeteredStrategy, HierarchicalStrategy, PrivacyLedgerStrategy,
-                            ValidatingStrategy, FedAvg]
-    assert kinds(colluding) == [MeteredStrategy, RiskStage, PrivacyLedgerStrategy,
+    assert kinds(edges) == [NodeLossStage, MeteredStrategy, HierarchicalStrategy,
+                            PrivacyLedgerStrategy, ValidatingStrategy, FedAvg]
+    assert kinds(colluding) == [NodeLossStage, MeteredStrategy, RiskStage, PrivacyLedgerStrategy,
                                 CollusionSimulation, ValidatingStrategy, FedAvg]
-    assert kinds(central) == [MeteredStrategy, RiskStage, PrivacyLedgerStrategy,
+    assert kinds(central) == [NodeLossStage, MeteredStrategy, RiskStage, PrivacyLedgerStrategy,
                               ValidatingStrategy, CentralDPAccounting,
                               DifferentialPrivacyServerSideFixedClipping, FedAvg]
-    assert kinds(anonymized) == [MeteredStrategy, AnonymizerStage, PrivacyLedgerStrategy,
-                                 ValidatingStrategy, FedAvg]
+    assert kinds(anonymized) == [NodeLossStage, MeteredStrategy, AnonymizerStage,
+                                 PrivacyLedgerStrategy, ValidatingStrategy, FedAvg]
     default = chain_of()  # the risk stage counts what the ledger and validation reject
     assert default.get(RiskStage).rejections == [default.get(PrivacyLedgerStrategy).rejections,
                                                   default.get(ValidatingStrategy).rejections]
