@@ -112,10 +112,18 @@ def deploy_local(
         exists=True, file_okay=False,
         help="A folder made by `fedmosaic credentials` (default: new credentials in "
              "RUN/credentials).")] = None,
+    resume: Annotated[Path | None, typer.Option(
+        exists=True, file_okay=False,
+        help="Continue this stopped deploy-local run from its last checkpoint (its devices, "
+             "edges, config and credentials; -c overrides apply on top).")] = None,
 ) -> None:
     """Start a SuperLink and SuperNodes on 127.0.0.1, run the app, shut everything down."""
-    from fedmosaic.launch.deployment import deploy_locally
+    from fedmosaic.launch.deployment import deploy_locally, resume_locally
 
+    if resume is not None:
+        _execute(resume_locally, run_dir=resume, overrides=_overrides(run_config, config),
+                 show_progress=not quiet, insecure=insecure)
+        return
     _execute(deploy_locally, overrides=_overrides(run_config, config), supernodes=supernodes,
              edges=edges, out=out, show_progress=not quiet, insecure=insecure,
              credentials=credentials)

@@ -365,7 +365,8 @@ class RunConfig:
     )
     resume_from: str = setting(
         "a `checkpoints/round-NNN.pt` to continue from: restores the global model and the privacy "
-        "ledger"
+        "ledger; one in this run's own folder continues the run (`num-server-rounds` stays the "
+        "total, rounds numbered on, history kept; see \"Server restart\")"
     )
     mode: str = setting(
         "`sync`: rounds wait for every sampled device; `async`: FedBuff, the server keeps "

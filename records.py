@@ -27,6 +27,11 @@ SERVER_ROUND = "server-round"
 """Set by Flower's FedAvg family in every message config."""
 
 LEARNING_RATE = "lr"
+ROUND_OFFSET = "round-offset"
+"""Rounds the run completed before it was resumed: a training message's round of the run is
+Flower's ``server-round`` plus this."""
+LAST_REPLY = "last-reply"
+"""Device state: the last training reply and the round of the run it answered."""
 PROXIMAL_MU = "proximal-mu"
 """Set by Flower's FedProx in every training message."""
 

@@ -4,7 +4,9 @@ A device's partition comes from its node config (``partition-id``, set by the si
 engine or by ``flower-supernode --node-config``); everything else from the run config. An
 edge SuperNode (its node config names an ``edge-spool``) hands the cloud's training round to
 its edge instead (``clients/edge_forward.py``). With ``device-state = disk`` the device's
-state waits on disk between its rounds (``clients/state_store.py``).
+state waits on disk between its rounds (``clients/state_store.py``). A training round asked
+again after the server resumed is answered with the reply already sent
+(``clients/replay.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fedmosaic import records
 from fedmosaic.clients.anonymizer_round import run_anonymizer_round
 from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.edge_forward import forward_to_edge, is_edge_node
+from fedmosaic.clients.replay import replay_repeated_rounds
 from fedmosaic.clients.round import partition_id, run_train_round
 from fedmosaic.clients.state_store import keep_state_on_disk
 from fedmosaic.config import RunConfig
@@ -24,7 +27,7 @@ from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.task import build_model, cached_dataset
 
-app = ClientApp(mods=[keep_state_on_disk])
+app = ClientApp(mods=[keep_state_on_disk, replay_repeated_rounds])
 
 
 @app.train()

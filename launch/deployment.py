@@ -10,6 +10,11 @@ Secure by default: every SuperLink serves TLS and admits only registered SuperNo
 credentials made for the run in ``RUN/credentials`` (``launch/credentials.py``) or taken from
 a folder ``fedmosaic credentials`` made; ``insecure=True`` runs plain-text gRPC/HTTP instead.
 
+A run whose server stopped (a killed SuperLink fails Flower's run, even with ``--database``)
+goes on with :func:`resume_locally` (``fedmosaic deploy-local --resume RUN``): the same
+config, folder, credentials and device state, from the last checkpoint
+(``server/continuation.py``, ``clients/replay.py``).
+
 A device SuperNode that ends does not end the run: the federation goes on without it
 (``round-timeout``, ``node-wait``) and the summary names it under ``lost_supernodes``. A
 SuperLink, an edge's SuperNode or the submitting ``flwr run`` that ends does end it.
@@ -26,7 +31,7 @@ from typing import Any
 import tomli_w
 
 from fedmosaic import PROJECT_DIR
-from fedmosaic.config import ConfigValue
+from fedmosaic.config import ConfigValue, tomllib
 from fedmosaic.launch.credentials import (
     CLOUD,
     Credentials,
@@ -153,3 +158,35 @@ def deploy_locally(overrides: dict[str, ConfigValue], supernodes: int, out: Path
                                  f"{group.describe_exit(died[0])}")
     return {**read_summary(run_dir, logs / "flwr-run.log", code),
             "lost_supernodes": list(lost.values())}
+
+
+def resume_locally(run_dir: Path, overrides: dict[str, ConfigValue] | None = None,
+                   show_progress: bool = True, startup_timeout: float = 60.0,
+                   insecure: bool = False) -> dict[str, Any]:
+    """Continue a stopped ``deploy-local`` run in ``run_dir`` from its last checkpoint.
+
+    The run's saved config (``run-config.toml``), its devices and edges, its credentials and
+    its devices' state are reused; ``overrides`` apply on top (e.g. more rounds).
+
+    Raises:
+        ValueError: If ``run_dir`` holds no saved config or no checkpoint, or a finished run.
+    """
+    run_dir = Path(run_dir).expanduser().resolve()
+    saved_file = run_dir / "run-config.toml"
+    if not saved_file.is_file():
+        raise ValueError(f"--resume expects a deploy-local run folder with run-config.toml, "
+                         f"got {run_dir}")
+    if (run_dir / "summary.json").exists():
+        raise ValueError(f"{run_dir} holds a finished run: nothing to resume")
+    checkpoints = sorted((run_dir / "checkpoints").glob("round-*.pt"))
+    if not checkpoints:
+        raise ValueError(f"{run_dir} has no checkpoint (the run stopped before its first round "
+                         f"ended): start it again instead of resuming")
+    saved = tomllib.loads(saved_file.read_text())
+    folder = run_dir / "credentials"
+    return deploy_locally(
+        {**saved, **(overrides or {}), "resume-from": str(checkpoints[-1])},
+        supernodes=int(saved["num-clients"]), out=run_dir, show_progress=show_progress,
+        startup_timeout=startup_timeout, edges=int(saved.get("num-edges", 0)),
+        insecure=insecure,
+        credentials=folder if folder.is_dir() and not insecure else None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
@@ -38,6 +39,7 @@ from fedmosaic.server.anonymizer_rounds import train_federated_anonymizer
 from fedmosaic.server.anonymizer_stage import AnonymizerStage
 from fedmosaic.server.async_rounds import AsyncRounds, StalenessFilter
 from fedmosaic.server.chain import build_chain
+from fedmosaic.server.continuation import Continuation
 from fedmosaic.server.controller_stage import ControllerStage, controller_scalars
 from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
@@ -109,21 +111,26 @@ def main(grid: Grid, context: Context) -> None:
     central_test = dataset.central_test_without(config.public_partitions)
     test_loader = make_loader(central_test, dataset.specs, 256, shuffle=False, seed=0)
     ledger, resumed_round = PrivacyLedger(accountant=config.accountant), 0
+    continued = Continuation()
     if config.resume_from:  # the global weights into ``model``, the ledger from the checkpoint
-        ledger, resumed_round = resume(Path(config.resume_from).expanduser(), model)
+        checkpoint = Path(config.resume_from).expanduser()
+        ledger, resumed_round = resume(checkpoint, model)
         if ledger.accountant != config.accountant:
             raise ValueError(f"resume-from: the checkpoint's ledger composes with "
                              f"{ledger.accountant!r}, this run with {config.accountant!r} "
                              f"(controller={config.controller}); resume with the same "
                              f"controller and dp-accountant")
+        continued = Continuation.of(checkpoint, run_dir, config.num_server_rounds)
     pretraining = None
     if config.pretrain_epochs and not config.resume_from:  # a checkpoint is already trained
         pretraining = pretrain_on_public_devices(config, dataset, model)
         log.info("pretrained on the public devices' data: %s", pretraining)
     if config.device_state == "disk" and not config.resume_from:  # new run: devices start afresh
         shutil.rmtree(run_dir / records.DEVICE_STATE_FOLDER, ignore_errors=True)
-    recorder = RunRecorder(run_dir, config.to_mapping())
-    generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder)
+    recorder = RunRecorder(run_dir, config.to_mapping(), history=continued.history,
+                           initial_accuracy=continued.initial_accuracy)
+    generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder,
+                                                       continued.rounds_done > 0)
     chain = build_chain(config, ledger, round_offset=resumed_round, anonymizer=generator,
                         run_dir=run_dir, anonymizer_signal=anonymizer_history[-1]
                         if anonymizer_history else None)
@@ -157,14 +164,16 @@ def main(grid: Grid, context: Context) -> None:
         if controller is not None:
             controller.observe_evaluation(server_round, central.accuracy, central.loss)
         if server_round == 0:
-            recorder.initial_accuracy = central.accuracy
+            if recorder.initial_accuracy is None:  # a continued run keeps its first model's
+                recorder.initial_accuracy = central.accuracy
             round_started = time.time()
             return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
+        run_round = continued.rounds_done + server_round  # the round of the run, resumed or not
         traffic = traffic_meter.rounds[server_round]
         train_metrics = traffic_meter.train_metrics.get(server_round)
         eval_metrics = traffic_meter.evaluate_metrics.get(server_round)
         recorder.record_round(RoundRecord(
-            round=server_round,
+            round=run_round,
             accuracy=central.accuracy,
             loss=central.loss,
             bytes_up=traffic.bytes_up,
@@ -186,35 +195,38 @@ def main(grid: Grid, context: Context) -> None:
             controller=controller.round_decisions(server_round) if controller else None,
             **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
-        recorder.checkpoint(server_round, model.state_dict(), {
-            "round": server_round,
+        recorder.checkpoint(run_round, model.state_dict(), {
+            "round": run_round,
             "strategy": config.strategy,
             "traffic": {r: vars(t) for r, t in traffic_meter.rounds.items()},
             "privacy": ledger.state_dict(),
         })
-        recorder.add_scalars(ledger.scalars(), server_round)
+        recorder.add_scalars(ledger.scalars(), run_round)
         if risk_stage is not None and risk_stage.scores.get(server_round):
             risks = [s.score for s in risk_stage.scores[server_round].values()]
             recorder.add_scalars({"risk/mean": float(np.mean(risks)),
-                                  "risk/max": float(np.max(risks))}, server_round)
+                                  "risk/max": float(np.max(risks))}, run_round)
         if controller is not None:
             recorder.add_scalars(controller_scalars(controller.round_decisions(server_round)),
-                                 server_round)
+                                 run_round)
         round_started = time.time()
         return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
 
     initial_arrays = ArrayRecord(model.state_dict())
     asynchronous = None
+    rounds_left = config.num_server_rounds - continued.rounds_done
     if staleness is not None:  # mode = async
-        asynchronous = AsyncRounds(config, chain.strategy, staleness, clock)
+        asynchronous = AsyncRounds(dataclasses.replace(config, num_server_rounds=rounds_left),
+                                   chain.strategy, staleness, clock)
         final_arrays = asynchronous.run(grid, initial_arrays, evaluate_and_record)
     else:
         outcome = chain.strategy.start(
             grid=grid,
             initial_arrays=initial_arrays,
-            num_rounds=config.num_server_rounds,
+            num_rounds=rounds_left,
             timeout=config.round_timeout,
-            train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate}),
+            train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate,
+                                       records.ROUND_OFFSET: resumed_round}),
             evaluate_fn=evaluate_and_record,
         )
         # Flower's result holds arrays only if some round aggregated; else the start is final
@@ -237,18 +249,21 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def prepare_anonymizer(grid: Grid, config: RunConfig, dataset: FederatedDataset,
-                       recorder: RunRecorder
+                       recorder: RunRecorder, continuing: bool = False
                        ) -> tuple[MultimodalAnonymizer | None, list[dict[str, float]]]:
     """The run's generator and the history of its federated rounds.
 
     Trained in ``anonymizer-rounds`` federated rounds (saved as ``anonymizer.pt`` in the run
     folder, its rounds in TensorBoard under ``anonymizer/``), loaded from ``anonymizer``, or
-    ``None``.
+    ``None``. A ``continuing`` run loads the one it trained before it stopped.
     """
     if config.anonymizer:
         return load_anonymizer(Path(config.anonymizer).expanduser(), dataset.specs), []
     if not config.anonymizer_rounds:
         return None, []
+    trained = recorder.run_dir / "anonymizer.pt"
+    if continuing and trained.is_file():
+        return load_anonymizer(trained, dataset.specs), []
     outcome = train_federated_anonymizer(grid, config, dataset)
     for entry in outcome.history:
         recorder.add_scalars({f"anonymizer/{k}": v for k, v in entry.items() if k != "round"},

@@ -134,7 +134,10 @@ class NodeLossStage(StrategyWrapper):
 
     def _one_reply_each(self, server_round: int, kind: str,
                         replies: list[Message]) -> list[Message]:
-        sent = {m.metadata.message_id: m for m in self._sent.pop((server_round, kind), [])}
+        asked_for = self._sent.pop((server_round, kind), [])
+        if not all(m.metadata.message_id for m in asked_for):  # a grid that names no message
+            return replies
+        sent = {m.metadata.message_id: m for m in asked_for}
         completed = []
         for reply in replies:
             asked = sent.pop(reply.metadata.reply_to_message_id, None)

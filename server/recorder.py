@@ -99,7 +99,8 @@ class RunRecorder:
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
         (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / HISTORY_FILE).write_text("")
+        (self.run_dir / HISTORY_FILE).write_text(  # a continued run keeps its earlier rounds
+            "".join(json.dumps(asdict(r)) + "\n" for r in self.history))
         self._writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         self._started = time.time()
 
@@ -135,6 +136,7 @@ class RunRecorder:
                 "model_state": model_state,
                 "server_state": server_state,
                 "history": [asdict(r) for r in self.history],
+                "initial_accuracy": self.initial_accuracy,
                 "config": self.config,
             },
             path,

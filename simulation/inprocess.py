@@ -95,6 +95,8 @@ class InProcessGrid(Grid):
             # the devices served before it
             message.metadata.__dict__["_created_at"] = time.time()
             delivered = self._deliver(message)
+            # Flower's grids give the pushed message its id too: replies are matched by it
+            message.metadata.__dict__["_message_id"] = delivered.metadata.message_id
             self._replies[delivered.metadata.message_id] = self._call_client(delivered)
             ids.append(delivered.metadata.message_id)
         return ids

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from fedmosaic.launch.deployment import deploy_locally
+from fedmosaic.clients.replay import ROUND
+from fedmosaic.clients.state_store import read_state
+from fedmosaic.launch.deployment import deploy_locally, resume_locally
 from fedmosaic.launch.runs import RunFailedError, run_simulation
+from fedmosaic.simulation.inprocess import run_in_process
 
 QUICK = ["-c", "num-server-rounds=2", "-c", "local-epochs=1"]
 
@@ -192,6 +195,49 @@ def test_a_third_of_the_supernodes_killed_mid_run_and_the_run_completes(
     assert history[2]["replies"] == 8  # the device that came back trains again
     assert len(summary["lost_supernodes"]) == 3
     assert all("was killed by SIGKILL" in lost for lost in summary["lost_supernodes"])
+    assert leftover_processes(run_dir) == []
+
+
+def test_the_server_killed_in_round_3_resumes_to_the_end_with_an_uninterrupted_ledger(
+        tmp_path, leftover_processes):
+    run_dir = tmp_path / "restarted"
+    overrides = {"num-server-rounds": 4, "local-epochs": 1, "fraction-evaluate": 0.0,
+                 "dp": True, "dp-epsilon-budget": 50.0, "risk-perception": False}
+    outcome = {}
+
+    def deploy():
+        try:
+            deploy_locally(overrides, supernodes=2, out=run_dir, show_progress=False)
+        except RunFailedError as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=deploy)
+    thread.start()
+    replies = [run_dir / "device-state" / "restarted" / f"partition-{p}-last-reply.pb"
+               for p in (0, 1)]
+    deadline = time.monotonic() + 400
+    # both devices have trained round 3 and sent their replies: now the server dies
+    while not all(path.is_file() and read_state(path)["last-reply"][ROUND] == 3
+                  for path in replies):
+        assert time.monotonic() < deadline and thread.is_alive(), outcome
+        time.sleep(0.2)
+    superlink = next(pid for pid in leftover_processes(run_dir)
+                     if b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    os.kill(superlink, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert "flower-superlink" in outcome["error"]
+    assert not (run_dir / "checkpoints" / "round-003.pt").exists()
+
+    summary = resume_locally(run_dir, show_progress=False)
+    straight = json.loads((run_in_process({**overrides, "num-clients": 2, "out-dir": str(
+        tmp_path), "run-name": "straight"}).run_dir() / "summary.json").read_text())
+
+    assert [h["round"] for h in summary["history"]] == [1, 2, 3, 4]
+    assert summary["privacy"] == straight["privacy"]  # no ledger entry lost, none doubled
+    for partition in (0, 1):  # each device's own account: one DP-SGD segment a round
+        account = json.loads((run_dir / "device-state" / "restarted"
+                              / f"partition-{partition}-dp.json").read_text())
+        assert len(account["steps"]) == 4
     assert leftover_processes(run_dir) == []
 
 

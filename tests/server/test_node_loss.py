@@ -132,3 +132,16 @@ def test_error_replies_are_charged_to_the_node_that_failed_and_silence_becomes_a
     assert chain.timeouts[1] == 1
     assert chain.strategy.rounds[1].failed_replies == 2
     np.testing.assert_allclose(aggregated["w"].numpy(), np.full(3, 2.0))
+
+
+def test_a_grid_that_names_no_message_gets_its_replies_through_unchanged():
+    clock = FakeClock()
+    chain = stage(clock)
+    sent = list(chain.configure_train(1, arrays(), ConfigRecord(),
+                                      Nodes(clock, online=[1, 2, 3, 4, 5])))
+    replies = [reply(message, 1.0) for message in sent[:4]]  # ids were never set
+
+    chain.aggregate_train(1, replies)
+
+    assert chain.timeouts[1] == 0
+    assert chain.strategy.rounds[1].replies_up == 4 and chain.strategy.rounds[1].failed_replies == 0
