@@ -136,18 +136,18 @@ def credentials_command(
     edges: Annotated[int, typer.Option(min=0, help="Edge aggregators (a SuperLink "
                                                    "certificate and a SuperNode key each).")] = 0,
     cloud_host: Annotated[list[str] | None, typer.Option(
-        help="Name or IP address the cloud SuperLink is reached by (repeatable; default "
-             "127.0.0.1 and localhost).")] = None,
+        help="Name or IP address the cloud SuperLink is reached by (repeatable; loopback "
+             "names are always included).")] = None,
     edge_host: Annotated[list[str] | None, typer.Option(
         help="Name or IP address of each edge's SuperLink, one per edge in order.")] = None,
     valid_days: Annotated[int, typer.Option(min=1, help="Certificate lifetime.")] = 365,
 ) -> None:
     """Make a CA, TLS certificates for every SuperLink and an ECDSA P-384 key per SuperNode."""
-    from fedmosaic.launch.credentials import LOOPBACK_HOSTS, create_credentials
+    from fedmosaic.launch.credentials import create_credentials
 
     try:
         made = create_credentials(out, devices=devices, edges=edges,
-                                  cloud_hosts=cloud_host or LOOPBACK_HOSTS,
+                                  cloud_hosts=cloud_host or (),
                                   edge_hosts=edge_host or (), valid_days=valid_days)
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")

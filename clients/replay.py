@@ -5,20 +5,26 @@ When the server stops during round ``r`` and the run is resumed from its checkpo
 it again. Training again would spend privacy budget a second time for one round and release a
 second DP output of the same data. Instead the ClientApp mod :func:`replay_repeated_rounds`
 keeps each device's last training reply with the round of the run it answered (Flower's
-``server-round`` plus ``round-offset``, both in the message's config), and when a training
-message asks for that same round it sends the kept reply again, without training: re-sending
-a release is post-processing and costs no privacy.
+``server-round`` plus ``round-offset``, both in the message's config) and a digest of the
+global model it trained from; when a training message asks for that same round with that same
+model it sends the kept reply again, without training: re-sending a release is
+post-processing and costs no privacy. The model check keeps a kept reply from answering any
+other request: a resume from an older checkpoint, or a new run reusing the run name.
 
 Where the reply is kept: with a node-config ``state-dir`` in ``<state-dir>/<run>/partition-
 <id>-last-reply.pb`` (a SuperNode, whose in-memory context a new run does not see); with
-``device-state = disk`` in the device's state (``clients/state_store.py``). A device whose
-state lives only in memory keeps nothing (its state does not outlive the server either).
+``device-state = disk`` and a reply that spends privacy (``dp``, ``telemetry``) in the device's
+state (``clients/state_store.py``), so that a large simulation without DP does not keep a model
+per device. A device whose state lives only in memory keeps nothing (its state does not
+outlive the server either). One window stays open: a device that dies after saving its
+privacy account and before keeping its reply trains that round again when asked.
 Messages without ``round-offset`` (asynchronous rounds, whose dispatches may repeat a round
 number) and an edge's SuperNode are passed through.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -35,7 +41,17 @@ from fedmosaic.clients.state_store import write_state
 from fedmosaic.config import RunConfig
 
 log = logging.getLogger("fedmosaic")
-ROUND, REPLY = "round", "reply"
+ROUND, MODEL, REPLY = "round", "model", "reply"
+
+
+def model_digest(message: Message) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of the message's global arrays."""
+    digest = hashlib.sha256()
+    arrays = message.content.array_records.get(records.ARRAYS)
+    for name, array in sorted((arrays or {}).items()):
+        digest.update(f"{name}|{array.dtype}|{tuple(array.shape)}|".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
 
 
 def run_round(message: Message) -> int | None:
@@ -46,21 +62,25 @@ def run_round(message: Message) -> int | None:
     return int(config[records.ROUND_OFFSET]) + int(config[records.SERVER_ROUND])
 
 
-def _kept(context: Context, path: Path | None) -> tuple[int, RecordDict] | None:
+def _kept(context: Context, path: Path | None, asked: tuple[int, str]) -> RecordDict | None:
+    """The kept reply if it answered ``asked`` (round of the run, model digest), else None."""
     if path is not None:
         if not path.is_file():
             return None
-        kept = recorddict_from_proto(ProtoRecordDict.FromString(path.read_bytes()))
-        meta = kept.config_records[records.LAST_REPLY]
-        return int(meta[ROUND]), recorddict_from_proto(ProtoRecordDict.FromString(meta[REPLY]))
-    meta = context.state.config_records.get(records.LAST_REPLY)
-    if meta is None:
+        meta = recorddict_from_proto(ProtoRecordDict.FromString(path.read_bytes())
+                                     ).config_records[records.LAST_REPLY]
+    else:
+        meta = context.state.config_records.get(records.LAST_REPLY)
+        if meta is None:
+            return None
+    if (int(meta[ROUND]), str(meta[MODEL])) != asked:
         return None
-    return int(meta[ROUND]), recorddict_from_proto(ProtoRecordDict.FromString(meta[REPLY]))
+    return recorddict_from_proto(ProtoRecordDict.FromString(meta[REPLY]))
 
 
-def _keep(context: Context, path: Path | None, answered: int, reply: RecordDict) -> None:
-    meta = ConfigRecord({ROUND: answered,
+def _keep(context: Context, path: Path | None, answered: tuple[int, str],
+          reply: RecordDict) -> None:
+    meta = ConfigRecord({ROUND: answered[0], MODEL: answered[1],
                          REPLY: recorddict_to_proto(reply).SerializeToString()})
     if path is not None:
         write_state(path, RecordDict({records.LAST_REPLY: meta}))
@@ -78,15 +98,16 @@ def replay_repeated_rounds(message: Message, context: Context,
     config = RunConfig.from_mapping(context.run_config)
     device = partition_id(context)
     path = device_state_file(config, context, device, "last-reply.pb")
-    if path is None and config.device_state != "disk":
+    if path is None and not (config.device_state == "disk" and (config.dp or config.telemetry)):
         return call_next(message, context)
-    kept = _kept(context, path)
-    if kept is not None and kept[0] == asked:
-        log.warning("device %d: round %d of the run was asked again (the server resumed); "
-                    "sending the reply already sent, without training or spending again",
-                    device, asked)
-        return Message(kept[1], reply_to=message)
+    key = (asked, model_digest(message))
+    kept = _kept(context, path, key)
+    if kept is not None:
+        log.warning("device %d: round %d of the run was asked again with the same model (the "
+                    "server resumed); sending the reply already sent, without training or "
+                    "spending again", device, asked)
+        return Message(kept, reply_to=message)
     reply = call_next(message, context)
     if not reply.has_error():
-        _keep(context, path, asked, reply.content)
+        _keep(context, path, key, reply.content)
     return reply

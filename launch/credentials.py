@@ -5,7 +5,8 @@ Flower 1.41 secures a deployment in two layers, and this module makes what both 
 
 - **TLS** on every SuperLink (the cloud's and each edge's): a private certificate authority
   (ECDSA P-384, self-signed, ``ca.crt``) signs one server certificate per SuperLink whose
-  subject alternative names are the hosts the SuperNodes and ``flwr`` dial
+  subject alternative names are the hosts the SuperNodes and ``flwr`` dial, plus loopback
+  (the SuperLink's own ServerApp runner dials it there)
   (``flower-superlink --ssl-ca-certfile ca.crt --ssl-certfile cloud.crt --ssl-keyfile
   cloud.key``). SuperNodes and ``flwr`` verify it against ``ca.crt``
   (``--root-certificates``, ``root-certificates`` in ``config.toml``); a client that does not
@@ -30,6 +31,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-"""Subject alternative names of a SuperLink certificate when no host is named."""
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+"""Subject alternative names every SuperLink certificate carries besides its hosts: the
+SuperLink's own ServerApp runner (``flower-superexec``) and ``flwr`` on the same machine dial
+it on loopback."""
 CLOUD = "cloud"
 
 
@@ -99,34 +103,32 @@ class Credentials:
 
 
 def create_credentials(folder: Path, devices: int, edges: int = 0,
-                       cloud_hosts: Sequence[str] = LOOPBACK_HOSTS,
+                       cloud_hosts: Sequence[str] = (),
                        edge_hosts: Sequence[str] = (), valid_days: int = 365) -> Credentials:
     """Write a CA, ``1 + edges`` SuperLink certificates and ``devices + edges`` SuperNode keys.
 
     Args:
-        folder: Where to write (module docstring); existing files of the same names are
+        folder: Where to write (module docstring); its earlier CA, certificates and keys are
             replaced, so a new CA never mixes with old certificates.
         devices: Device SuperNodes (keys ``device-0`` ... ``device-(devices-1)``).
         edges: Edge aggregators: a SuperLink certificate and a SuperNode key each.
-        cloud_hosts: Names and IP addresses the cloud SuperLink is reached by.
-        edge_hosts: One host per edge, in edge order (all edges share ``cloud_hosts``'s
-            loopback names when empty).
+        cloud_hosts: Names and IP addresses the cloud SuperLink is reached by (the loopback
+            names :data:`LOOPBACK_HOSTS` are always added).
+        edge_hosts: One host per edge, in edge order (loopback names only when empty).
         valid_days: How long the certificates are valid.
 
     Raises:
-        ValueError: On a negative count, a host list that does not match the edges, or an
-            empty host list.
+        ValueError: On a negative count or a host list that does not match the edges.
     """
     if devices < 0 or edges < 0:
         raise ValueError(f"devices and edges must be >= 0, got {devices} and {edges}")
     if edge_hosts and len(edge_hosts) != edges:
         raise ValueError(f"give one --edge-host per edge: {edges} edge(s), {len(edge_hosts)} "
                          f"host(s) ({list(edge_hosts)})")
-    if not cloud_hosts:
-        raise ValueError("the cloud SuperLink needs at least one host name or address")
     credentials = Credentials(Path(folder).expanduser().resolve())
-    for sub in ("superlinks", "supernodes"):
-        (credentials.folder / sub).mkdir(parents=True, exist_ok=True)
+    for sub in ("superlinks", "supernodes"):  # nothing signed by an earlier CA stays behind
+        shutil.rmtree(credentials.folder / sub, ignore_errors=True)
+        (credentials.folder / sub).mkdir(parents=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=valid_days))
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -136,6 +138,8 @@ def create_credentials(folder: Path, devices: int, edges: int = 0,
         .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(validity[0]).not_valid_after(validity[1])
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                       critical=False)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
                                      content_commitment=False, key_encipherment=False,
                                      data_encipherment=False, key_agreement=False,
@@ -146,8 +150,10 @@ def create_credentials(folder: Path, devices: int, edges: int = 0,
 
     links = {CLOUD: list(cloud_hosts)}
     for edge_id in range(edges):
-        links[edge_name(edge_id)] = [edge_hosts[edge_id]] if edge_hosts else list(LOOPBACK_HOSTS)
-    for name, hosts in links.items():
+        links[edge_name(edge_id)] = [edge_hosts[edge_id]] if edge_hosts else []
+    ca_identifier = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    for name, named_hosts in links.items():
+        hosts = list(dict.fromkeys([*named_hosts, *LOOPBACK_HOSTS]))
         key = ec.generate_private_key(ec.SECP384R1())
         certificate = (
             x509.CertificateBuilder()
@@ -159,6 +165,10 @@ def create_credentials(folder: Path, devices: int, edges: int = 0,
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca_identifier), critical=False)
             .sign(ca_key, hashes.SHA384()))
         certificate_path, key_path = credentials.superlink(name)
         certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))

@@ -178,7 +178,8 @@ def resume_locally(run_dir: Path, overrides: dict[str, ConfigValue] | None = Non
                          f"got {run_dir}")
     if (run_dir / "summary.json").exists():
         raise ValueError(f"{run_dir} holds a finished run: nothing to resume")
-    checkpoints = sorted((run_dir / "checkpoints").glob("round-*.pt"))
+    checkpoints = sorted((run_dir / "checkpoints").glob("round-*.pt"),
+                         key=lambda path: int(path.stem.removeprefix("round-")))
     if not checkpoints:
         raise ValueError(f"{run_dir} has no checkpoint (the run stopped before its first round "
                          f"ended): start it again instead of resuming")

@@ -24,6 +24,7 @@ edge's own SuperNode with the cloud's.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,7 +103,8 @@ def start_edge_tier(group: ProcessGroup, config: RunConfig, cloud_port: int, run
             tier.devices.append(group.start(command,
                                             logs / f"edge-{edge_id}-device-{partition_id}.log"))
         spool = run_dir / "edges" / f"edge-{edge_id}" / "spool"
-        spool.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(spool, ignore_errors=True)  # a resumed run numbers its rounds from 1 again
+        spool.mkdir(parents=True)
         group.start(edge_supernode_command(cloud_port, free_port(), edge_id, spool, credentials),
                     logs / f"edge-{edge_id}-supernode.log")
         run_config_file = run_dir / f"edge-{edge_id}-run-config.toml"

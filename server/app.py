@@ -127,11 +127,14 @@ def main(grid: Grid, context: Context) -> None:
         log.info("pretrained on the public devices' data: %s", pretraining)
     if config.device_state == "disk" and not config.resume_from:  # new run: devices start afresh
         shutil.rmtree(run_dir / records.DEVICE_STATE_FOLDER, ignore_errors=True)
+    if not continued.rounds_done:  # a new run in a reused folder: no earlier attempt's rounds
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     recorder = RunRecorder(run_dir, config.to_mapping(), history=continued.history,
                            initial_accuracy=continued.initial_accuracy)
     generator, anonymizer_history = prepare_anonymizer(grid, config, dataset, recorder,
                                                        continued.rounds_done > 0)
-    chain = build_chain(config, ledger, round_offset=resumed_round, anonymizer=generator,
+    chain = build_chain(config, ledger, round_offset=resumed_round,
+                        rounds_done=continued.rounds_done, anonymizer=generator,
                         run_dir=run_dir, anonymizer_signal=anonymizer_history[-1]
                         if anonymizer_history else None)
     traffic_meter = chain.get(MeteredStrategy)
@@ -226,7 +229,7 @@ def main(grid: Grid, context: Context) -> None:
             num_rounds=rounds_left,
             timeout=config.round_timeout,
             train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate,
-                                       records.ROUND_OFFSET: resumed_round}),
+                                       records.ROUND_OFFSET: continued.rounds_done}),
             evaluate_fn=evaluate_and_record,
         )
         # Flower's result holds arrays only if some round aggregated; else the start is final

@@ -125,7 +125,7 @@ def cloud_contract(config: RunConfig) -> ReplyContract:
 
 
 def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
-                anonymizer: MultimodalAnonymizer | None = None,
+                rounds_done: int = 0, anonymizer: MultimodalAnonymizer | None = None,
                 run_dir: Path | None = None,
                 anonymizer_signal: Mapping[str, float] | None = None) -> ServerChain:
     """The server chain of ``config`` (module docstring), around ``config``'s aggregator.
@@ -135,6 +135,8 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
         ledger: The run's privacy ledger (fresh, or restored by ``resume-from``).
         round_offset: Rounds run before a resume; the ledger counts round ``r`` as
             ``round_offset + r``.
+        rounds_done: Rounds a continued run completed (``server/continuation.py``; 0 for a
+            new run): the controller decides for round ``rounds_done + r`` of the run.
         anonymizer: The trained generator (needed by ``anonymize-training`` and
             ``anonymizer-release``).
         run_dir: The run folder (released records go to its ``releases/``, the controller's
@@ -177,7 +179,8 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
             config.controller_policy, config.seed), settings=ControllerSettings(
             config.num_server_rounds, config.controller_privacy_weight,
             config.controller_epsilon_weight, dict(anonymizer_signal or {})),
-            audit_path=run_dir / AUDIT_FILE, resumed=round_offset > 0)  # type: ignore[operator]
+            audit_path=run_dir / AUDIT_FILE, resumed=round_offset > 0,  # type: ignore[operator]
+            rounds_done=rounds_done)
         if config.controller != "none" else None,
         functools.partial(HierarchicalStrategy.from_config, config=config)
         if config.num_edges else None,

@@ -90,14 +90,18 @@ class ControllerStage(StrategyWrapper):
         settings: Rounds planned, reward weights, the anonymizer's last update norms.
         audit_path: Where the audit log goes (``run folder / controller-audit.jsonl``).
         resumed: A resumed run continues the folder's chain; a new one replaces it.
+        rounds_done: Rounds a continued run completed before it stopped
+            (``server/continuation.py``): the observation's round fraction, the policy and the
+            audit log see the round of the run, ``rounds_done + server_round``.
 
     The chain wires :attr:`ledger_stage` (required), :attr:`risk_stage` and
     :attr:`anonymizer_stage` after building.
     """
 
     def __init__(self, strategy: Strategy, policy: Policy, settings: ControllerSettings,
-                 audit_path: Path, resumed: bool = False) -> None:
+                 audit_path: Path, resumed: bool = False, rounds_done: int = 0) -> None:
         super().__init__(strategy)
+        self.rounds_done = rounds_done
         self.policy = policy
         self.settings = settings
         if not resumed:  # a new run in a reused folder starts its own chain
@@ -199,13 +203,14 @@ class ControllerStage(StrategyWrapper):
         partition = ledger_stage.partition_of(node)
         spent, cap = self._spent_and_cap(partition)
         observation = self._observe(server_round, node, partition, spent, cap)
-        action = self.policy.decide(observation, server_round, self.settings.num_rounds,
-                                    self._pseudonym(node))
+        action = self.policy.decide(observation, self.rounds_done + server_round,
+                                    self.settings.num_rounds, self._pseudonym(node))
         applied = {"spend-share": action.spend_share}  # knobs only where an anonymizer runs
         if self.anonymizer_stage is not None:
             self.anonymizer_stage.set_knobs(node, action.knobs)
             applied = action.to_mapping()
-        self.audit.append(server_round, self._pseudonym(node), observation.as_array().tolist(),
+        self.audit.append(self.rounds_done + server_round, self._pseudonym(node),
+                          observation.as_array().tolist(),
                           applied, {"cap": cap, "spent": spent, "room": max(0.0, cap - spent)})
         return Decision(node, partition, applied, observation, spent)
 
@@ -219,7 +224,7 @@ class ControllerStage(StrategyWrapper):
         median = float(np.median(norms)) if norms else 0.0
         gained, lost = self._evaluation_change(server_round - 1)
         return ControllerObservation(
-            round_fraction=(server_round - 1) / self.settings.num_rounds,
+            round_fraction=(self.rounds_done + server_round - 1) / self.settings.num_rounds,
             budget_left=max(0.0, 1.0 - spent / cap) if np.isfinite(cap) and cap > 0 else 1.0,
             last_spend=(spent - previous.spent_before) / cap if previous is not None
             and np.isfinite(cap) and cap > 0 else 0.0,

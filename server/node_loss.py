@@ -9,6 +9,8 @@ synchronous server chain, closes all three:
 
 1. **Bounded sampling.** Before the aggregator samples, it waits up to ``node-wait`` seconds
    (``round-timeout`` in round 1, while devices connect) for ``min_available_nodes`` nodes.
+   The aggregator samples from a snapshot of the nodes online then (:class:`NodeSnapshot`),
+   so a node leaving in between cannot send it back into Flower's endless wait.
    If fewer are online, the aggregator's minimums (``min_available_nodes``,
    ``min_train_nodes``, ``min_evaluate_nodes``) are lowered to the nodes online for this one
    call, so it samples from those (evaluation in the same round does not wait again); the
@@ -57,6 +59,20 @@ def innermost(strategy: Strategy) -> Strategy:
     return strategy
 
 
+class NodeSnapshot:
+    """A grid whose ``get_node_ids`` is fixed to ``nodes``; everything else is ``grid``'s."""
+
+    def __init__(self, grid: Grid, nodes: list[int]) -> None:
+        self._grid, self._nodes = grid, list(nodes)
+
+    def get_node_ids(self) -> list[int]:
+        """The nodes online when the snapshot was taken."""
+        return list(self._nodes)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+
 class NodeLossStage(StrategyWrapper):
     """Bound the wait for nodes, attribute error replies, and fill in missing replies."""
 
@@ -75,8 +91,8 @@ class NodeLossStage(StrategyWrapper):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """Sample from the nodes online (waiting a bounded time) and remember what was sent."""
-        with self._sampling_online_nodes(server_round, grid):
-            messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        with self._online_nodes(server_round, grid) as online:
+            messages = list(self.strategy.configure_train(server_round, arrays, config, online))
         self._sent[server_round, "train"] = messages
         return messages
 
@@ -88,10 +104,12 @@ class NodeLossStage(StrategyWrapper):
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """As :meth:`configure_train`, for federated evaluation."""
-        with self._sampling_online_nodes(server_round, grid):
+        """As :meth:`configure_train`, for federated evaluation (no wait when it is off)."""
+        if getattr(innermost(self.strategy), "fraction_evaluate", None) == 0.0:
+            return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        with self._online_nodes(server_round, grid) as online:
             messages = list(self.strategy.configure_evaluate(server_round, arrays, config,
-                                                             grid))
+                                                             online))
         self._sent[server_round, "evaluate"] = messages
         return messages
 
@@ -102,32 +120,38 @@ class NodeLossStage(StrategyWrapper):
             server_round, self._one_reply_each(server_round, "evaluate", list(replies)))
 
     @contextlib.contextmanager
-    def _sampling_online_nodes(self, server_round: int, grid: Grid) -> Iterator[None]:
+    def _online_nodes(self, server_round: int, grid: Grid) -> Iterator[Grid]:
+        """The grid seen as the nodes online once the wait is over.
+
+        A snapshot the aggregator samples from, so a node leaving meanwhile cannot send it
+        back into Flower's endless wait.
+        """
         aggregator = innermost(self.strategy)
         wanted = getattr(aggregator, "min_available_nodes", 0)
         patience = self.round_timeout if server_round <= 1 else self.node_wait
         if server_round in self.short_rounds:  # training already waited this round
             patience = 0.0
         started = self._clock()
-        online = len(list(grid.get_node_ids()))
-        while online < wanted and (self._clock() - started < patience or online == 0):
-            if online == 0 and self._clock() - started >= self.round_timeout:
+        nodes = list(grid.get_node_ids())
+        while len(nodes) < wanted and (self._clock() - started < patience or not nodes):
+            if not nodes and self._clock() - started >= self.round_timeout:
                 raise NoNodesError(f"round {server_round}: no node came online within "
                                    f"round-timeout={self.round_timeout:g} s")
             self._sleep(1.0)
-            online = len(list(grid.get_node_ids()))
-        if online >= wanted:
-            yield
+            nodes = list(grid.get_node_ids())
+        snapshot = NodeSnapshot(grid, nodes)
+        if len(nodes) >= wanted:
+            yield snapshot
             return
         log.warning("round %d: %d node(s) online after %.0f s, %d asked for; sampling from "
-                    "those online", server_round, online, self._clock() - started, wanted)
-        self.short_rounds[server_round] = (online, wanted)
+                    "those online", server_round, len(nodes), self._clock() - started, wanted)
+        self.short_rounds[server_round] = (len(nodes), wanted)
         saved = {name: getattr(aggregator, name) for name in MINIMUMS
                  if hasattr(aggregator, name)}
         for name, value in saved.items():
-            setattr(aggregator, name, min(value, online))
+            setattr(aggregator, name, min(value, len(nodes)))
         try:
-            yield
+            yield snapshot
         finally:
             for name, value in saved.items():
                 setattr(aggregator, name, value)

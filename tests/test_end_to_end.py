@@ -155,7 +155,7 @@ def test_a_third_of_the_supernodes_killed_mid_run_and_the_run_completes(
             outcome["summary"] = deploy_locally(
                 {"num-server-rounds": 3, "local-epochs": 1, "fraction-evaluate": 0.0,
                  "dataset": "synthetic", "samples-per-client": 32, "round-timeout": 120.0,
-                 "node-wait": 5.0},
+                 "node-wait": 30.0},
                 supernodes=10, out=run_dir, show_progress=False)
         except RunFailedError as error:
             outcome["error"] = str(error)
@@ -224,9 +224,9 @@ def test_the_server_killed_in_round_3_resumes_to_the_end_with_an_uninterrupted_l
     superlink = next(pid for pid in leftover_processes(run_dir)
                      if b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes())
     os.kill(superlink, signal.SIGKILL)
+    saved_round_3 = (run_dir / "checkpoints" / "round-003.pt").exists()  # almost never: racy
     thread.join(timeout=300)
     assert "flower-superlink" in outcome["error"]
-    assert not (run_dir / "checkpoints" / "round-003.pt").exists()
 
     summary = resume_locally(run_dir, show_progress=False)
     straight = json.loads((run_in_process({**overrides, "num-clients": 2, "out-dir": str(
@@ -238,6 +238,9 @@ def test_the_server_killed_in_round_3_resumes_to_the_end_with_an_uninterrupted_l
         account = json.loads((run_dir / "device-state" / "restarted"
                               / f"partition-{partition}-dp.json").read_text())
         assert len(account["steps"]) == 4
+    replayed = "asked again with the same model" in "".join(
+        log.read_text(errors="replace") for log in (run_dir / "logs").glob("*.log"))
+    assert replayed or saved_round_3  # round 3 was answered from the kept replies
     assert leftover_processes(run_dir) == []
 
 

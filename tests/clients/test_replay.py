@@ -16,9 +16,9 @@ def task_identity():
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 1
 
 
-def device(tmp_path, run_id=1, state_dir=True, device_state="memory"):
+def device(tmp_path, run_id=1, state_dir=True, device_state="memory", dp=False):
     config = RunConfig.from_mapping({"device-state": device_state, "out-dir": str(tmp_path),
-                                     "run-name": "run"}).to_mapping()
+                                     "run-name": "run", "dp": dp}).to_mapping()
     node_config = {records.PARTITION_ID: 2}
     if state_dir:
         node_config[records.STATE_DIR] = str(tmp_path / "state")
@@ -40,12 +40,14 @@ class Trainer:
         return Message(content, reply_to=message)
 
 
-def train_message(server_round, offset=0, message_type="train"):
+def train_message(server_round, offset=0, message_type="train", model=None):
     config = {records.SERVER_ROUND: server_round}
     if offset is not None:
         config[records.ROUND_OFFSET] = offset
-    return Message(RecordDict({records.CONFIG: ConfigRecord(config)}), dst_node_id=5,
-                   message_type=message_type)
+    model = np.full(3, (offset or 0) + server_round if model is None else model, np.float32)
+    return Message(RecordDict({records.CONFIG: ConfigRecord(config),
+                               records.ARRAYS: ArrayRecord({"w": Array(model)})}),
+                   dst_node_id=5, message_type=message_type)
 
 
 def weights(reply):
@@ -72,7 +74,7 @@ def test_with_device_state_on_disk_the_reply_is_kept_in_the_device_state(tmp_pat
     trainer = Trainer()
 
     def round_of(server_round, offset):
-        context = device(tmp_path, state_dir=False, device_state="disk")
+        context = device(tmp_path, state_dir=False, device_state="disk", dp=True)
         return keep_state_on_disk(train_message(server_round, offset), context,
                                   lambda m, c: replay_repeated_rounds(m, c, trainer))
 
@@ -93,6 +95,23 @@ def test_what_is_not_a_numbered_training_round_is_never_replayed(tmp_path):
     memory_only = device(tmp_path, state_dir=False)
     replay_repeated_rounds(train_message(1), memory_only, trainer)
     replay_repeated_rounds(train_message(1), memory_only, trainer)
+    on_disk_without_dp = device(tmp_path / "plain", state_dir=False, device_state="disk")
+    replay_repeated_rounds(train_message(1), on_disk_without_dp, trainer)
+    replay_repeated_rounds(train_message(1), on_disk_without_dp, trainer)
 
-    assert trainer.trained == 6
+    assert trainer.trained == 8
+    assert records.LAST_REPLY not in on_disk_without_dp.state  # no model kept per device
     assert run_round(train_message(4, offset=3)) == 7 and run_round(train_message(4, None)) is None
+
+
+def test_the_same_round_number_with_another_model_is_trained_not_replayed(tmp_path):
+    trainer = Trainer()
+    context = device(tmp_path)
+    replay_repeated_rounds(train_message(3, offset=0, model=1.0), context, trainer)
+
+    # an older checkpoint resumed, or a new run reusing the run name: round 3 again, other model
+    other = replay_repeated_rounds(train_message(3, offset=0, model=2.0), context, trainer)
+    same = replay_repeated_rounds(train_message(3, offset=0, model=2.0), context, trainer)
+
+    assert trainer.trained == 2
+    assert weights(other) == weights(same) == [2.0, 2.0]

@@ -36,16 +36,22 @@ def test_every_superlink_certificate_is_signed_by_the_ca_for_its_hosts(tmp_path)
 
     ca = _certificate(made.ca_certificate)
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    loopback = {ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
     hosts = {"cloud": ({"cloud.example"}, {ipaddress.ip_address("10.0.0.5")}),
              "edge-0": ({"edge0.example"}, set()),
              "edge-1": (set(), {ipaddress.ip_address("10.0.1.7")})}
+    ca_key_id = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     for name, (names, addresses) in hosts.items():
         certificate = _certificate(made.superlink(name)[0])
         certificate.verify_directly_issued_by(ca)
         sans = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert set(sans.get_values_for_type(x509.DNSName)) == names
-        assert set(sans.get_values_for_type(x509.IPAddress)) == addresses
+        # the named hosts, and loopback, where the SuperLink's own ServerApp runner dials it
+        assert set(sans.get_values_for_type(x509.DNSName)) == names | {"localhost"}
+        assert set(sans.get_values_for_type(x509.IPAddress)) == addresses | loopback
         assert isinstance(certificate.public_key().curve, ec.SECP384R1)
+        authority = certificate.extensions.get_extension_for_class(
+            x509.AuthorityKeyIdentifier).value  # strict verifiers (Python >= 3.13) need it
+        assert authority.key_identifier == ca_key_id
 
 
 def test_supernode_keys_are_p384_openssh_pairs_that_flower_accepts_and_stay_private(tmp_path):
@@ -69,7 +75,8 @@ def test_bad_requests_are_refused_with_what_was_expected(tmp_path):
 
 
 def test_a_tls_superlink_serves_only_registered_supernodes_that_speak_tls(tmp_path):
-    made = create_credentials(tmp_path / "c", devices=2)
+    # made for a real host: loopback clients still verify it (its SANs include loopback)
+    made = create_credentials(tmp_path / "c", devices=2, cloud_hosts=["cloud.example"])
     env = flower_environment(tmp_path)
     home = tmp_path / ".flwr"
     home.mkdir()

@@ -145,3 +145,36 @@ def test_a_grid_that_names_no_message_gets_its_replies_through_unchanged():
 
     assert chain.timeouts[1] == 0
     assert chain.strategy.rounds[1].replies_up == 4 and chain.strategy.rounds[1].failed_replies == 0
+
+
+class Leaving:
+    """Five nodes when first asked; one has left by the next question."""
+
+    def __init__(self):
+        self.asked = 0
+
+    def get_node_ids(self):
+        self.asked += 1
+        return [1, 2, 3, 4, 5] if self.asked == 1 else [1, 2, 3, 4]
+
+
+def test_a_node_leaving_between_the_count_and_the_sample_cannot_stall_flowers_sampling():
+    clock = FakeClock()
+    chain = stage(clock)
+    grid = Leaving()
+
+    sent = list(chain.configure_train(2, arrays(), ConfigRecord(), grid))
+
+    # Flower's sample_nodes would loop forever on 4 < 5; it sampled the snapshot instead
+    assert sorted(m.metadata.dst_node_id for m in sent) == [1, 2, 3, 4, 5]
+    assert grid.asked == 1 and clock.now == 0.0
+
+
+def test_evaluation_that_is_off_waits_for_no_node():
+    clock = FakeClock()
+    chain = stage(clock)
+    innermost(chain).fraction_evaluate = 0.0
+
+    assert list(chain.configure_evaluate(3, arrays(), ConfigRecord(),
+                                         Nodes(clock, online=[]))) == []
+    assert clock.now == 0.0
