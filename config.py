@@ -400,9 +400,9 @@ class RunConfig:
         "(1 s times LogNormal(0, σ²); 0: no spread)"
     )
     round_timeout: float = setting(
-        "seconds a synchronous round waits for its replies; a device that has not answered "
-        "by then counts as a failed reply (`timeout`) and the round closes with the replies "
-        "that came (> 0)"
+        "seconds a synchronous round (or, with `mode = async`, one device's work) waits for "
+        "its replies; a device that has not answered by then counts as a failed reply "
+        "(`timeout`) and the round closes with the replies that came (> 0)"
     )
     node_wait: float = setting(
         "seconds a round waits for the nodes it would sample to be online before it goes on "

@@ -51,7 +51,9 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.server.grid_view import GridView
 from fedmosaic.server.latency import SimulatedClock
+from fedmosaic.server.node_loss import NoNodesError, attributed, timeout_reply
 from fedmosaic.server.validation import Rejections
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
@@ -100,42 +102,6 @@ class StalenessFilter(StrategyWrapper):
         return self.strategy.aggregate_train(server_round, kept) if kept else (None, None)
 
 
-class GridView(Grid):
-    """A grid that shows only ``nodes``: the aggregator's sampling then picks exactly them.
-
-    ``population`` is every node of the grid, for stages that need to know who is connected.
-    """
-
-    def __init__(self, grid: Grid, nodes: list[int], population: list[int]) -> None:
-        self.grid, self.nodes, self.population = grid, nodes, population
-
-    def get_node_ids(self) -> list[int]:
-        """The chosen nodes."""
-        return list(self.nodes)
-
-    def create_message(self, *args: object, **kwargs: object) -> Message:  # noqa: D102
-        return self.grid.create_message(*args, **kwargs)  # type: ignore[arg-type]
-
-    def push_messages(self, *args: object, **kwargs: object) -> Iterable[str]:  # noqa: D102
-        return self.grid.push_messages(*args, **kwargs)  # type: ignore[arg-type]
-
-    def pull_messages(self, *args: object, **kwargs: object) -> Iterable[Message]:  # noqa: D102
-        return self.grid.pull_messages(*args, **kwargs)  # type: ignore[arg-type]
-
-    def send_and_receive(self, *args: object, **kwargs: object) -> Iterable[Message]:  # noqa: D102
-        return self.grid.send_and_receive(*args, **kwargs)  # type: ignore[arg-type]
-
-    def set_run(self, run_id: int) -> None:  # noqa: D102
-        self.grid.set_run(run_id)
-
-    @property
-    def run(self) -> object:  # noqa: D102
-        return self.grid.run
-
-    def get_nodes(self) -> object:  # noqa: D102
-        return self.grid.get_nodes()
-
-
 @dataclass
 class Dispatch:
     """One device's work in flight."""
@@ -145,6 +111,10 @@ class Dispatch:
     arrives_at: float
     """Simulated arrival time (order of handling), or the real send time without one."""
     order: int
+    message: Message
+    """What was sent (a reply that never comes is answered by a ``timeout`` error to it)."""
+    sent_at: float
+    """``time.monotonic()`` when it was sent."""
 
 
 def rewritten(reply: Message, sent: dict[str, np.ndarray], current: dict[str, np.ndarray],
@@ -189,12 +159,17 @@ class AsyncRounds:
         self.dispatched = 0
         self.stale_rejected = 0
         self.failures = 0
+        self.timeouts = 0
         self.unused_at_end = 0
 
     def summary(self) -> dict[str, int]:
-        """What the loop did: trainings sent, replies rejected as stale, failed replies."""
+        """What the loop did: trainings sent, stale replies, failed replies, time-outs.
+
+        ``timeouts`` (no reply within ``round-timeout``) are counted among ``failures`` too.
+        """
         return {"dispatched": self.dispatched, "stale_rejected": self.stale_rejected,
-                "failures": self.failures, "unused_at_end": self.unused_at_end}
+                "failures": self.failures, "timeouts": self.timeouts,
+                "unused_at_end": self.unused_at_end}
 
     def run(self, grid: Grid, initial: ArrayRecord,
             evaluate: Callable[[int, ArrayRecord], MetricRecord]) -> ArrayRecord:
@@ -220,11 +195,13 @@ class AsyncRounds:
             for node in self.rng.sample(idle, min(count, len(idle))):
                 messages = list(self.strategy.configure_train(
                     version + 1, current, train_config, GridView(grid, [node], nodes)))
-                for message_id in grid.push_messages(messages):
+                for message, message_id in zip(messages, grid.push_messages(messages),
+                                               strict=True):
                     self.dispatched += 1
                     arrives = (now + latency.seconds(node, self.dispatched)
                                if latency is not None else time.monotonic())
-                    in_flight[message_id] = Dispatch(node, version, arrives, self.dispatched)
+                    in_flight[message_id] = Dispatch(node, version, arrives, self.dispatched,
+                                                     message, time.monotonic())
                     heapq.heappush(queue, (arrives, self.dispatched, message_id))
 
         dispatch(config.async_concurrency)
@@ -277,8 +254,7 @@ class AsyncRounds:
         round is recorded and checkpointed, and the staleness filter keeps it out of the model.
         """
         while len(arrived) < len(in_flight):
-            for reply in grid.pull_messages([i for i in in_flight if i not in arrived]):
-                arrived[reply.metadata.reply_to_message_id] = reply
+            self._collect(grid, in_flight, arrived)
             if len(arrived) < len(in_flight):
                 time.sleep(POLL_SECONDS)
         leftovers = [arrived.pop(i) for i in list(in_flight)]
@@ -290,9 +266,40 @@ class AsyncRounds:
                      "and are not aggregated", len(leftovers))
         return leftovers
 
+    def _collect(self, grid: Grid, in_flight: dict[str, Dispatch],
+                 arrived: dict[str, Message]) -> None:
+        """Pull what has come, each reply charged to its node; time out old work.
+
+        Work without a reply after ``round-timeout`` seconds gets a ``timeout`` error reply, as
+        in synchronous rounds (``server/node_loss.py``).
+        """
+        for reply in grid.pull_messages([i for i in in_flight if i not in arrived]):
+            message_id = reply.metadata.reply_to_message_id
+            work = in_flight.get(message_id)
+            arrived[message_id] = reply if work is None else attributed(reply, work.message)
+        now = time.monotonic()
+        for message_id, work in in_flight.items():
+            if message_id not in arrived and now - work.sent_at > self.config.round_timeout:
+                log.warning("async: node %d sent no reply within round-timeout=%g s",
+                            work.node, self.config.round_timeout)
+                self.timeouts += 1
+                arrived[message_id] = timeout_reply(work.message, self.config.round_timeout)
+
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
-        """The grid's nodes, once ``num-clients`` are connected (as a synchronous run waits)."""
+        """The grid's nodes once ``num-clients`` are connected.
+
+        After ``round-timeout`` seconds: those connected (at least one, else
+        :class:`~fedmosaic.server.node_loss.NoNodesError`).
+        """
+        started = time.monotonic()
         while len(nodes := sorted(grid.get_node_ids())) < self.config.num_clients:
+            if time.monotonic() - started > self.config.round_timeout:
+                if not nodes:
+                    raise NoNodesError(f"async: no device connected within round-timeout="
+                                       f"{self.config.round_timeout:g} s")
+                log.warning("async: %d of %d devices connected after %g s; starting with them",
+                            len(nodes), self.config.num_clients, self.config.round_timeout)
+                break
             log.info("async: waiting for devices: %d of %d connected", len(nodes),
                      self.config.num_clients)
             time.sleep(1.0)
@@ -303,9 +310,7 @@ class AsyncRounds:
               simulated: bool) -> tuple[str, Message]:
         """The next reply to handle: the earliest simulated arrival, or the first to come."""
         while True:
-            pulled = grid.pull_messages([i for i in in_flight if i not in arrived])
-            for reply in pulled:
-                arrived[reply.metadata.reply_to_message_id] = reply
+            self._collect(grid, in_flight, arrived)
             if simulated:
                 message_id = queue[0][2]
                 if message_id in arrived:

@@ -9,7 +9,7 @@ synchronous server chain, closes all three:
 
 1. **Bounded sampling.** Before the aggregator samples, it waits up to ``node-wait`` seconds
    (``round-timeout`` in round 1, while devices connect) for ``min_available_nodes`` nodes.
-   The aggregator samples from a snapshot of the nodes online then (:class:`NodeSnapshot`),
+   The aggregator samples from a snapshot of the nodes online then (a ``GridView``),
    so a node leaving in between cannot send it back into Flower's endless wait.
    If fewer are online, the aggregator's minimums (``min_available_nodes``,
    ``min_train_nodes``, ``min_evaluate_nodes``) are lowered to the nodes online for this one
@@ -38,6 +38,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedmosaic.server.grid_view import GridView
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -57,20 +58,6 @@ def innermost(strategy: Strategy) -> Strategy:
     while isinstance(getattr(strategy, "strategy", None), Strategy):
         strategy = strategy.strategy  # type: ignore[attr-defined]
     return strategy
-
-
-class NodeSnapshot:
-    """A grid whose ``get_node_ids`` is fixed to ``nodes``; everything else is ``grid``'s."""
-
-    def __init__(self, grid: Grid, nodes: list[int]) -> None:
-        self._grid, self._nodes = grid, list(nodes)
-
-    def get_node_ids(self) -> list[int]:
-        """The nodes online when the snapshot was taken."""
-        return list(self._nodes)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._grid, name)
 
 
 class NodeLossStage(StrategyWrapper):
@@ -139,7 +126,7 @@ class NodeLossStage(StrategyWrapper):
                                    f"round-timeout={self.round_timeout:g} s")
             self._sleep(1.0)
             nodes = list(grid.get_node_ids())
-        snapshot = NodeSnapshot(grid, nodes)
+        snapshot = GridView(grid, nodes)
         if len(nodes) >= wanted:
             yield snapshot
             return
@@ -165,18 +152,28 @@ class NodeLossStage(StrategyWrapper):
         completed = []
         for reply in replies:
             asked = sent.pop(reply.metadata.reply_to_message_id, None)
-            if asked is not None and reply.has_error() and \
-                    reply.metadata.src_node_id != asked.metadata.dst_node_id:
-                log.warning("round %d: node %d failed (%s); the error came from node %d",
-                            server_round, asked.metadata.dst_node_id, reply.error.reason,
-                            reply.metadata.src_node_id)
-                reply = Message(reply.error, reply_to=asked)
-            completed.append(reply)
+            completed.append(reply if asked is None else attributed(reply, asked))
         for asked in sent.values():
             log.warning("round %d: node %d sent no %s reply within round-timeout=%g s",
                         server_round, asked.metadata.dst_node_id, kind, self.round_timeout)
             self.timeouts[server_round] += 1
-            completed.append(Message(Error(TIMEOUT_CODE, "timeout: no reply within "
-                                                         f"{self.round_timeout:g} s"),
-                                     reply_to=asked))
+            completed.append(timeout_reply(asked, self.round_timeout))
         return completed
+
+
+def attributed(reply: Message, asked: Message) -> Message:
+    """``reply`` to ``asked``, charged to the node ``asked`` went to.
+
+    An error reply from elsewhere (the SuperLink, for a dead node) is rebuilt as from that node.
+    """
+    if not reply.has_error() or reply.metadata.src_node_id == asked.metadata.dst_node_id:
+        return reply
+    log.warning("node %d failed (%s); the error came from node %d", asked.metadata.dst_node_id,
+                reply.error.reason, reply.metadata.src_node_id)
+    return Message(reply.error, reply_to=asked)
+
+
+def timeout_reply(asked: Message, seconds: float) -> Message:
+    """The error reply (reason ``timeout``) for ``asked``, unanswered after ``seconds``."""
+    return Message(Error(TIMEOUT_CODE, f"timeout: no reply within {seconds:g} s"),
+                   reply_to=asked)

@@ -128,3 +128,38 @@ def test_an_async_run_ends_even_when_every_device_fails(tmp_path):
     run = result["async"]
     assert run["failures"] + run["unused_at_end"] == run["dispatched"]
     assert result["final_accuracy"] == result["initial_accuracy"]
+
+
+def test_async_work_without_a_reply_times_out_and_superlink_errors_are_charged_to_their_node():
+    import time
+
+    from flwr.app import Error
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedmosaic.server.async_rounds import AsyncRounds, Dispatch, StalenessFilter
+    from fedmosaic.server.node_loss import TIMEOUT_CODE
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 999
+    config = RunConfig.from_mapping({**TINY, "round-timeout": 30.0})
+    rounds = AsyncRounds(config, FedAvg(), StalenessFilter(FedAvg()), None)
+    sent = {}
+    for node, message_id in ((4, "late"), (5, "dead"), (6, "fresh")):
+        message = Message(RecordDict(), dst_node_id=node, message_type="train")
+        message.metadata.__dict__["_message_id"] = message_id
+        age = 60.0 if message_id == "late" else 0.0
+        sent[message_id] = Dispatch(node, 0, 0.0, 1, message, time.monotonic() - age)
+    dead = Message(Error(0, "Node Unavailable"), reply_to=sent["dead"].message)
+    dead.metadata.__dict__["_src_node_id"] = 999  # as the SuperLink answers for a dead node
+
+    class Grid:
+        def pull_messages(self, ids):
+            return [dead] if "dead" in ids else []
+
+    arrived = {}
+    rounds._collect(Grid(), sent, arrived)
+
+    assert set(arrived) == {"late", "dead"}  # "fresh" is still within round-timeout
+    assert arrived["late"].error.code == TIMEOUT_CODE
+    assert arrived["late"].metadata.src_node_id == 4
+    assert arrived["dead"].metadata.src_node_id == 5
+    assert rounds.timeouts == 1
