@@ -4,17 +4,21 @@ In deployment each edge machine runs a SuperLink for its devices. The app is sub
 once with ``edge-role=edge`` and ``edge-spool=DIR``; :func:`serve_edge` then, for each of the
 ``num-server-rounds`` cloud rounds: waits for the cloud's request in the spool (written by the
 cloud run's ClientApp on the edge's SuperNode, see ``clients/edge_forward.py``), waits for the
-edge's devices, sends them the global weights and the cloud's train config, aggregates their
-compressed deltas with :class:`~fedmosaic.server.edge.aggregation.EdgeAggregator` (the same
-code the simulation runs) and writes the compressed aggregate back to the spool. Because the
-run lives as long as the federation, the devices' Contexts (error-feedback residuals) and the
-edge's own residual persist across rounds. No device update ever leaves the edge.
+edge's devices (all of them, or after ``node-wait`` seconds, ``round-timeout`` in round 1, those
+connected), sends them the global weights and the cloud's train config, aggregates their
+compressed deltas (those that came within half the cloud's ``round-timeout``, so the edge
+answers before the cloud gives up on it; a dead device's error is charged to it) with
+:class:`~fedmosaic.server.edge.aggregation.EdgeAggregator` (the same code the simulation
+runs) and writes the compressed aggregate back to the spool. Because the run lives as long as
+the federation, the devices' Contexts (error-feedback residuals) and the edge's own residual
+persist across rounds. No device update ever leaves the edge.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
@@ -30,13 +34,12 @@ from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
     receive_device_replies,
 )
+from fedmosaic.server.node_loss import attributed
 
 log = logging.getLogger("fedmosaic")
 
 REQUEST_TIMEOUT_SECONDS = 1800.0
 """How long the edge waits for the cloud's next request."""
-DEVICE_TIMEOUT_SECONDS = 600.0
-"""How long the edge waits for its devices to connect, and for their replies."""
 
 
 def expected_devices(edge_id: int, num_clients: int, num_edges: int) -> int:
@@ -44,18 +47,27 @@ def expected_devices(edge_id: int, num_clients: int, num_edges: int) -> int:
     return sum(edge_of(p, num_clients, num_edges) == edge_id for p in range(num_clients))
 
 
-def wait_for_devices(grid: Grid, count: int, timeout: float) -> list[int]:
-    """Node IDs of the edge's devices once ``count`` are connected.
+def wait_for_devices(grid: Grid, count: int, patience: float, timeout: float,
+                     clock: Callable[[], float] = time.monotonic,
+                     sleep: Callable[[float], None] = time.sleep) -> list[int]:
+    """Node IDs of the edge's devices: all ``count`` once connected.
+
+    After ``patience`` seconds, those connected: a lost device does not stall its edge.
 
     Raises:
-        TimeoutError: if fewer than ``count`` connect within ``timeout`` seconds.
+        TimeoutError: if no device is connected after ``timeout`` seconds.
     """
-    deadline = time.monotonic() + timeout
+    started = clock()
     while len(nodes := sorted(grid.get_node_ids())) < count:
-        if time.monotonic() > deadline:
+        waited = clock() - started
+        if nodes and waited >= patience:
+            log.warning("edge: %d of %d devices connected after %.0f s; the sub-round goes on "
+                        "with them", len(nodes), count, waited)
+            break
+        if waited >= timeout:
             raise TimeoutError(f"expected {count} devices on this edge's SuperLink within "
-                               f"{timeout:.0f} s, {len(nodes)} connected")
-        time.sleep(1.0)
+                               f"{timeout:.0f} s, none connected")
+        sleep(1.0)
     return nodes
 
 
@@ -70,12 +82,17 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
             aggregator = edge_aggregator(config, request.edge_id)
         devices = wait_for_devices(
             grid, expected_devices(request.edge_id, config.num_clients, config.num_edges),
-            DEVICE_TIMEOUT_SECONDS)
+            patience=config.round_timeout if server_round == 1 else config.node_wait,
+            timeout=config.round_timeout)
         content = RecordDict({records.ARRAYS: arrays_record(request.arrays),
                               records.CONFIG: ConfigRecord(request.config)})
         messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                             group_id=str(server_round)) for node in devices]
-        replies = grid.send_and_receive(messages, timeout=DEVICE_TIMEOUT_SECONDS)
+        # half the cloud's deadline, so the edge answers the cloud before the cloud gives up
+        replies = grid.send_and_receive(messages, timeout=config.round_timeout / 2)
+        by_id = {m.metadata.message_id: m for m in messages}
+        replies = [attributed(r, by_id[r.metadata.reply_to_message_id])
+                   if r.metadata.reply_to_message_id in by_id else r for r in replies]
         received = receive_device_replies(replies, device_contract(config), server_round,
                                           declared)
         updates = received.by_edge.get(request.edge_id, [])

@@ -1,6 +1,7 @@
 import threading
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedmosaic import records
@@ -8,7 +9,7 @@ from fedmosaic.clients.app import app as client_app
 from fedmosaic.clients.edge_forward import forward_to_edge
 from fedmosaic.compression import arrays_record, decode, payload_from_record
 from fedmosaic.config import RunConfig, default_run_config
-from fedmosaic.server.edge.edge_server import expected_devices, serve_edge
+from fedmosaic.server.edge.edge_server import expected_devices, serve_edge, wait_for_devices
 from fedmosaic.simulation.inprocess import InProcessGrid
 from fedmosaic.task import build_model, cached_dataset
 
@@ -53,3 +54,36 @@ def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
         assert any(np.abs(d).max() > 0 for d in delta.values())
     assert all(records.DEVICE_RESIDUAL in c.state for c in grid.contexts.values())
 
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+class Devices:
+    def __init__(self, nodes):
+        self.nodes = nodes
+
+    def get_node_ids(self):
+        return list(self.nodes)
+
+
+def test_a_lost_device_does_not_stall_its_edge_and_an_empty_edge_fails_clearly():
+    clock = Clock()
+
+    nodes = wait_for_devices(Devices([3, 1]), 3, patience=60, timeout=3600, clock=clock,
+                             sleep=clock.sleep)
+    assert nodes == [1, 3] and clock.now == 60  # went on with the two connected
+    assert wait_for_devices(Devices([1, 2, 3]), 3, patience=60, timeout=3600) == [1, 2, 3]
+    clock.now = 0.0
+    with pytest.raises(TimeoutError, match="none connected"):
+        wait_for_devices(Devices([]), 3, patience=60, timeout=3600, clock=clock,
+                         sleep=clock.sleep)
+    assert clock.now == 3600
