@@ -30,6 +30,8 @@ LEARNING_RATE = "lr"
 ROUND_OFFSET = "round-offset"
 """Rounds the run completed before it was resumed: a training message's round of the run is
 Flower's ``server-round`` plus this."""
+RUN_TOKEN = "run-token"
+"""A random token of the run, kept across a resume: a device's kept reply answers only its run."""
 LAST_REPLY = "last-reply"
 """Device state: the last training reply and the round of the run it answered."""
 PROXIMAL_MU = "proximal-mu"

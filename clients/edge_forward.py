@@ -14,9 +14,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from fedmosaic import records
 from fedmosaic.compression import arrays_of, payload_to_record
 from fedmosaic.compression.spool import EdgeRequest, EdgeSpool
-
-REPLY_TIMEOUT_SECONDS = 1800.0
-"""How long the edge SuperNode waits for its sub-round to finish."""
+from fedmosaic.config import RunConfig
 
 
 def is_edge_node(context: Context) -> bool:
@@ -43,7 +41,8 @@ def forward_to_edge(msg: Message, context: Context) -> Message:
     spool = EdgeSpool(str(context.node_config[records.EDGE_SPOOL]))
     spool.put_request(EdgeRequest(edge_id, server_round, arrays_of(msg.content[records.ARRAYS]),
                                   config))
-    reply = spool.take_reply(server_round, REPLY_TIMEOUT_SECONDS)
+    # the edge answers within half the cloud's round-timeout; wait as long as the cloud does
+    reply = spool.take_reply(server_round, RunConfig.from_mapping(context.run_config).round_timeout)
     if not reply.payload:
         raise RuntimeError(f"edge {edge_id} accepted no device update in round {server_round}")
     content = RecordDict({records.COMPRESSED_DELTA: payload_to_record(reply.payload),

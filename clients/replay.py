@@ -5,11 +5,13 @@ When the server stops during round ``r`` and the run is resumed from its checkpo
 it again. Training again would spend privacy budget a second time for one round and release a
 second DP output of the same data. Instead the ClientApp mod :func:`replay_repeated_rounds`
 keeps each device's last training reply with the round of the run it answered (Flower's
-``server-round`` plus ``round-offset``, both in the message's config) and a digest of the
-global model it trained from; when a training message asks for that same round with that same
-model it sends the kept reply again, without training: re-sending a release is
-post-processing and costs no privacy. The model check keeps a kept reply from answering any
-other request: a resume from an older checkpoint, or a new run reusing the run name.
+``server-round`` plus ``round-offset``, both in the message's config), the run's token (a
+random ``run-token`` the server keeps in its checkpoints) and a digest of the global model it
+trained from; when a training message asks for that same round of that same run with that
+same model it sends the kept reply again, without training: re-sending a release is
+post-processing and costs no privacy. The token and the model keep a kept reply from answering
+any other request: a new run reusing the run name (and seed), or a resume from an older
+checkpoint.
 
 Where the reply is kept: with a node-config ``state-dir`` in ``<state-dir>/<run>/partition-
 <id>-last-reply.pb`` (a SuperNode, whose in-memory context a new run does not see); with
@@ -100,7 +102,8 @@ def replay_repeated_rounds(message: Message, context: Context,
     path = device_state_file(config, context, device, "last-reply.pb")
     if path is None and not (config.device_state == "disk" and (config.dp or config.telemetry)):
         return call_next(message, context)
-    key = (asked, model_digest(message))
+    token = message.content.config_records[records.CONFIG].get(records.RUN_TOKEN, "")
+    key = (asked, f"{token}|{model_digest(message)}")
     kept = _kept(context, path, key)
     if kept is not None:
         log.warning("device %d: round %d of the run was asked again with the same model (the "

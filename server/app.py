@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import secrets
 import shutil
 import time
 from collections import Counter
@@ -158,6 +159,7 @@ def main(grid: Grid, context: Context) -> None:
             log.warning("partitions: %s", warning)
         recorder.record_partitions(report, warnings)
     round_started = time.time()
+    run_token = continued.run_token or secrets.token_hex(8)  # new run, new token
 
     def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         nonlocal round_started
@@ -203,6 +205,7 @@ def main(grid: Grid, context: Context) -> None:
             "strategy": config.strategy,
             "traffic": {r: vars(t) for r, t in traffic_meter.rounds.items()},
             "privacy": ledger.state_dict(),
+            "run_token": run_token,
         })
         recorder.add_scalars(ledger.scalars(), run_round)
         if risk_stage is not None and risk_stage.scores.get(server_round):
@@ -229,7 +232,8 @@ def main(grid: Grid, context: Context) -> None:
             num_rounds=rounds_left,
             timeout=config.round_timeout,
             train_config=ConfigRecord({records.LEARNING_RATE: config.learning_rate,
-                                       records.ROUND_OFFSET: continued.rounds_done}),
+                                       records.ROUND_OFFSET: continued.rounds_done,
+                                       records.RUN_TOKEN: run_token}),
             evaluate_fn=evaluate_and_record,
         )
         # Flower's result holds arrays only if some round aggregated; else the start is final

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -64,6 +64,8 @@ STALE = "stale"
 UNUSED = "unused"
 """Rejection reason of work in flight when the last version is made (entered, not used)."""
 POLL_SECONDS = 0.05
+UNDELIVERED_CODE = 503
+"""Error code of the reply written for work the SuperLink did not take."""
 
 
 def staleness_weight(staleness: int) -> float:
@@ -161,11 +163,16 @@ class AsyncRounds:
         self.failures = 0
         self.timeouts = 0
         self.unused_at_end = 0
+        self._late: dict[str, Dispatch] = {}
+        """Work timed out whose reply may still come (its device counts as busy)."""
+        self._late_replies: list[Message] = []
+        """Replies that came after their time-out, for the next aggregation (marked unused)."""
 
     def summary(self) -> dict[str, int]:
         """What the loop did: trainings sent, stale replies, failed replies, time-outs.
 
-        ``timeouts`` (no reply within ``round-timeout``) are counted among ``failures`` too.
+        ``timeouts``: work without a reply within ``round-timeout`` (each is also among
+        ``failures``, or among ``unused_at_end`` when it was still in flight at the end).
         """
         return {"dispatched": self.dispatched, "stale_rejected": self.stale_rejected,
                 "failures": self.failures, "timeouts": self.timeouts,
@@ -190,14 +197,20 @@ class AsyncRounds:
 
         def dispatch(count: int) -> None:
             nodes[:] = sorted(grid.get_node_ids())  # a device that reconnects is used again
-            busy = {d.node for d in in_flight.values()}
+            busy = {d.node for d in [*in_flight.values(), *self._late.values()]}
             idle = [n for n in nodes if n not in busy]
             for node in self.rng.sample(idle, min(count, len(idle))):
                 messages = list(self.strategy.configure_train(
                     version + 1, current, train_config, GridView(grid, [node], nodes)))
-                for message, message_id in zip(messages, grid.push_messages(messages),
-                                               strict=True):
+                accepted = {i for i in grid.push_messages(messages) if i}
+                for message in messages:  # the grids name each pushed message in place
                     self.dispatched += 1
+                    message_id = message.metadata.message_id
+                    if not message_id or message_id not in accepted:  # refused or too large
+                        message_id = f"undelivered-{self.dispatched}"
+                        arrived[message_id] = Message(Error(UNDELIVERED_CODE, "undelivered: "
+                                                            "the SuperLink did not take it"),
+                                                      reply_to=message)
                     arrives = (now + latency.seconds(node, self.dispatched)
                                if latency is not None else time.monotonic())
                     in_flight[message_id] = Dispatch(node, version, arrives, self.dispatched,
@@ -205,7 +218,9 @@ class AsyncRounds:
                     heapq.heappush(queue, (arrives, self.dispatched, message_id))
 
         dispatch(config.async_concurrency)
-        while version < config.num_server_rounds and in_flight:
+        while version < config.num_server_rounds:
+            if not in_flight:  # every device lost or still late: wait, boundedly, for one
+                self._await_a_device(grid, in_flight, arrived, dispatch, version)
             message_id, reply = self._next(grid, queue, in_flight, arrived, latency is not None)
             work = in_flight.pop(message_id)
             if latency is not None:
@@ -231,6 +246,8 @@ class AsyncRounds:
             if fresh >= config.async_buffer:
                 if version + 1 == config.num_server_rounds:  # the last: settle all work first
                     buffer += self._drain(grid, in_flight, arrived)
+                buffer += self._late_replies  # came after their time-out: ledger, not model
+                self._late_replies = []
                 arrays, _ = self.strategy.aggregate_train(version + 1, buffer)
                 version += 1
                 if arrays is not None:
@@ -273,17 +290,43 @@ class AsyncRounds:
         Work without a reply after ``round-timeout`` seconds gets a ``timeout`` error reply, as
         in synchronous rounds (``server/node_loss.py``).
         """
-        for reply in grid.pull_messages([i for i in in_flight if i not in arrived]):
+        waiting = [i for i in in_flight if i not in arrived] + list(self._late)
+        for reply in grid.pull_messages(waiting) if waiting else []:
             message_id = reply.metadata.reply_to_message_id
-            work = in_flight.get(message_id)
-            arrived[message_id] = reply if work is None else attributed(reply, work.message)
+            if message_id in self._late:  # its time-out was handled; its spend still counts
+                self._late.pop(message_id)
+                self.staleness.marked[id(reply)] = UNUSED
+                self._late_replies.append(reply)
+            elif message_id in in_flight:
+                arrived[message_id] = attributed(reply, in_flight[message_id].message)
         now = time.monotonic()
         for message_id, work in in_flight.items():
             if message_id not in arrived and now - work.sent_at > self.config.round_timeout:
                 log.warning("async: node %d sent no reply within round-timeout=%g s",
                             work.node, self.config.round_timeout)
                 self.timeouts += 1
+                self._late[message_id] = work  # busy until its reply comes, if ever
                 arrived[message_id] = timeout_reply(work.message, self.config.round_timeout)
+
+    def _await_a_device(self, grid: Grid, in_flight: dict[str, Dispatch],
+                        arrived: dict[str, Message], dispatch: Callable[[int], None],
+                        version: int) -> None:
+        """With nothing in flight, wait up to ``round-timeout`` for a device to send work to.
+
+        Raises:
+            NoNodesError: if none is connected and idle by then.
+        """
+        deadline = time.monotonic() + self.config.round_timeout
+        while not in_flight:
+            self._collect(grid, in_flight, arrived)  # a late reply frees its device
+            dispatch(self.config.async_concurrency)
+            if in_flight:
+                return
+            if time.monotonic() > deadline:
+                raise NoNodesError(f"async: no device to send work to for round-timeout="
+                                   f"{self.config.round_timeout:g} s, at version {version} "
+                                   f"of {self.config.num_server_rounds}")
+            time.sleep(1.0)
 
     def _wait_for_nodes(self, grid: Grid) -> list[int]:
         """The grid's nodes once ``num-clients`` are connected.

@@ -29,6 +29,8 @@ class Continuation:
     """Those rounds, as recorded."""
     initial_accuracy: float | None = None
     """The central accuracy of the run's first model."""
+    run_token: str = ""
+    """The run's token (``records.RUN_TOKEN``), empty for a new run."""
 
     @classmethod
     def of(cls, checkpoint: Path, run_dir: Path, num_server_rounds: int) -> Continuation:
@@ -46,4 +48,5 @@ class Continuation:
                              f"{rounds_done} of num-server-rounds={num_server_rounds}; raise "
                              f"num-server-rounds to run more")
         return cls(rounds_done, [RoundRecord(**entry) for entry in saved.get("history", [])],
-                   saved.get("initial_accuracy"))
+                   saved.get("initial_accuracy"),
+                   str(saved.get("server_state", {}).get("run_token", "")))

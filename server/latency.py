@@ -55,13 +55,17 @@ class LatencyModel:
             len(self.rank))[:count]
         self.stragglers = frozenset(int(i) for i in chosen)
 
+    def _rank(self, node: int) -> int:
+        """``node``'s index; a device first seen later (it connected late) gets the next one."""
+        return self.rank.setdefault(node, len(self.rank))
+
     def is_straggler(self, node: int) -> bool:
         """Whether ``node`` is one of the slow devices."""
-        return self.rank[node] in self.stragglers
+        return self._rank(node) in self.stragglers
 
     def seconds(self, node: int, draw: int) -> float:
         """The simulated duration of ``node``'s ``draw``-th training."""
-        rank = self.rank[node]
+        rank = self._rank(node)
         spread = math.exp(self.sigma * np.random.default_rng(
             [self.seed, _DURATION_STREAM, rank, draw]).standard_normal())
         return spread * (self.slowdown if rank in self.stragglers else 1.0)

@@ -114,7 +114,7 @@ class NodeLossStage(StrategyWrapper):
         back into Flower's endless wait.
         """
         aggregator = innermost(self.strategy)
-        wanted = getattr(aggregator, "min_available_nodes", 0)
+        wanted = max(1, getattr(aggregator, "min_available_nodes", 1))
         patience = self.round_timeout if server_round <= 1 else self.node_wait
         if server_round in self.short_rounds:  # training already waited this round
             patience = 0.0

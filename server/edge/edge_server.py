@@ -4,10 +4,10 @@ In deployment each edge machine runs a SuperLink for its devices. The app is sub
 once with ``edge-role=edge`` and ``edge-spool=DIR``; :func:`serve_edge` then, for each of the
 ``num-server-rounds`` cloud rounds: waits for the cloud's request in the spool (written by the
 cloud run's ClientApp on the edge's SuperNode, see ``clients/edge_forward.py``), waits for the
-edge's devices (all of them, or after ``node-wait`` seconds, ``round-timeout`` in round 1, those
-connected), sends them the global weights and the cloud's train config, aggregates their
-compressed deltas (those that came within half the cloud's ``round-timeout``, so the edge
-answers before the cloud gives up on it; a dead device's error is charged to it) with
+edge's devices (all of them, or after ``node-wait`` seconds those connected), sends them the
+global weights and the cloud's train config, aggregates their compressed deltas (the whole
+sub-round fits in half the cloud's ``round-timeout``, so the edge answers before the cloud gives
+up on it; a dead device's error is logged under that device) with
 :class:`~fedmosaic.server.edge.aggregation.EdgeAggregator` (the same code the simulation
 runs) and writes the compressed aggregate back to the spool. Because the run lives as long as
 the federation, the devices' Contexts (error-feedback residuals) and the edge's own residual
@@ -38,8 +38,14 @@ from fedmosaic.server.node_loss import attributed
 
 log = logging.getLogger("fedmosaic")
 
-REQUEST_TIMEOUT_SECONDS = 1800.0
-"""How long the edge waits for the cloud's next request."""
+
+def request_timeout(config: RunConfig) -> float:
+    """How long the edge waits for the cloud's next request.
+
+    Two cloud rounds and a node wait: a cloud round waits at most ``node-wait`` for nodes and
+    ``round-timeout`` for replies.
+    """
+    return 2 * config.round_timeout + config.node_wait
 
 
 def expected_devices(edge_id: int, num_clients: int, num_edges: int) -> int:
@@ -77,19 +83,23 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
     aggregator: EdgeAggregator | None = None
     declared: dict[int, int] = {}  # each device's first dataset-size, across rounds
     for server_round in range(1, config.num_server_rounds + 1):
-        request = spool.take_request(server_round, REQUEST_TIMEOUT_SECONDS)
+        request = spool.take_request(server_round, request_timeout(config))
         if aggregator is None:
             aggregator = edge_aggregator(config, request.edge_id)
+        # the whole sub-round fits in half the cloud's round-timeout, so the edge answers the
+        # cloud before the cloud gives up on it: a quarter for devices to be online, the rest
+        # for their replies
+        started, budget = time.monotonic(), config.round_timeout / 2
         devices = wait_for_devices(
             grid, expected_devices(request.edge_id, config.num_clients, config.num_edges),
-            patience=config.round_timeout if server_round == 1 else config.node_wait,
-            timeout=config.round_timeout)
+            patience=budget / 2 if server_round == 1 else min(config.node_wait, budget / 2),
+            timeout=budget / 2)
         content = RecordDict({records.ARRAYS: arrays_record(request.arrays),
                               records.CONFIG: ConfigRecord(request.config)})
         messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                             group_id=str(server_round)) for node in devices]
-        # half the cloud's deadline, so the edge answers the cloud before the cloud gives up
-        replies = grid.send_and_receive(messages, timeout=config.round_timeout / 2)
+        replies = grid.send_and_receive(messages,
+                                        timeout=budget - (time.monotonic() - started))
         by_id = {m.metadata.message_id: m for m in messages}
         replies = [attributed(r, by_id[r.metadata.reply_to_message_id])
                    if r.metadata.reply_to_message_id in by_id else r for r in replies]

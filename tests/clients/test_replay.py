@@ -40,8 +40,8 @@ class Trainer:
         return Message(content, reply_to=message)
 
 
-def train_message(server_round, offset=0, message_type="train", model=None):
-    config = {records.SERVER_ROUND: server_round}
+def train_message(server_round, offset=0, message_type="train", model=None, token="run-a"):
+    config = {records.SERVER_ROUND: server_round, records.RUN_TOKEN: token}
     if offset is not None:
         config[records.ROUND_OFFSET] = offset
     model = np.full(3, (offset or 0) + server_round if model is None else model, np.float32)
@@ -115,3 +115,13 @@ def test_the_same_round_number_with_another_model_is_trained_not_replayed(tmp_pa
 
     assert trainer.trained == 2
     assert weights(other) == weights(same) == [2.0, 2.0]
+
+
+def test_a_new_run_reusing_the_run_name_and_seed_never_gets_an_old_runs_reply(tmp_path):
+    trainer = Trainer()
+    replay_repeated_rounds(train_message(1, token="first"), device(tmp_path), trainer)
+
+    again = replay_repeated_rounds(train_message(1, token="second"), device(tmp_path, run_id=2),
+                                   trainer)
+
+    assert trainer.trained == 2 and weights(again) == [2.0, 2.0]

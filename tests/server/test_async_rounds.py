@@ -163,3 +163,37 @@ def test_async_work_without_a_reply_times_out_and_superlink_errors_are_charged_t
     assert arrived["late"].metadata.src_node_id == 4
     assert arrived["dead"].metadata.src_node_id == 5
     assert rounds.timeouts == 1
+
+
+def test_a_reply_after_its_time_out_enters_the_ledger_unused_and_its_device_stays_busy():
+    import time
+
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedmosaic.server.async_rounds import UNUSED, AsyncRounds, Dispatch, StalenessFilter
+
+    TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 999
+    rounds = AsyncRounds(RunConfig.from_mapping({**TINY, "round-timeout": 30.0}), FedAvg(),
+                         StalenessFilter(FedAvg()), None)
+    message = Message(RecordDict(), dst_node_id=4, message_type="train")
+    message.metadata.__dict__["_message_id"] = "slow"
+    in_flight = {"slow": Dispatch(4, 0, 0.0, 1, message, time.monotonic() - 60.0)}
+    late = Message(RecordDict({records.METRICS: MetricRecord({"num-examples": 3})}),
+                   reply_to=message)
+
+    class Grid:
+        def __init__(self):
+            self.replies = []
+
+        def pull_messages(self, ids):
+            return [r for r in self.replies if r.metadata.reply_to_message_id in ids]
+
+    grid, arrived = Grid(), {}
+    rounds._collect(grid, in_flight, arrived)  # timed out: a failure now, its device busy
+    in_flight.pop("slow")
+    assert arrived.pop("slow").has_error() and list(rounds._late) == ["slow"]
+    grid.replies = [late]
+    rounds._collect(grid, in_flight, arrived)  # the real reply comes after all
+
+    assert rounds._late == {} and rounds._late_replies == [late] and arrived == {}
+    assert rounds.staleness.marked[id(late)] == UNUSED  # its spend is entered, not aggregated
