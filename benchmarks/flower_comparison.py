@@ -17,6 +17,7 @@ less one median round.
 
 from __future__ import annotations
 
+import abc
 import json
 import sys
 import threading
@@ -45,7 +46,7 @@ POLL_SECONDS = 0.02
 MEMORY_POLL_SECONDS = 0.5
 
 
-class Poller:
+class Poller(abc.ABC):
     """A thread that calls :meth:`poll` every ``poll_seconds`` inside a ``with`` block, and
     once more on leaving it."""
 
@@ -68,9 +69,9 @@ class Poller:
             self.poll()
             self._stop.wait(self.poll_seconds)
 
+    @abc.abstractmethod
     def poll(self) -> None:
         """One sample."""
-        raise NotImplementedError
 
 
 class PeakTreeMemory(Poller):

@@ -31,3 +31,22 @@ def train_reply():
         return Message(content=content, reply_to=sent)
 
     return make
+
+
+class FakeClock:
+    """A monotonic clock that moves only when code under test sleeps on it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock():
+    """A :class:`FakeClock` at 0 s: pass it as ``clock`` and its ``sleep`` as ``sleep``."""
+    return FakeClock()

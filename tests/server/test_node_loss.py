@@ -14,17 +14,6 @@ from fedmosaic.server.traffic import MeteredStrategy
 SUPERLINK = 999
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 class Nodes:
     """A grid whose online nodes change as the fake clock advances."""
 
@@ -62,8 +51,9 @@ def reply(to, value):
     return Message(content, reply_to=to)
 
 
-def test_a_round_with_lost_nodes_samples_those_online_after_node_wait_then_asks_for_all_again():
-    clock = FakeClock()
+def test_a_round_with_lost_nodes_samples_those_online_after_node_wait_then_asks_for_all_again(
+        fake_clock):
+    clock = fake_clock
     chain = stage(clock)
     grid = Nodes(clock, online=[1, 2, 3])
 
@@ -82,8 +72,8 @@ def test_a_round_with_lost_nodes_samples_those_online_after_node_wait_then_asks_
     assert 3 not in chain.short_rounds
 
 
-def test_round_one_waits_round_timeout_for_devices_still_connecting():
-    clock = FakeClock()
+def test_round_one_waits_round_timeout_for_devices_still_connecting(fake_clock):
+    clock = fake_clock
     chain = stage(clock)
     grid = Nodes(clock, online=[1, 2], later=[1, 2, 3, 4, 5], at=70.0)
 
@@ -93,8 +83,8 @@ def test_round_one_waits_round_timeout_for_devices_still_connecting():
     assert chain.short_rounds == {}
 
 
-def test_no_node_online_for_a_whole_round_timeout_ends_the_run_with_a_clear_error():
-    clock = FakeClock()
+def test_no_node_online_for_a_whole_round_timeout_ends_the_run_with_a_clear_error(fake_clock):
+    clock = fake_clock
     chain = stage(clock)
 
     with pytest.raises(NoNodesError, match="round 4: no node came online within "
@@ -103,8 +93,9 @@ def test_no_node_online_for_a_whole_round_timeout_ends_the_run_with_a_clear_erro
     assert clock.now == pytest.approx(100.0)
 
 
-def test_error_replies_are_charged_to_the_node_that_failed_and_silence_becomes_a_timeout():
-    clock = FakeClock()
+def test_error_replies_are_charged_to_the_node_that_failed_and_silence_becomes_a_timeout(
+        fake_clock):
+    clock = fake_clock
     chain = stage(clock)
     sent = push(list(chain.configure_train(1, arrays(), ConfigRecord(),
                                            Nodes(clock, online=[1, 2, 3, 4, 5]))))
@@ -134,8 +125,8 @@ def test_error_replies_are_charged_to_the_node_that_failed_and_silence_becomes_a
     np.testing.assert_allclose(aggregated["w"].numpy(), np.full(3, 2.0))
 
 
-def test_a_grid_that_names_no_message_gets_its_replies_through_unchanged():
-    clock = FakeClock()
+def test_a_grid_that_names_no_message_gets_its_replies_through_unchanged(fake_clock):
+    clock = fake_clock
     chain = stage(clock)
     sent = list(chain.configure_train(1, arrays(), ConfigRecord(),
                                       Nodes(clock, online=[1, 2, 3, 4, 5])))
@@ -158,8 +149,8 @@ class Leaving:
         return [1, 2, 3, 4, 5] if self.asked == 1 else [1, 2, 3, 4]
 
 
-def test_a_node_leaving_between_the_count_and_the_sample_cannot_stall_flowers_sampling():
-    clock = FakeClock()
+def test_a_node_leaving_between_the_count_and_the_sample_cannot_stall_flowers_sampling(fake_clock):
+    clock = fake_clock
     chain = stage(clock)
     grid = Leaving()
 
@@ -170,8 +161,8 @@ def test_a_node_leaving_between_the_count_and_the_sample_cannot_stall_flowers_sa
     assert grid.asked == 1 and clock.now == 0.0
 
 
-def test_evaluation_that_is_off_waits_for_no_node():
-    clock = FakeClock()
+def test_evaluation_that_is_off_waits_for_no_node(fake_clock):
+    clock = fake_clock
     chain = stage(clock)
     innermost(chain).fraction_evaluate = 0.0
 

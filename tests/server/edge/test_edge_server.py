@@ -55,18 +55,6 @@ def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
     assert all(records.DEVICE_RESIDUAL in c.state for c in grid.contexts.values())
 
 
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 class Devices:
     def __init__(self, nodes):
         self.nodes = nodes
@@ -75,8 +63,8 @@ class Devices:
         return list(self.nodes)
 
 
-def test_a_lost_device_does_not_stall_its_edge_and_an_empty_edge_fails_clearly():
-    clock = Clock()
+def test_a_lost_device_does_not_stall_its_edge_and_an_empty_edge_fails_clearly(fake_clock):
+    clock = fake_clock
 
     nodes = wait_for_devices(Devices([3, 1]), 3, patience=60, timeout=3600, clock=clock,
                              sleep=clock.sleep)
