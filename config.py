@@ -74,6 +74,9 @@ CONTROLLERS = ("none", "static", "linear", "exponential", "alpine", "bandit", "d
                "random")
 """``controller``: who sets each device's per-round spend and anonymizer knobs (``none``: the
 device spends its budget evenly over the planned rounds, as without the adaptive loop)."""
+SUM_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedadagrad", "fedyogi")
+"""Strategies that need only the (weighted) sum of the updates, so secure aggregation suits
+them; the others look at each update (robust statistics, per-device losses, expert routing)."""
 CENTRAL_DP_MODES = ("none", "server", "client")
 """``central-dp``: none, or Flower's server-side or client-side fixed-clipping wrapper."""
 RENAMED_KEYS = {"epsilon": "dp-epsilon-budget"}
@@ -341,8 +344,8 @@ class RunConfig:
         "share of each anonymized sample's entries discarded, in [0, 1)"
     )
     risk_perception: bool = setting(
-        "score every device's risk each round from what the server observes (flat federations; "
-        'see "Risk perception")'
+        "score every device's risk each round from what the server observes (flat federations "
+        'without secure aggregation; see "Risk perception")'
     )
     risk_sensitivities: str = setting(
         "data sensitivity per modality, `name=value,...` in [0, 1], over the built-in table"
@@ -408,6 +411,18 @@ class RunConfig:
         "seconds a round waits for the nodes it would sample to be online before it goes on "
         "with those that are (the first round waits up to `round-timeout` while devices "
         "connect); with none online it waits up to `round-timeout`, then ends the run (>= 0)"
+    )
+    secure_aggregation: bool = setting(
+        "SecAgg+: the server, and every edge, sees only the sum of the devices' masked updates, "
+        'never one in the clear; see "Secure aggregation"'
+    )
+    secure_aggregation_clip: float = setting(
+        "secure aggregation: each coordinate of a device's (weighted) update is clipped to "
+        "[-c, c] before it is quantized (> 0)"
+    )
+    secure_aggregation_max_weight: int = setting(
+        "secure aggregation: the `num-examples` that counts fully; a device's weight is "
+        "min(num-examples, this) (>= 1)"
     )
     device_state: str = setting(
         "where a device keeps its state between rounds (privacy account, error-feedback "
@@ -491,6 +506,7 @@ class RunConfig:
         _check_anonymizer(self)
         _check_controller(self)
         _check_learning(self)
+        _check_secure_aggregation(self)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> RunConfig:
@@ -825,3 +841,43 @@ def _toml_value(value: ConfigValue) -> str:
 
 if __name__ == "__main__":
     print(config_table())
+
+
+def _check_secure_aggregation(config: RunConfig) -> None:
+    """Secure aggregation's ranges, and the settings that need each device's update in the clear.
+
+    Raises:
+        ValueError: Naming the setting that conflicts and why.
+    """
+    if not 0.0 < config.secure_aggregation_clip < math.inf:
+        raise ValueError(f"secure-aggregation-clip must be finite and > 0, got "
+                         f"{config.secure_aggregation_clip}")
+    if config.secure_aggregation_max_weight < 1:
+        raise ValueError(f"secure-aggregation-max-weight must be >= 1, got "
+                         f"{config.secure_aggregation_max_weight}")
+    if not config.secure_aggregation:
+        return
+    sees_updates = {
+        "central-dp=server": (config.central_dp == "server",
+                              "server-side clipping clips each device's update; clip on the "
+                              "devices with central-dp=client"),
+        f"strategy={config.strategy}": (config.strategy not in SUM_STRATEGIES,
+                                        f"it needs each update; use one of {SUM_STRATEGIES}"),
+        "mode=async": (config.mode == "async", "a buffered reply is aggregated alone"),
+        f"attack={config.attack}": (config.attack in COLLUDING_ATTACKS
+                                    and config.malicious_fraction > 0,
+                                    "the simulated colluders craft updates from the others'"),
+        f"controller={config.controller}": (config.controller != "none",
+                                            "its observation reads each update's norm"),
+        f"device-topk={config.device_topk}": (config.device_topk < 1.0,
+                                              "a masked vector is dense"),
+        f"edge-role={config.edge_role}": (config.edge_role != "simulated",
+                                          "relaying the key exchange through a deployed edge's "
+                                          "SuperLink is not built; use simulated edges or a "
+                                          "flat deployment"),
+    }
+    conflicts = [f"{setting} ({why})" for setting, (conflict, why) in sees_updates.items()
+                 if conflict]
+    if conflicts:
+        raise ValueError("secure-aggregation=true hides each device's update from the server, "
+                         "which these settings need: " + "; ".join(conflicts))

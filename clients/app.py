@@ -6,7 +6,8 @@ edge SuperNode (its node config names an ``edge-spool``) hands the cloud's train
 its edge instead (``clients/edge_forward.py``). With ``device-state = disk`` the device's
 state waits on disk between its rounds (``clients/state_store.py``). A training round asked
 again after the server resumed is answered with the reply already sent
-(``clients/replay.py``).
+(``clients/replay.py``). Under ``secure-aggregation`` the device answers the protocol's
+queries and its training reply leaves masked (``clients/secure_aggregation.py``).
 """
 
 from __future__ import annotations
@@ -21,13 +22,19 @@ from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.edge_forward import forward_to_edge, is_edge_node
 from fedmosaic.clients.replay import replay_repeated_rounds
 from fedmosaic.clients.round import partition_id, run_train_round
+from fedmosaic.clients.secure_aggregation import (
+    advertise_keys,
+    mask_training_reply,
+    share_keys,
+    unmask_shares,
+)
 from fedmosaic.clients.state_store import keep_state_on_disk
 from fedmosaic.config import RunConfig
 from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.task import build_model, cached_dataset
 
-app = ClientApp(mods=[keep_state_on_disk, replay_repeated_rounds])
+app = ClientApp(mods=[keep_state_on_disk, mask_training_reply, replay_repeated_rounds])
 
 
 @app.train()
@@ -42,6 +49,24 @@ def train_locally(msg: Message, context: Context) -> Message:
 def train_anonymizer_locally(msg: Message, context: Context) -> Message:
     """One federated anonymizer round (``clients/anonymizer_round.py``)."""
     return run_anonymizer_round(msg, context)
+
+
+@app.query(records.SECAGG_KEYS_ACTION)
+def advertise_secure_aggregation_keys(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 1 (``clients/secure_aggregation.py``)."""
+    return advertise_keys(msg, context)
+
+
+@app.query(records.SECAGG_SHARE_ACTION)
+def share_secure_aggregation_keys(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 2."""
+    return share_keys(msg, context)
+
+
+@app.query(records.SECAGG_UNMASK_ACTION)
+def unmask_secure_aggregation(msg: Message, context: Context) -> Message:
+    """Secure aggregation, stage 4 (stage 3 masks the training reply)."""
+    return unmask_shares(msg, context)
 
 
 @app.evaluate()

@@ -5,8 +5,9 @@ plain function ``stage(state) -> None`` that reads what earlier stages left in t
 :class:`DeviceRound` and adds its own part. A stage may finish the round early by setting
 ``state.reply`` and ``state.finished`` (DP-SGD refusing to exceed the budget); the remaining
 stages are then skipped.
-Adding a stage (an anonymizer before training, secure-aggregation masking before the reply)
-is one function and one line in :data:`TRAIN_STAGES`.
+Adding a stage (an anonymizer before training, say) is one function and one line in
+:data:`TRAIN_STAGES`. Secure aggregation masks the finished reply in a ClientApp mod
+(``clients/secure_aggregation.py``), outside the replay of a repeated round.
 
 ==================  ==========================================================================
 stage               contract
@@ -28,7 +29,8 @@ keep_personal       personal parameters stored on the device; ``model`` carries 
                     values in their place, so the reply holds nothing personal
 clip_update         ``central-dp=client``: ``w ← w_g + clip(w − w_g, C)``
 poison_model        simulation only: a malicious device's model poisoning
-reply_update        ``reply``: the full weights, or below an edge the compressed delta
+reply_update        ``reply``: the full weights, or below an edge the compressed delta (under
+                    ``secure-aggregation`` the weights, which the ClientApp's mod masks)
 tamper_reply        simulation only: a rogue device breaks the reply contract
 attach_telemetry    ``telemetry=true``: local-DP sensor summaries added to ``reply``
 release_records     ``anonymizer-release``: anonymized records and the device's pseudonym
@@ -332,7 +334,7 @@ def reply_update(state: DeviceRound) -> None:
         **state.attack.reply_metrics(),
         **state.metrics,
     })
-    if state.config.num_edges:
+    if state.config.num_edges and not state.config.secure_aggregation:
         state.reply = edge_reply_content(state.model.state_dict(), state.global_arrays,
                                          metrics, state.config, state.context,
                                          state.server_round)

@@ -49,6 +49,7 @@ from fedmosaic.server.privacy_ledger import PrivacyLedgerStrategy, resume
 from fedmosaic.server.public_pretraining import pretrain_on_public_devices
 from fedmosaic.server.recorder import RoundRecord, RunRecorder
 from fedmosaic.server.risk_stage import RiskStage
+from fedmosaic.server.secure_aggregation import SecureAggregationStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.unseen_devices import evaluate_unseen_devices
 from fedmosaic.server.validation import ValidatingStrategy
@@ -148,6 +149,9 @@ def main(grid: Grid, context: Context) -> None:
     anonymizer_stage = chain.find(AnonymizerStage)
     risk_stage = chain.find(RiskStage)
     controller = chain.find(ControllerStage)
+    secure = chain.find(SecureAggregationStage)
+    if secure is not None:
+        cloud_rejections.append(secure.rejections)
     try:
         report = partition_report(dataset, num_devices=config.num_clients)
     except ValueError as error:  # partitions that only exist on the devices
@@ -175,14 +179,15 @@ def main(grid: Grid, context: Context) -> None:
             return MetricRecord({"accuracy": central.accuracy, "loss": central.loss})
         run_round = continued.rounds_done + server_round  # the round of the run, resumed or not
         traffic = traffic_meter.rounds[server_round]
+        protocol = secure.round_figures(server_round) if secure is not None else None
         train_metrics = traffic_meter.train_metrics.get(server_round)
         eval_metrics = traffic_meter.evaluate_metrics.get(server_round)
         recorder.record_round(RoundRecord(
             round=run_round,
             accuracy=central.accuracy,
             loss=central.loss,
-            bytes_up=traffic.bytes_up,
-            bytes_down=traffic.bytes_down,
+            bytes_up=traffic.bytes_up + (protocol["bytes_up"] if protocol else 0),
+            bytes_down=traffic.bytes_down + (protocol["bytes_down"] if protocol else 0),
             seconds=time.time() - round_started,
             simulated_seconds=clock.at.get(server_round) if clock is not None else None,
             train_loss=_metric(train_metrics, records.TRAIN_LOSS),
@@ -198,6 +203,7 @@ def main(grid: Grid, context: Context) -> None:
             **(anonymizer_stage.round_releases(server_round) if anonymizer_stage else {}),
             risk=risk_stage.round_scores(server_round) if risk_stage else None,
             controller=controller.round_decisions(server_round) if controller else None,
+            secure_aggregation=protocol,
             **(edge_tier.round_traffic(server_round) if edge_tier is not None else {}),
         ))
         recorder.checkpoint(run_round, model.state_dict(), {

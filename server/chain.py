@@ -25,6 +25,8 @@ edge tier               devices' compressed deltas → one reply per edge (``num
 privacy ledger          enters each DP-SGD reply's spend; drops refusals; sends budgets
 staleness filter        ``mode = async``: drops replies older than ``max-staleness``
 colluding attacker      simulation only: crafts ALIE / IPM updates (``attack=alie|ipm``)
+secure aggregation      ``secure-aggregation``: SecAgg+ key exchange before training; unmasks
+                        the sum of the masked replies and passes on one aggregate reply
 validation              drops malformed or out-of-bounds updates, logs why, skips a short round
 central-DP accounting   accounts each central-DP release in the ledger (``central-dp``)
 central DP              Flower's fixed-clipping wrapper: clip, aggregate, add noise
@@ -34,7 +36,9 @@ aggregator              the ``strategy`` itself (FedAvg, trimmed mean, MoEFusion
 Why this order: the ledger sits outside validation, so a device whose update is rejected still
 has its spend entered; the colluding attacker sits outside validation, so the defences see the
 crafted updates; central DP sits inside validation, so it only clips and accounts what is
-aggregated (``server/privacy_ledger.py``). The controller sits inside the anonymizer stage, so
+aggregated (``server/privacy_ledger.py``). Secure aggregation sits inside the ledger, which
+reads each device's DP metadata (sent in the clear), and outside validation, which then checks
+the one aggregate it unmasked. The controller sits inside the anonymizer stage, so
 the knobs it sets reach the same round's messages, and outside the ledger, whose account it
 reads.
 """
@@ -68,6 +72,7 @@ from fedmosaic.server.latency import SimulatedClock
 from fedmosaic.server.node_loss import NodeLossStage
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
 from fedmosaic.server.risk_stage import RiskStage
+from fedmosaic.server.secure_aggregation import SecureAggregationStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import ReplyContract, ValidatingStrategy
 from fedmosaic.strategies.registry import build_aggregator
@@ -118,8 +123,8 @@ class ServerChain:
 
 
 def cloud_contract(config: RunConfig) -> ReplyContract:
-    """The replies the cloud validates: edges' aggregates, or without edges the devices'."""
-    if config.num_edges:
+    """The replies the cloud validates: aggregates (edges', secure aggregation's) or devices'."""
+    if config.num_edges or config.secure_aggregation:
         return ReplyContract.for_edge_aggregates(config)
     return ReplyContract.for_devices(config, len(cached_dataset(config).specs))
 
@@ -156,7 +161,8 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
         raise ValueError(f"controller={config.controller} writes an audit log: give run_dir")
     central = config.central_dp != "none"
     colluding = config.attack in COLLUDING_ATTACKS and config.malicious_fraction > 0
-    risk = config.risk_perception and not config.num_edges and config.mode == "sync"
+    risk = (config.risk_perception and not config.num_edges and config.mode == "sync"
+            and not config.secure_aggregation)  # its channel reads each update
     asynchronous = config.mode == "async"
     chain = ServerChain.around(build_aggregator(cloud_config(config)), [
         functools.partial(NodeLossStage, node_wait=config.node_wait,
@@ -188,6 +194,10 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
                           config=config),
         StalenessFilter if asynchronous else None,
         functools.partial(CollusionSimulation, attack=config.attack) if colluding else None,
+        functools.partial(SecureAggregationStage, clip=config.secure_aggregation_clip,
+                          max_weight=config.secure_aggregation_max_weight,
+                          device_bits=config.device_bits, timeout=config.node_wait)
+        if config.secure_aggregation else None,
         functools.partial(ValidatingStrategy, max_norm=config.max_update_norm or math.inf,
                           min_replies=config.min_valid_replies, contract=cloud_contract(config),
                           evaluate_contract=ReplyContract.for_evaluation(config)),

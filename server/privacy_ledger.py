@@ -304,9 +304,7 @@ class CentralDPAccounting(StrategyWrapper):
         """Aggregate through the central-DP wrapper; account the release if there is one."""
         replies = list(replies)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
-        weights = [float(m[records.NUM_EXAMPLES]) for r in replies if not r.has_error()
-                   and (m := r.content.metric_records.get(records.METRICS)) is not None
-                   and float(m.get(records.NUM_EXAMPLES, 0)) > 0]
+        weights = [w for r in replies if not r.has_error() for w in aggregation_weights(r)]
         if arrays is not None and weights:
             entry = self.ledger.central
             entry.round_noise_multipliers.append(  # type: ignore[union-attr]
@@ -314,6 +312,21 @@ class CentralDPAccounting(StrategyWrapper):
             entry.epsilon_spent = central_epsilon(  # type: ignore[union-attr]
                 entry.round_noise_multipliers, self.delta)  # type: ignore[union-attr]
         return arrays, metrics
+
+
+def aggregation_weights(reply: Message) -> list[float]:
+    """The positive weights a reply's update entered the aggregate with.
+
+    Its ``num-examples``; for secure aggregation's one aggregate reply, each device's weight
+    (its ``secure-aggregation`` record's ``weights``), so central DP's accounting sees the
+    largest single share, not the whole aggregate as one device.
+    """
+    secure = reply.content.config_records.get(records.SECURE_AGGREGATION)
+    if secure is not None and "weights" in secure:
+        return [float(w) for w in secure["weights"] if float(w) > 0]  # type: ignore[union-attr]
+    metrics = reply.content.metric_records.get(records.METRICS)
+    examples = float(metrics.get(records.NUM_EXAMPLES, 0)) if metrics is not None else 0.0
+    return [examples] if examples > 0 else []
 
 
 def resume(checkpoint: Path, model: torch.nn.Module) -> tuple[PrivacyLedger, int]:

@@ -81,6 +81,9 @@ class RoundRecord:
     """Releases dropped as malformed (their model updates went on to validation)."""
     risk: dict[str, dict[str, float]] | None = None
     """Per node id: its risk score and the criteria it was fused from (``risk-perception``)."""
+    secure_aggregation: dict[str, object] | None = None
+    """Secure aggregation's own exchanges: ``bytes_down`` / ``bytes_up`` (also in the round's
+    totals), ``cohort`` (devices that advertised keys) and ``dropped`` devices per stage."""
     controller: dict[str, dict[str, float]] | None = None
     """Per device: the controller's action (spend share, knobs), the risk and budget it saw,
     and the reward it earned (``controller``)."""

@@ -40,6 +40,7 @@ from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
     receive_device_replies,
 )
+from fedmosaic.server.edge.secure_relay import relay_masked_sums
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import MetricRule, RejectedUpdate, Rejections, ReplyContract
 from fedmosaic.strategies.wrapper import StrategyWrapper
@@ -68,10 +69,12 @@ class HierarchicalStrategy(StrategyWrapper):
             (:func:`~fedmosaic.server.edge.configured.device_contract`).
         deployed: the replies come from edge machines (``edge-role=cloud``), each already an
             edge aggregate; otherwise from devices, which this wrapper's edges aggregate.
+        secure: under ``secure-aggregation`` the edges relay their devices' masked sums
+            (``server/edge/secure_relay.py``) instead of averaging and compressing.
     """
 
     def __init__(self, strategy: Strategy, edges: Sequence[EdgeAggregator],
-                 contract: ReplyContract, deployed: bool = False) -> None:
+                 contract: ReplyContract, deployed: bool = False, secure: bool = False) -> None:
         if not edges:
             raise ValueError("an edge tier needs at least one edge, got none")
         if [edge.edge_id for edge in edges] != list(range(len(edges))):
@@ -81,6 +84,7 @@ class HierarchicalStrategy(StrategyWrapper):
         self.edges = list(edges)
         self.contract = contract
         self.deployed = deployed
+        self.secure = secure
         self.intake = Rejections()
         self.declared: dict[int, int] = {}
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
@@ -90,7 +94,8 @@ class HierarchicalStrategy(StrategyWrapper):
     def from_config(cls, strategy: Strategy, config: RunConfig) -> HierarchicalStrategy:
         """``strategy`` behind the config's ``num-edges`` edges (``configured.edge_aggregator``)."""
         return cls(strategy, [edge_aggregator(config, e) for e in range(config.num_edges)],
-                   device_contract(config), deployed=config.edge_role == "cloud")
+                   device_contract(config), deployed=config.edge_role == "cloud",
+                   secure=config.secure_aggregation)
 
     def round_traffic(self, server_round: int) -> dict[str, int]:
         """A round's edge-tier traffic, as :class:`~fedmosaic.server.recorder.RoundRecord` fields.
@@ -129,6 +134,8 @@ class HierarchicalStrategy(StrategyWrapper):
         reference = self._global.pop(server_round)
         traffic = self.hops[server_round]
         replies = [r for r in replies if not r.has_error()]
+        if self.secure:
+            return self._relay_masked(server_round, replies, reference)
         sent = replies if self.deployed else []
         received = receive_device_replies([] if self.deployed else replies, self.contract,
                                           server_round, self.declared)
@@ -160,6 +167,23 @@ class HierarchicalStrategy(StrategyWrapper):
             traffic.accepted_updates += counters[records.EDGE_ACCEPTED]
             traffic.rejected_updates += counters[records.EDGE_REJECTED]
         return self.strategy.aggregate_train(server_round, cloud_replies)
+
+    def _relay_masked(self, server_round: int, replies: list[Message], reference: Arrays
+                      ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Secure aggregation: every edge sends its devices' masked sum up, as an edge would."""
+        traffic = self.hops[server_round]
+        size = sum(array.size for array in reference.values()) + 1
+        relayed, bytes_by_edge, rejected = relay_masked_sums(replies, self.contract, size,
+                                                             server_round)
+        if rejected:
+            self.intake.add(server_round, "malformed", rejected)
+        traffic.rejected_updates += rejected
+        traffic.bytes_device_to_edge += sum(bytes_by_edge.values())
+        for reply in relayed:
+            traffic.bytes_edge_to_cloud += message_bytes(reply)
+            traffic.accepted_updates += len(
+                reply.content.config_records[records.SECURE_AGGREGATION]["members"])  # type: ignore[arg-type]
+        return self.strategy.aggregate_train(server_round, relayed)
 
 
 def edge_counters(sent: Message) -> dict[str, int]:

@@ -1,0 +1,329 @@
+"""Secure aggregation as a stage of the server chain: SecAgg+ on Flower's Message API.
+
+:class:`SecureAggregationStage` runs the server's side of SecAgg+ (Bell et al. 2020;
+``privacy/secure_aggregation``) around every training round, with any strategy that needs only
+the weighted sum (``config.SUM_STRATEGIES``):
+
+1. ``configure_train``: the aggregator samples the round's devices as usual; the stage asks
+   them for keys (``query.secagg_keys``), forms the cohort and its neighbour graph, collects
+   the encrypted shares (``query.secagg_share``), and adds to each training message the
+   device's index, the encoding and the shares routed to it. A device that does not answer a
+   stage (an error reply, no reply within ``node-wait``, a malformed answer) is dropped from
+   the round there; fewer devices than the threshold, and the round is skipped.
+2. ``aggregate_train``: it sums the masked replies (each one device's, or an edge's relayed sum
+   of its devices', ``server/edge/secure_relay.py``), asks the survivors for shares
+   (``query.secagg_unmask``), removes the masks, decodes the weighted mean update, and hands
+   the inner stages one reply: ``w_global + Δ̄`` with the summed ``num-examples`` and the
+   examples-weighted means of the other metrics (``ReplyContract.for_aggregates``).
+
+What each tier sees: a device's reply is its masked vector (uniform modulo ``2**k`` without
+the masks' seeds) plus its metrics in the clear (``num-examples``, training loss, DP-SGD's
+metadata, which the ledger needs); an edge sees its devices' masked vectors and sends their
+masked sum; the server sees masked vectors (or sums) and, after unmasking, the sum of all
+survivors' updates. A masked reply whose format is wrong (shape, dtype, an index not in the
+cohort, one counted twice) is rejected with its reason and counted, and its device is
+unmasked as dropped.
+
+The stage sits inside the privacy ledger (which reads each reply's DP metadata) and outside
+validation (which checks the aggregate's shape, finiteness and norm).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedmosaic import records
+from fedmosaic.privacy.secure_aggregation import Cohort, ProtocolError
+from fedmosaic.server.traffic import RoundTraffic
+from fedmosaic.server.validation import Rejections
+from fedmosaic.strategies.wrapper import StrategyWrapper
+
+log = logging.getLogger("fedmosaic")
+
+
+@dataclass
+class ProtocolFigures:
+    """One round's protocol counts.
+
+    Attributes:
+        cohort: Devices that advertised keys.
+        dropped: Devices dropped at each stage (``keys``, ``share``, ``mask``, ``unmask``).
+        traffic: Bytes and messages of the protocol's own exchanges (not the training ones).
+    """
+
+    cohort: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    traffic: RoundTraffic = field(default_factory=RoundTraffic)
+
+
+@dataclass
+class SecureRound:
+    """One open round: what ``aggregate_train`` needs from ``configure_train``.
+
+    Attributes:
+        reference: The global arrays of the round, by name.
+        grid: The grid the round's stages talk through.
+        figures: The round's counts.
+        cohort: The cohort (``None`` until stage 1 ended, or when the round was skipped).
+    """
+
+    reference: dict[str, np.ndarray]
+    grid: Grid
+    figures: ProtocolFigures
+    cohort: Cohort | None = None
+
+
+class SecureAggregationStage(StrategyWrapper):
+    """SecAgg+ around ``strategy`` (module docstring).
+
+    Args:
+        strategy: The next stage inward.
+        clip: ``secure-aggregation-clip``.
+        max_weight: ``secure-aggregation-max-weight``.
+        device_bits: ``device-bits`` (the codes' levels).
+        timeout: Seconds each protocol exchange waits for replies (``node-wait``).
+    """
+
+    def __init__(self, strategy: Strategy, clip: float, max_weight: int, device_bits: int,
+                 timeout: float) -> None:
+        super().__init__(strategy)
+        self.clip, self.max_weight, self.device_bits = clip, max_weight, device_bits
+        self.timeout = timeout
+        self.figures: dict[int, ProtocolFigures] = {}
+        self._open: dict[int, SecureRound] = {}
+        self.rejections = Rejections()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sample through ``strategy``, then run stages 1 and 2 with the sampled devices."""
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        self.figures[server_round] = ProtocolFigures()
+        state = self._open[server_round] = SecureRound(
+            {name: array.numpy() for name, array in arrays.items()}, grid,
+            self.figures[server_round])
+        keys = self._advertise(server_round, state, [m.metadata.dst_node_id for m in messages])
+        state.figures.cohort = len(keys)
+        try:
+            state.cohort = Cohort.form(keys, self.clip, self.max_weight, self.device_bits)
+            inboxes = state.cohort.route(self._share(server_round, state))
+            state.cohort.request(set(inboxes))  # enough sharers to go on?
+        except ProtocolError as error:
+            log.warning("round %d skipped: secure aggregation stopped before training: %s",
+                        server_round, error)
+            state.cohort = None
+            return []
+        cohort = state.cohort
+        sent = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            if node not in keys or cohort.index_of(node) not in inboxes:
+                continue
+            index = cohort.index_of(node)
+            content = RecordDict(dict(message.content.items()))
+            content[records.SECURE_AGGREGATION] = ConfigRecord({
+                records.SERVER_ROUND: server_round, "index": index,
+                "clip": cohort.encoding.clip, "levels": cohort.encoding.levels,
+                "max-weight": cohort.encoding.max_weight, "bits": cohort.encoding.bits})
+            senders = sorted(inboxes[index])
+            content[records.SECAGG_SHARES] = ConfigRecord({
+                "senders": senders, "ciphertexts": [inboxes[index][v] for v in senders]})
+            message.content = content
+            sent.append(message)
+        return sent
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Unmask the sum of the masked replies (stage 4) and aggregate it as one reply."""
+        state = self._open.pop(server_round, None)
+        replies = list(replies)
+        failures = [r for r in replies if r.has_error()]
+        if state is None or state.cohort is None:
+            return self.strategy.aggregate_train(server_round, failures)
+        cohort = state.cohort
+        total = np.zeros(sum(a.size for a in state.reference.values()) + 1, dtype=np.uint64)
+        survivors: set[int] = set()
+        accepted: list[Message] = []
+        for reply in replies:
+            if reply.has_error():
+                continue
+            try:
+                members, masked = self._masked(reply, cohort, total.size, survivors)
+            except ValueError as error:
+                log.warning("round %d: rejected a masked reply from node %d: %s", server_round,
+                            reply.metadata.src_node_id, error)
+                self.rejections.add(server_round, "secure-aggregation")
+                continue
+            survivors |= members
+            total = (total + masked) & np.uint64(cohort.encoding.modulus - 1)
+            accepted.append(reply)
+        state.figures.dropped["mask"] += len(cohort.sharers - survivors)
+        try:
+            alive, dropped = cohort.request(survivors)
+            answers = self._unmask(server_round, state, alive, dropped)
+            summed = cohort.unmask(total, alive, answers)
+            mean, _ = cohort.encoding.decode(summed, len(alive))
+        except (ProtocolError, ValueError) as error:
+            log.warning("round %d skipped: secure aggregation could not unmask: %s",
+                        server_round, error)
+            return self.strategy.aggregate_train(server_round, failures)
+        aggregate = Message(_aggregate_content(accepted, mean, state.reference,
+                                               cohort.encoding.max_weight),
+                            metadata=copy.copy(accepted[0].metadata))
+        return self.strategy.aggregate_train(server_round, [aggregate, *failures])
+
+    def round_figures(self, server_round: int) -> dict[str, object]:
+        """A round's protocol figures for its :class:`~fedmosaic.server.recorder.RoundRecord`."""
+        figures = self.figures.get(server_round)
+        if figures is None:
+            return {}
+        return {"bytes_down": figures.traffic.bytes_down, "bytes_up": figures.traffic.bytes_up,
+                "cohort": figures.cohort, "dropped": dict(figures.dropped)}
+
+    def _exchange(self, server_round: int, state: SecureRound, action: str,
+                  contents: Mapping[int, dict]) -> dict[int, ConfigRecord]:
+        """Send each node its content as ``query.<action>``; the well-formed answers by node."""
+        messages = [state.grid.create_message(
+            RecordDict({records.SECURE_AGGREGATION: ConfigRecord(
+                {records.SERVER_ROUND: server_round, **content})}),
+            f"query.{action}", node, str(server_round)) for node, content in contents.items()]
+        state.figures.traffic.add_down(messages)
+        replies = list(state.grid.send_and_receive(messages, timeout=self.timeout))
+        state.figures.traffic.add_up(replies)
+        asked = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        answers = {}
+        for reply in replies:
+            node = asked.get(reply.metadata.reply_to_message_id)
+            if node is None or reply.has_error():
+                continue
+            answer = reply.content.config_records.get(records.SECURE_AGGREGATION)
+            if answer is not None:
+                answers[node] = answer
+        return answers
+
+    def _advertise(self, server_round: int, state: SecureRound,
+                   nodes: list[int]) -> dict[int, tuple[bytes, bytes]]:
+        """Stage 1: the public keys of the nodes that answered."""
+        keys = {}
+        for node, answer in self._exchange(server_round, state, records.SECAGG_KEYS_ACTION,
+                                           {node: {} for node in nodes}).items():
+            try:
+                keys[node] = (_bytes(answer, "c-public"), _bytes(answer, "s-public"))
+            except ValueError as error:
+                log.warning("round %d: node %d sent unusable keys: %s", server_round, node, error)
+        state.figures.dropped["keys"] += len(nodes) - len(keys)
+        return keys
+
+    def _share(self, server_round: int, state: SecureRound) -> dict[int, dict[int, bytes]]:
+        """Stage 2: each answering device's ciphertexts, by receiver index."""
+        cohort = state.cohort
+        contents = {}
+        for index, node in cohort.nodes.items():
+            peers = cohort.neighbourhood(index)
+            contents[node] = {"index": index, "threshold": cohort.threshold(index),
+                              "neighbours": list(peers),
+                              "neighbour-c": [keys[0] for keys in peers.values()],
+                              "neighbour-s": [keys[1] for keys in peers.values()]}
+        sealed = {}
+        for node, answer in self._exchange(server_round, state, records.SECAGG_SHARE_ACTION,
+                                           contents).items():
+            index = cohort.index_of(node)
+            try:
+                receivers = [int(v) for v in answer["receivers"]]
+                outbox = dict(zip(receivers, (bytes(c) for c in answer["ciphertexts"]),
+                                  strict=True))
+                if set(outbox) != cohort.neighbours[index]:
+                    raise ValueError(f"addressed {sorted(outbox)[:5]}, not its neighbours")
+            except (KeyError, TypeError, ValueError) as error:
+                log.warning("round %d: node %d sent unusable shares: %s", server_round, node,
+                            error)
+                continue
+            sealed[index] = outbox
+        state.figures.dropped["share"] += len(cohort.nodes) - len(sealed)
+        return sealed
+
+    def _masked(self, reply: Message, cohort: Cohort, size: int,
+                counted: set[int]) -> tuple[set[int], np.ndarray]:
+        """The members and masked vector of a reply, once they fit the round.
+
+        Raises:
+            ValueError: naming what is wrong.
+        """
+        content = reply.content
+        if records.SECAGG_MASKED not in content.array_records:
+            raise ValueError(f"a training reply under secure aggregation carries "
+                             f"'{records.SECAGG_MASKED}', got records {sorted(content.keys())}")
+        members = {int(v) for v in content.config_records.get(
+            records.SECURE_AGGREGATION, {}).get("members", [])}
+        if not members or not members <= cohort.sharers or members & counted:
+            raise ValueError(f"its members {sorted(members)[:5]} must be devices of the cohort "
+                             "that shared their keys, each counted once")
+        masked = content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()
+        if masked.dtype != cohort.encoding.dtype or masked.shape != (size,):
+            raise ValueError(f"expected {size} masked words of {cohort.encoding.dtype}, got "
+                             f"shape {masked.shape} of {masked.dtype}")
+        if len(members) == 1 and int(masked.max(initial=0)) >= cohort.encoding.modulus:
+            raise ValueError(f"masked words must be below 2**{cohort.encoding.bits}")
+        # an edge's sum wrapped around at the words' width, a multiple of the modulus
+        return members, masked.astype(np.uint64) & np.uint64(cohort.encoding.modulus - 1)
+
+    def _unmask(self, server_round: int, state: SecureRound, survivors: set[int],
+                dropped: set[int]) -> dict[int, dict[int, tuple[bytes, bool]]]:
+        """Stage 4: each answering survivor's shares, by owner index."""
+        cohort = state.cohort
+        request = {"survivors": sorted(survivors), "dropped": sorted(dropped)}
+        answers: dict[int, dict[int, tuple[bytes, bool]]] = defaultdict(dict)
+        replies = self._exchange(server_round, state, records.SECAGG_UNMASK_ACTION,
+                                 {cohort.nodes[u]: request for u in survivors})
+        for node, answer in replies.items():
+            try:
+                answers[cohort.index_of(node)] = {
+                    int(v): (bytes(share), bool(seed)) for v, share, seed in zip(
+                        answer["owners"], answer["shares"], answer["is-seed"], strict=True)}
+            except (KeyError, TypeError, ValueError) as error:
+                log.warning("round %d: node %d sent unusable unmasking shares: %s",
+                            server_round, node, error)
+        state.figures.dropped["unmask"] += len(survivors) - len(answers)
+        return answers
+
+
+def _bytes(answer: ConfigRecord, key: str) -> bytes:
+    value = answer.get(key)
+    if not isinstance(value, bytes) or not value:
+        raise ValueError(f"{key!r} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def _aggregate_content(accepted: list[Message], mean: np.ndarray,
+                       reference: Mapping[str, np.ndarray], max_weight: int) -> RecordDict:
+    """The one reply the inner stages get: ``arrays`` = ``w_global + Δ̄``.
+
+    ``metrics``: the summed examples and the weighted means of the rest;
+    ``secure-aggregation``: each reply's weight ``min(num-examples, W)`` (central DP's account).
+    """
+    weights, offset = {}, 0
+    for name in sorted(reference):
+        array = reference[name]
+        weights[name] = (array + mean[offset:offset + array.size].reshape(array.shape)
+                         ).astype(array.dtype)
+        offset += array.size
+    metrics = [r.content.metric_records[records.METRICS] for r in accepted]
+    examples = [float(m.get(records.NUM_EXAMPLES, 0)) for m in metrics]
+    total = sum(examples) or 1.0
+    means = {key: sum(float(m[key]) * n for m, n in zip(metrics, examples, strict=True)) / total
+             for key in (records.TRAIN_LOSS, records.EMBEDDING_VARIANCE, records.DATASET_SIZE)
+             if all(isinstance(m.get(key), (int, float)) for m in metrics)}
+    return RecordDict({
+        records.ARRAYS: ArrayRecord({name: Array(weights[name]) for name in reference}),
+        records.METRICS: MetricRecord({**means, records.NUM_EXAMPLES: int(sum(examples))}),
+        records.SECURE_AGGREGATION: ConfigRecord({"weights": [float(min(n, max_weight))
+                                                              for n in examples]}),
+    })
