@@ -242,7 +242,7 @@ class SecureAggregationStage(StrategyWrapper):
                                   strict=True))
                 if set(outbox) != cohort.neighbours[index]:
                     raise ValueError(f"addressed {sorted(outbox)[:5]}, not its neighbours")
-            except (KeyError, TypeError, ValueError) as error:
+            except (KeyError, TypeError, ValueError, OverflowError) as error:
                 log.warning("round %d: node %d sent unusable shares: %s", server_round, node,
                             error)
                 continue
@@ -261,9 +261,13 @@ class SecureAggregationStage(StrategyWrapper):
         if records.SECAGG_MASKED not in content.array_records:
             raise ValueError(f"a training reply under secure aggregation carries "
                              f"'{records.SECAGG_MASKED}', got records {sorted(content.keys())}")
-        members = {int(v) for v in content.config_records.get(
-            records.SECURE_AGGREGATION, {}).get("members", [])}
-        if not members or not members <= cohort.sharers or members & counted:
+        listed = list(content.config_records.get(records.SECURE_AGGREGATION, {}).get(
+            "members", []))  # type: ignore[arg-type]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in listed):
+            raise ValueError(f"members must be device indices, got {listed[:5]}")
+        members = set(listed)
+        if (not members or len(members) != len(listed) or not members <= cohort.sharers
+                or members & counted):
             raise ValueError(f"its members {sorted(members)[:5]} must be devices of the cohort "
                              "that shared their keys, each counted once")
         masked = content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()
@@ -288,7 +292,7 @@ class SecureAggregationStage(StrategyWrapper):
                 answers[cohort.index_of(node)] = {
                     int(v): (bytes(share), bool(seed)) for v, share, seed in zip(
                         answer["owners"], answer["shares"], answer["is-seed"], strict=True)}
-            except (KeyError, TypeError, ValueError) as error:
+            except (KeyError, TypeError, ValueError, OverflowError) as error:
                 log.warning("round %d: node %d sent unusable unmasking shares: %s",
                             server_round, node, error)
         state.figures.dropped["unmask"] += len(survivors) - len(answers)

@@ -26,3 +26,34 @@ def test_defaults_are_valid_and_dp_is_off():
 def test_bad_privacy_settings_are_rejected(overrides, message):
     with pytest.raises(ValueError, match=message):
         RunConfig.from_mapping(overrides)
+
+
+@pytest.mark.parametrize(("overrides", "conflict"), [
+    ({"central-dp": "server"}, "central-dp=server"),
+    ({"strategy": "trimmed-mean"}, "strategy=trimmed-mean"),
+    ({"strategy": "krum"}, "strategy=krum"),
+    ({"mode": "async"}, "mode=async"),
+    ({"attack": "alie", "malicious-fraction": 0.2}, "attack=alie"),
+    ({"controller": "static", "dp": True}, "controller=static"),
+    ({"num-edges": 2, "device-topk": 0.1}, "device-topk=0.1"),
+    ({"num-edges": 1, "edge-role": "cloud"}, "edge-role=cloud"),
+])
+def test_secure_aggregation_refuses_what_needs_each_update(overrides, conflict):
+    with pytest.raises(ValueError, match=f"hides each device's update.*{conflict}"):
+        RunConfig.from_mapping({"secure-aggregation": True, **overrides})
+    RunConfig.from_mapping(overrides)  # fine without it
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"secure-aggregation-clip": 0.0}, "secure-aggregation-clip must be finite and > 0"),
+    ({"secure-aggregation-max-weight": 0}, "secure-aggregation-max-weight must be >= 1"),
+])
+def test_secure_aggregation_ranges(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_mapping({"secure-aggregation": True, **overrides})
+
+
+def test_secure_aggregation_composes_with_client_clipping_and_server_optimizers():
+    for overrides in ({"central-dp": "client"}, {"strategy": "fedadam"},
+                      {"num-edges": 2, "device-bits": 8}, {"dp": True}):
+        assert RunConfig.from_mapping({"secure-aggregation": True, **overrides})

@@ -88,6 +88,22 @@ def test_deploy_local_runs_two_rounds_through_superlink_and_supernodes(
     assert leftover_processes(run_dir) == []
 
 
+def test_secure_aggregation_runs_through_a_loopback_deployment(tmp_path, leftover_processes):
+    run_dir = tmp_path / "secure"
+
+    summary = deploy_locally({"num-server-rounds": 2, "local-epochs": 1, "fraction-evaluate": 0.0,
+                              "secure-aggregation": True},
+                             supernodes=3, out=run_dir, show_progress=False)
+
+    assert_complete_run(run_dir, rounds=2)
+    for entry in summary["history"]:
+        protocol = entry["secure_aggregation"]
+        assert protocol["cohort"] == 3 and not any(protocol["dropped"].values())
+        assert protocol["bytes_up"] > 0 and entry["rejected"] == 0
+    assert summary["final_accuracy"] > summary["initial_accuracy"] + 0.1  # the masks cancelled
+    assert leftover_processes(run_dir) == []
+
+
 def test_a_finished_run_folder_is_not_overwritten(tmp_path):
     run_dir = tmp_path / "done"
     run_dir.mkdir()

@@ -196,5 +196,5 @@ class Cohort:
                                 f"{needed} needed")
         try:
             return combine_shares(shares[:needed])
-        except ValueError as error:
-            raise ProtocolError(f"device {owner}'s {what} does not rebuild: {error}") from error
+        except (ValueError, IndexError, TypeError) as error:  # shares of the wrong form
+            raise ProtocolError(f"device {owner}'s {what} does not rebuild: {error!r}") from error

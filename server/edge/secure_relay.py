@@ -61,7 +61,7 @@ def masked_reply(reply: Message, contract: ReplyContract, size: int) -> tuple[in
     metrics = content.metric_records[records.METRICS]
     contract.check_metrics(metrics, keys=(records.NUM_EXAMPLES, records.EDGE_ID, *AVERAGED))
     members = content.config_records.get(records.SECURE_AGGREGATION, {}).get("members", [])
-    if len(members) != 1:
+    if len(members) != 1 or not isinstance(members[0], int) or isinstance(members[0], bool):
         raise RejectedUpdate("malformed", f"a device's masked reply names one member, got "
                                           f"{list(members)[:5]}")
     words = content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()

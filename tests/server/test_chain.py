@@ -94,3 +94,15 @@ def test_a_missing_stage_is_a_clear_error():
     with pytest.raises(LookupError, match=r"no ValidatingStrategy; its stages are "
                                           r"\['MeteredStrategy', 'FedAvg'\]"):
         chain.get(ValidatingStrategy)
+
+
+def test_secure_aggregation_sits_inside_the_ledger_and_outside_validation():
+    from fedmosaic.server.secure_aggregation import SecureAggregationStage
+
+    chain = chain_of(**{"secure-aggregation": True, "num-edges": 2})
+    assert kinds(chain)[:-1] == [NodeLossStage, MeteredStrategy, HierarchicalStrategy,
+                                 PrivacyLedgerStrategy, SecureAggregationStage,
+                                 ValidatingStrategy]
+    assert chain.get(HierarchicalStrategy).secure
+    # risk perception reads each update, so a secure chain leaves it out
+    assert chain_of(**{"secure-aggregation": True}).find(RiskStage) is None

@@ -17,9 +17,12 @@ class ServerStopped(Exception):
     pass
 
 
+@pytest.mark.parametrize("secure", [False, True], ids=["plain", "secure-aggregation"])
 def test_a_run_resumed_after_a_stop_in_round_3_matches_one_that_never_stopped(tmp_path,
-                                                                              monkeypatch):
-    straight = json.loads((run_in_process({**RUN, "out-dir": str(tmp_path),
+                                                                              monkeypatch,
+                                                                              secure):
+    run = {**RUN, "secure-aggregation": secure}
+    straight = json.loads((run_in_process({**run, "out-dir": str(tmp_path),
                                            "run-name": "straight"}).run_dir()
                            / "summary.json").read_text())
     checkpoint = RunRecorder.checkpoint
@@ -30,7 +33,7 @@ def test_a_run_resumed_after_a_stop_in_round_3_matches_one_that_never_stopped(tm
         return checkpoint(self, server_round, *args)
 
     monkeypatch.setattr(RunRecorder, "checkpoint", stop_in_round_3)
-    stopped = {**RUN, "out-dir": str(tmp_path), "run-name": "stopped"}
+    stopped = {**run, "out-dir": str(tmp_path), "run-name": "stopped"}
     with pytest.raises(ServerStopped):
         run_in_process(stopped)
     monkeypatch.setattr(RunRecorder, "checkpoint", checkpoint)
@@ -45,8 +48,13 @@ def test_a_run_resumed_after_a_stop_in_round_3_matches_one_that_never_stopped(tm
     assert resumed["initial_accuracy"] == straight["initial_accuracy"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         f"round-00{r}.pt" for r in (1, 2, 3, 4)]
-    # the devices answered round 3 again with the replies they had sent: no second spend
+    # the devices answered round 3 again with the replies they had sent (masked afresh for
+    # the new key exchange under secure aggregation): no second spend, and the masks cancel
     assert resumed["privacy"] == straight["privacy"]
+    assert resumed["history"][2]["rejected"] == 0
+    if secure:  # every kept reply was unmasked: a mask that did not cancel ruins the model
+        assert not any(resumed["history"][2]["secure_aggregation"]["dropped"].values())
+        assert resumed["history"][2]["accuracy"] > 0.25
     for entry in resumed["privacy"]["devices"].values():
         assert entry["rounds_joined"] == [1, 2, 3, 4] and len(entry["segments"]) == 4
     lines = (run_dir / "history.jsonl").read_text().splitlines()

@@ -3,10 +3,15 @@ devices lost at each stage, flat and through simulated edges."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedmosaic import records
 from fedmosaic.clients.app import app as client_app
@@ -147,3 +152,62 @@ def test_a_malformed_masked_reply_is_rejected_and_its_device_unmasked_as_dropped
                                spy.expected_mean(), atol=2e-6)
     history = (config.run_dir() / "history.jsonl").read_text()
     assert '"secure-aggregation": 1' in history and '"mask": 1' in history
+
+
+def _cohort_of_three():
+    from fedmosaic.privacy.secure_aggregation import Cohort, DeviceSession
+    sessions = [DeviceSession.advertise(1) for _ in range(3)]
+    cohort = Cohort.form({i: (s.encryption.public, s.masking.public)
+                          for i, s in enumerate(sessions)}, 1.0, 100, 8)
+    cohort.route({u: sessions[cohort.nodes[u]].share(u, cohort.threshold(u),
+                                                     cohort.neighbourhood(u))
+                  for u in cohort.nodes})
+    return cohort  # 8-bit codes: 3 x 254 < 2**10, in 16-bit words
+
+
+COHORT = _cohort_of_three()
+SIZE = 8
+
+
+@st.composite
+def masked_contents(draw):
+    """A masked reply's content, honest or broken in one of the ways a device could break it."""
+    kind = draw(st.sampled_from(["honest", "dtype", "shape", "members", "missing", "range",
+                                 "records"]))
+    words = np.arange(SIZE, dtype=np.uint16)
+    members: list = [draw(st.integers(1, 3))]
+    if kind == "dtype":
+        words = words.astype(draw(st.sampled_from([np.int32, np.float32, np.uint64,
+                                                   np.uint32])))
+    elif kind == "shape":
+        words = np.zeros(draw(st.integers(0, 20).filter(lambda n: n != SIZE)), np.uint16)
+    elif kind == "range":
+        words[draw(st.integers(0, SIZE - 1))] = draw(st.integers(2**10, 2**16 - 1))
+    elif kind == "members":
+        members = draw(st.sampled_from([[], [0], [4], [1, 1], [2**40], [-1], [1.0],
+                                         [float("inf")], ["1"], [b"1"], [True]]))
+    content = RecordDict({records.METRICS: MetricRecord({records.NUM_EXAMPLES: 5})})
+    if kind != "records":
+        content[records.SECAGG_MASKED] = ArrayRecord({records.SECAGG_MASKED_WORDS: Array(words)})
+    if kind != "missing":
+        content[records.SECURE_AGGREGATION] = ConfigRecord({"members": members})
+    return kind, content
+
+
+@settings(max_examples=int(os.environ.get("FEDMOSAIC_FUZZ_EXAMPLES", "60")), deadline=None)
+@given(case=masked_contents())
+def test_a_masked_reply_either_fits_the_round_or_raises_a_value_error(case):
+    kind, content = case
+    stage = SecureAggregationStage(FedAvg(), clip=1.0, max_weight=100, device_bits=8,
+                                   timeout=1.0)
+    reply = Message(content, metadata=Metadata(
+        run_id=1, message_id="m", src_node_id=5, dst_node_id=0, reply_to_message_id="i",
+        group_id="1", created_at=0.0, ttl=60.0, message_type="train"))
+    if kind == "honest":
+        members, words = stage._masked(reply, COHORT, SIZE, set())
+        assert words.dtype == np.uint64 and len(members) == 1
+        with pytest.raises(ValueError, match="each counted once"):  # a member counted twice
+            stage._masked(reply, COHORT, SIZE, {1, 2, 3})
+    else:
+        with pytest.raises(ValueError):
+            stage._masked(reply, COHORT, SIZE, set())
