@@ -422,7 +422,7 @@ class RunConfig:
     )
     secure_aggregation_max_weight: int = setting(
         "secure aggregation: the `num-examples` that counts fully; a device's weight is "
-        "min(num-examples, this) (>= 1)"
+        "min(num-examples, this), exactly (the cohort size times it must fit 32 bits; >= 1)"
     )
     device_state: str = setting(
         "where a device keeps its state between rounds (privacy account, error-feedback "

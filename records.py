@@ -176,3 +176,6 @@ SECAGG_MASKED_WORDS = "masked"
 """Array of ``secagg-masked``: the masked words, ``uint16`` or ``uint32``."""
 SECAGG_SESSION = "secagg-session"
 """Context-state record of a device: its secure-aggregation session of the current round."""
+SECAGG_AVERAGED_METRICS = (TRAIN_LOSS, EMBEDDING_VARIANCE, DATASET_SIZE)
+"""Metrics a masked reply carries in the clear that an edge's relayed sum and the unmasked
+aggregate carry as their devices' examples-weighted means."""

@@ -45,9 +45,9 @@ def save_session(context: Context, session: DeviceSession) -> None:
     """Keep ``session`` in ``context.state``."""
     record = ConfigRecord({
         "round": session.round, "index": session.index, "threshold": session.threshold,
-        "answered": session.answered, "c-private": session.encryption.private,
-        "c-public": session.encryption.public, "s-private": session.masking.private,
-        "s-public": session.masking.public})
+        "masked": session.masked, "answered": session.answered,
+        "c-private": session.encryption.private, "c-public": session.encryption.public,
+        "s-private": session.masking.private, "s-public": session.masking.public})
     peers, owners = sorted(session.neighbours), sorted(session.shares)
     record["self-seed"] = session.self_seed
     record["neighbours"] = peers
@@ -80,7 +80,7 @@ def load_session(context: Context, server_round: int) -> DeviceSession:
             record["neighbours"], record["neighbour-c"], record["neighbour-s"], strict=True)},
         shares={int(v): (bytes(b), bytes(k)) for v, b, k in zip(
             record["owners"], record["seed-shares"], record["key-shares"], strict=True)},
-        answered=bool(record["answered"]))
+        masked=bool(record["masked"]), answered=bool(record["answered"]))
 
 
 def _received(message: Message) -> ConfigRecord:
@@ -132,25 +132,36 @@ def mask_training_reply(message: Message, context: Context,
 
     The reply's ``arrays`` become ``secagg-masked`` (the masked codes of ``w − w_global`` and
     the device's weight); its metrics stay (``num-examples``, DP metadata, ``edge-id`` below an
-    edge). Messages without the round's routed shares pass through.
+    edge). Other messages pass through.
+
+    Raises:
+        ProtocolError: under ``secure-aggregation``, for a training message without the
+            round's routed shares, before any training (its reply would leave in the clear).
+        ValueError: if the trained update has a non-finite value (it cannot be encoded).
     """
+    if message.metadata.message_type != MessageType.TRAIN:
+        return call_next(message, context)
+    if records.SECAGG_SHARES not in message.content.config_records:
+        if RunConfig.from_mapping(context.run_config).secure_aggregation:
+            raise ProtocolError("secure-aggregation=true: a training message must carry the "
+                                "round's routed shares; this one does not, so the device does "
+                                "not train (its update would leave unmasked)")
+        return call_next(message, context)
     reply = call_next(message, context)
-    if (message.metadata.message_type != MessageType.TRAIN
-            or records.SECAGG_SHARES not in message.content.config_records
-            or reply.has_error()):
+    if reply.has_error():
         return reply
     received = _received(message)
     session = load_session(context, int(received[records.SERVER_ROUND]))
     routed = message.content.config_records[records.SECAGG_SHARES]
     session.receive({int(v): bytes(c) for v, c in zip(
         routed.get("senders", []), routed.get("ciphertexts", []), strict=True)})
-    save_session(context, session)
     encoding = FieldEncoding(float(received["clip"]), int(received["levels"]),
                              int(received["max-weight"]), int(received["bits"]))
     metrics = reply.content.metric_records[records.METRICS]
     update = flat_update(reply.content[records.ARRAYS], message.content[records.ARRAYS])
     masked = session.mask(encoding.encode(update, int(metrics[records.NUM_EXAMPLES])),
                           encoding.bits)
+    save_session(context, session)
     config = RunConfig.from_mapping(context.run_config)
     if config.num_edges:
         metrics[records.EDGE_ID] = device_edge(context.node_config, config.num_clients,

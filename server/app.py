@@ -84,10 +84,13 @@ def warn_pointless_settings(config: RunConfig) -> None:
     if config.controller != "none" and config.dp_accountant != "rdp":
         log.warning("dp-accountant=%s has no effect with controller=%s (adaptive budgets are "
                     "accounted by the Rényi filter)", config.dp_accountant, config.controller)
-    compression = (config.device_topk, config.device_bits, config.edge_topk, config.edge_bits)
-    if config.num_edges == 0 and compression != (1.0, 32, 1.0, 32):
-        log.warning("device-/edge- compression settings have no effect with num-edges=0 "
-                    "(no edge tier; devices send float32 weights to the cloud)")
+    unused = {"device-topk": config.device_topk != 1.0, "edge-topk": config.edge_topk != 1.0,
+              "edge-bits": config.edge_bits != 32,
+              # secure aggregation quantizes to device-bits' levels with or without edges
+              "device-bits": config.device_bits != 32 and not config.secure_aggregation}
+    if config.num_edges == 0 and any(unused.values()):
+        log.warning("%s have no effect with num-edges=0 (no edge tier; devices send float32 "
+                    "weights to the cloud)", ", ".join(k for k, v in unused.items() if v))
 
 
 @app.main()

@@ -122,11 +122,16 @@ class ServerChain:
         return stage
 
 
+def device_contract(config: RunConfig) -> ReplyContract:
+    """What a device's training reply carries under ``config``."""
+    return ReplyContract.for_devices(config, len(cached_dataset(config).specs))
+
+
 def cloud_contract(config: RunConfig) -> ReplyContract:
     """The replies the cloud validates: aggregates (edges', secure aggregation's) or devices'."""
     if config.num_edges or config.secure_aggregation:
         return ReplyContract.for_edge_aggregates(config)
-    return ReplyContract.for_devices(config, len(cached_dataset(config).specs))
+    return device_contract(config)
 
 
 def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
@@ -196,7 +201,10 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
         functools.partial(CollusionSimulation, attack=config.attack) if colluding else None,
         functools.partial(SecureAggregationStage, clip=config.secure_aggregation_clip,
                           max_weight=config.secure_aggregation_max_weight,
-                          device_bits=config.device_bits, timeout=config.node_wait)
+                          device_bits=config.device_bits, timeout=config.round_timeout,
+                          contract=ReplyContract.for_edge_aggregates(config)
+                          if config.num_edges else device_contract(config),
+                          relayed=config.num_edges > 0)
         if config.secure_aggregation else None,
         functools.partial(ValidatingStrategy, max_norm=config.max_update_norm or math.inf,
                           min_replies=config.min_valid_replies, contract=cloud_contract(config),

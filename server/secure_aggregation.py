@@ -8,21 +8,23 @@ the weighted sum (``config.SUM_STRATEGIES``):
    them for keys (``query.secagg_keys``), forms the cohort and its neighbour graph, collects
    the encrypted shares (``query.secagg_share``), and adds to each training message the
    device's index, the encoding and the shares routed to it. A device that does not answer a
-   stage (an error reply, no reply within ``node-wait``, a malformed answer) is dropped from
-   the round there; fewer devices than the threshold, and the round is skipped.
+   stage (an error reply, no reply within ``round-timeout``, a malformed answer, a key that is
+   not a P-384 point or is another device's too) is dropped from the round there; fewer
+   devices than the threshold, and the round is skipped.
 2. ``aggregate_train``: it sums the masked replies (each one device's, or an edge's relayed sum
    of its devices', ``server/edge/secure_relay.py``), asks the survivors for shares
    (``query.secagg_unmask``), removes the masks, decodes the weighted mean update, and hands
-   the inner stages one reply: ``w_global + Δ̄`` with the summed ``num-examples`` and the
-   examples-weighted means of the other metrics (``ReplyContract.for_aggregates``).
+   the inner stages one reply, sent by the server (``SUPERLINK_NODE_ID``): ``w_global + Δ̄``
+   with the summed ``num-examples``, the examples-weighted means of the other metrics
+   (``ReplyContract.for_edge_aggregates``) and each device's weight ``min(n, W)``.
 
 What each tier sees: a device's reply is its masked vector (uniform modulo ``2**k`` without
 the masks' seeds) plus its metrics in the clear (``num-examples``, training loss, DP-SGD's
 metadata, which the ledger needs); an edge sees its devices' masked vectors and sends their
 masked sum; the server sees masked vectors (or sums) and, after unmasking, the sum of all
 survivors' updates. A masked reply whose format is wrong (shape, dtype, an index not in the
-cohort, one counted twice) is rejected with its reason and counted, and its device is
-unmasked as dropped.
+cohort or, from a device, not its own, one counted twice, metrics outside the device
+contract) is rejected with its reason and counted, and its device is unmasked as dropped.
 
 The stage sits inside the privacy ledger (which reads each reply's DP metadata) and outside
 validation (which checks the aggregate's shape, finiteness and norm).
@@ -30,21 +32,30 @@ validation (which checks the aggregate's shape, finiteness and norm).
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
 from fedmosaic.privacy.secure_aggregation import Cohort, ProtocolError
+from fedmosaic.privacy.secure_aggregation.keys import public_key
 from fedmosaic.server.traffic import RoundTraffic
-from fedmosaic.server.validation import Rejections
+from fedmosaic.server.validation import Rejections, ReplyContract
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -90,14 +101,18 @@ class SecureAggregationStage(StrategyWrapper):
         clip: ``secure-aggregation-clip``.
         max_weight: ``secure-aggregation-max-weight``.
         device_bits: ``device-bits`` (the codes' levels).
-        timeout: Seconds each protocol exchange waits for replies (``node-wait``).
+        timeout: Seconds each protocol exchange waits for replies (``round-timeout``).
+        contract: What a reply's metrics must fit: a device's (flat), or an edge's.
+        relayed: Whether the replies are edges' relayed sums (``num-edges > 0``), which name
+            their members and each member's ``num-examples``; otherwise each reply is one
+            device's and must name that device's own index.
     """
 
     def __init__(self, strategy: Strategy, clip: float, max_weight: int, device_bits: int,
-                 timeout: float) -> None:
+                 timeout: float, contract: ReplyContract, relayed: bool = False) -> None:
         super().__init__(strategy)
         self.clip, self.max_weight, self.device_bits = clip, max_weight, device_bits
-        self.timeout = timeout
+        self.timeout, self.contract, self.relayed = timeout, contract, relayed
         self.figures: dict[int, ProtocolFigures] = {}
         self._open: dict[int, SecureRound] = {}
         self.rejections = Rejections()
@@ -111,9 +126,10 @@ class SecureAggregationStage(StrategyWrapper):
             {name: array.numpy() for name, array in arrays.items()}, grid,
             self.figures[server_round])
         keys = self._advertise(server_round, state, [m.metadata.dst_node_id for m in messages])
-        state.figures.cohort = len(keys)
         try:
             state.cohort = Cohort.form(keys, self.clip, self.max_weight, self.device_bits)
+            state.figures.cohort = len(state.cohort.nodes)
+            state.figures.dropped["keys"] += len(keys) - len(state.cohort.nodes)
             inboxes = state.cohort.route(self._share(server_round, state))
             state.cohort.request(set(inboxes))  # enough sharers to go on?
         except ProtocolError as error:
@@ -125,7 +141,7 @@ class SecureAggregationStage(StrategyWrapper):
         sent = []
         for message in messages:
             node = message.metadata.dst_node_id
-            if node not in keys or cohort.index_of(node) not in inboxes:
+            if node not in cohort.nodes.values() or cohort.index_of(node) not in inboxes:
                 continue
             index = cohort.index_of(node)
             content = RecordDict(dict(message.content.items()))
@@ -150,21 +166,22 @@ class SecureAggregationStage(StrategyWrapper):
             return self.strategy.aggregate_train(server_round, failures)
         cohort = state.cohort
         total = np.zeros(sum(a.size for a in state.reference.values()) + 1, dtype=np.uint64)
-        survivors: set[int] = set()
+        examples: dict[int, int] = {}  # survivor index → its num-examples
         accepted: list[Message] = []
         for reply in replies:
             if reply.has_error():
                 continue
             try:
-                members, masked = self._masked(reply, cohort, total.size, survivors)
+                members, masked = self._masked(reply, cohort, total.size, set(examples))
             except ValueError as error:
                 log.warning("round %d: rejected a masked reply from node %d: %s", server_round,
                             reply.metadata.src_node_id, error)
                 self.rejections.add(server_round, "secure-aggregation")
                 continue
-            survivors |= members
+            examples |= members
             total = (total + masked) & np.uint64(cohort.encoding.modulus - 1)
             accepted.append(reply)
+        survivors = set(examples)
         state.figures.dropped["mask"] += len(cohort.sharers - survivors)
         try:
             alive, dropped = cohort.request(survivors)
@@ -175,9 +192,9 @@ class SecureAggregationStage(StrategyWrapper):
             log.warning("round %d skipped: secure aggregation could not unmask: %s",
                         server_round, error)
             return self.strategy.aggregate_train(server_round, failures)
-        aggregate = Message(_aggregate_content(accepted, mean, state.reference,
-                                               cohort.encoding.max_weight),
-                            metadata=copy.copy(accepted[0].metadata))
+        weights = [cohort.encoding.weight(examples[u]) for u in sorted(alive)]
+        aggregate = Message(_aggregate_content(accepted, mean, state.reference, weights),
+                            metadata=_from_the_server(accepted[0].metadata))
         return self.strategy.aggregate_train(server_round, [aggregate, *failures])
 
     def round_figures(self, server_round: int) -> dict[str, object]:
@@ -211,12 +228,15 @@ class SecureAggregationStage(StrategyWrapper):
 
     def _advertise(self, server_round: int, state: SecureRound,
                    nodes: list[int]) -> dict[int, tuple[bytes, bytes]]:
-        """Stage 1: the public keys of the nodes that answered."""
+        """Stage 1: the public keys of the nodes that answered (each a point of the curve)."""
         keys = {}
         for node, answer in self._exchange(server_round, state, records.SECAGG_KEYS_ACTION,
                                            {node: {} for node in nodes}).items():
             try:
-                keys[node] = (_bytes(answer, "c-public"), _bytes(answer, "s-public"))
+                pair = (answer.get("c-public"), answer.get("s-public"))
+                for key in pair:
+                    public_key(key)  # type: ignore[arg-type]
+                keys[node] = pair
             except ValueError as error:
                 log.warning("round %d: node %d sent unusable keys: %s", server_round, node, error)
         state.figures.dropped["keys"] += len(nodes) - len(keys)
@@ -237,8 +257,8 @@ class SecureAggregationStage(StrategyWrapper):
                                            contents).items():
             index = cohort.index_of(node)
             try:
-                receivers = [int(v) for v in answer["receivers"]]
-                outbox = dict(zip(receivers, (bytes(c) for c in answer["ciphertexts"]),
+                receivers = [_index(v) for v in answer["receivers"]]  # type: ignore[union-attr]
+                outbox = dict(zip(receivers, map(_bytes, answer["ciphertexts"]),  # type: ignore[arg-type]
                                   strict=True))
                 if set(outbox) != cohort.neighbours[index]:
                     raise ValueError(f"addressed {sorted(outbox)[:5]}, not its neighbours")
@@ -251,25 +271,46 @@ class SecureAggregationStage(StrategyWrapper):
         return sealed
 
     def _masked(self, reply: Message, cohort: Cohort, size: int,
-                counted: set[int]) -> tuple[set[int], np.ndarray]:
-        """The members and masked vector of a reply, once they fit the round.
+                counted: set[int]) -> tuple[dict[int, int], np.ndarray]:
+        """The members (index → ``num-examples``) and masked vector of a reply that fits.
 
         Raises:
-            ValueError: naming what is wrong.
+            ValueError: naming what is wrong (a missing record or key included).
         """
+        try:
+            return self._read_masked(reply, cohort, size, counted)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"a masked reply of the wrong form: {error!r}") from error
+
+    def _read_masked(self, reply: Message, cohort: Cohort, size: int,
+                     counted: set[int]) -> tuple[dict[int, int], np.ndarray]:
         content = reply.content
         if records.SECAGG_MASKED not in content.array_records:
             raise ValueError(f"a training reply under secure aggregation carries "
                              f"'{records.SECAGG_MASKED}', got records {sorted(content.keys())}")
-        listed = list(content.config_records.get(records.SECURE_AGGREGATION, {}).get(
-            "members", []))  # type: ignore[arg-type]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in listed):
-            raise ValueError(f"members must be device indices, got {listed[:5]}")
-        members = set(listed)
-        if (not members or len(members) != len(listed) or not members <= cohort.sharers
-                or members & counted):
+        metrics = content.metric_records[records.METRICS]
+        self.contract.check_metrics(metrics, keys=(records.NUM_EXAMPLES,
+                                                   *records.SECAGG_AVERAGED_METRICS))
+        secure = content.config_records[records.SECURE_AGGREGATION]
+        listed = list(secure["members"])  # type: ignore[arg-type]
+        examples = (list(secure["examples"]) if self.relayed  # type: ignore[arg-type]
+                    else [metrics[records.NUM_EXAMPLES]])
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                   for v in listed + examples):
+            raise ValueError(f"members and their examples must be positive integers, got "
+                             f"{listed[:5]} and {examples[:5]}")
+        if len(examples) != len(listed) or sum(examples) != metrics[records.NUM_EXAMPLES]:
+            raise ValueError(f"the members' examples {examples[:5]} do not add up to "
+                             f"num-examples {metrics[records.NUM_EXAMPLES]}")
+        members = dict(zip(listed, examples, strict=True))
+        if (not members or len(members) != len(listed) or not set(members) <= cohort.sharers
+                or set(members) & counted):
             raise ValueError(f"its members {sorted(members)[:5]} must be devices of the cohort "
                              "that shared their keys, each counted once")
+        sender = reply.metadata.src_node_id
+        if not self.relayed and cohort.nodes.get(listed[0]) != sender:
+            raise ValueError(f"node {sender} sent the masked update of device {listed[0]}, "
+                             "not its own")
         masked = content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()
         if masked.dtype != cohort.encoding.dtype or masked.shape != (size,):
             raise ValueError(f"expected {size} masked words of {cohort.encoding.dtype}, got "
@@ -290,8 +331,8 @@ class SecureAggregationStage(StrategyWrapper):
         for node, answer in replies.items():
             try:
                 answers[cohort.index_of(node)] = {
-                    int(v): (bytes(share), bool(seed)) for v, share, seed in zip(
-                        answer["owners"], answer["shares"], answer["is-seed"], strict=True)}
+                    _index(v): (_bytes(share), _flag(seed)) for v, share, seed in zip(
+                        answer["owners"], answer["shares"], answer["is-seed"], strict=True)}  # type: ignore[arg-type]
             except (KeyError, TypeError, ValueError, OverflowError) as error:
                 log.warning("round %d: node %d sent unusable unmasking shares: %s",
                             server_round, node, error)
@@ -299,35 +340,60 @@ class SecureAggregationStage(StrategyWrapper):
         return answers
 
 
-def _bytes(answer: ConfigRecord, key: str) -> bytes:
-    value = answer.get(key)
+def _bytes(value: object) -> bytes:
+    """``value`` if it is bytes (a share or ciphertext), never a conversion of something else."""
     if not isinstance(value, bytes) or not value:
-        raise ValueError(f"{key!r} must be bytes, got {type(value).__name__}")
+        raise ValueError(f"expected non-empty bytes, got {type(value).__name__}")
     return value
 
 
+def _index(value: object) -> int:
+    """``value`` if it is a device index (a positive integer)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"expected a device index (an integer >= 1), got {value!r:.40}")
+    return value
+
+
+def _flag(value: object) -> bool:
+    """``value`` if it is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"expected a bool, got {type(value).__name__}")
+    return value
+
+
+def _from_the_server(metadata: Metadata) -> Metadata:
+    """The metadata of the aggregate: a reply to the round's train message, from the server.
+
+    So no later stage counts (or blames) it as one device's.
+    """
+    return Metadata(run_id=metadata.run_id, message_id="", src_node_id=SUPERLINK_NODE_ID,
+                    dst_node_id=metadata.dst_node_id,
+                    reply_to_message_id=metadata.reply_to_message_id,
+                    group_id=metadata.group_id, created_at=metadata.created_at,
+                    ttl=metadata.ttl, message_type=metadata.message_type)
+
+
 def _aggregate_content(accepted: list[Message], mean: np.ndarray,
-                       reference: Mapping[str, np.ndarray], max_weight: int) -> RecordDict:
+                       reference: Mapping[str, np.ndarray], weights: list[int]) -> RecordDict:
     """The one reply the inner stages get: ``arrays`` = ``w_global + Δ̄``.
 
-    ``metrics``: the summed examples and the weighted means of the rest;
-    ``secure-aggregation``: each reply's weight ``min(num-examples, W)`` (central DP's account).
+    ``metrics``: the summed examples and the examples-weighted means of the rest;
+    ``secure-aggregation``: each surviving device's weight ``min(num-examples, W)``, the very
+    weights of the sum (central DP's account).
     """
-    weights, offset = {}, 0
+    arrays, offset = {}, 0
     for name in sorted(reference):
         array = reference[name]
-        weights[name] = (array + mean[offset:offset + array.size].reshape(array.shape)
-                         ).astype(array.dtype)
+        arrays[name] = (array + mean[offset:offset + array.size].reshape(array.shape)
+                        ).astype(array.dtype)
         offset += array.size
     metrics = [r.content.metric_records[records.METRICS] for r in accepted]
-    examples = [float(m.get(records.NUM_EXAMPLES, 0)) for m in metrics]
-    total = sum(examples) or 1.0
-    means = {key: sum(float(m[key]) * n for m, n in zip(metrics, examples, strict=True)) / total
-             for key in (records.TRAIN_LOSS, records.EMBEDDING_VARIANCE, records.DATASET_SIZE)
-             if all(isinstance(m.get(key), (int, float)) for m in metrics)}
+    examples = [int(m[records.NUM_EXAMPLES]) for m in metrics]  # type: ignore[call-overload]
+    total = sum(examples)
+    means = {key: sum(float(m[key]) * n for m, n in zip(metrics, examples, strict=True)) / total  # type: ignore[arg-type]
+             for key in records.SECAGG_AVERAGED_METRICS}
     return RecordDict({
-        records.ARRAYS: ArrayRecord({name: Array(weights[name]) for name in reference}),
-        records.METRICS: MetricRecord({**means, records.NUM_EXAMPLES: int(sum(examples))}),
-        records.SECURE_AGGREGATION: ConfigRecord({"weights": [float(min(n, max_weight))
-                                                              for n in examples]}),
+        records.ARRAYS: ArrayRecord({name: Array(arrays[name]) for name in reference}),
+        records.METRICS: MetricRecord({**means, records.NUM_EXAMPLES: total}),
+        records.SECURE_AGGREGATION: ConfigRecord({"weights": [float(w) for w in weights]}),
     })

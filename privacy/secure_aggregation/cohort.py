@@ -4,24 +4,27 @@ The server never holds a device's secret and never sees an update in the clear. 
 
 1. takes the devices that advertised keys as the cohort ``U1``, numbers them ``1..n`` and
    draws the sparse neighbour graph: SecAgg+'s ``k``-regular graph, here a circulant graph of
-   degree ``k = min(n − 1, 2⌈1.5 log2 n⌉)`` over a random order (complete for ``n ≤ 10``; 18 of
-   49 others at ``n = 50``). Each device's secrets are shared among its ``k + 1`` holders
-   (its neighbours and itself) with threshold ``t = ⌊(k + 1) / 2⌋ + 1``, a strict majority, so
-   the ``b_v``-shares and ``s_v``-shares of one device cannot both reach ``t`` from disjoint
-   sets of honest holders;
+   degree ``k = min(n − 1, 2⌈1.5 log2 n⌉)`` over a random order (complete for ``n ≤ 13``; 18 of
+   49 others at ``n = 50``). Devices that advertised a key another device also advertised are
+   left out (a copied key would let its owner read the copier's shares). Each device's secrets
+   are shared among its ``k + 1`` holders (its neighbours and itself) with threshold
+   ``t = ⌊(k + 1) / 2⌋ + 1``, a strict majority, so the ``b_v``-shares and ``s_v``-shares of
+   one device cannot both reach ``t`` from disjoint sets of honest holders;
 2. routes the encrypted shares (:meth:`Cohort.route`): those that shared form ``U2``;
 3. sums what comes back masked (``U3``: the devices whose masked vector is in the sum, directly
    or through an edge's relayed sum) and asks the survivors for shares (:meth:`Cohort.request`);
 4. reconstructs, from at least ``t`` shares each, ``b_v`` of every survivor and ``s_v`` of
    every device of ``U2`` that dropped, and removes their masks (:meth:`Cohort.unmask`).
 
-A round goes on while at least ``t`` devices remain at each stage; fewer, and it is skipped.
+A round goes on while every survivor keeps at least ``t`` surviving holders of its shares, and
+every dropped sharer too; fewer, and it is skipped.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -81,15 +84,19 @@ class Cohort:
              rng: random.Random | None = None) -> Cohort:
         """The cohort of the nodes that advertised ``keys`` (node ID → public keys).
 
+        A node whose key is not its own alone (advertised twice, by it or by another node) is
+        left out; :attr:`nodes` lists those taken.
+
         Raises:
-            ProtocolError: if fewer than 2 devices advertised keys (a sum of one is the
-                update), or two advertised the same key.
+            ProtocolError: if fewer than 2 devices remain (a sum of one is the update).
         """
-        if len(keys) < 2:
-            raise ProtocolError(f"secure aggregation needs at least 2 devices, got {len(keys)}")
-        flat = [key for pair in keys.values() for key in pair]
-        if len(set(flat)) != len(flat):
-            raise ProtocolError("two devices advertised the same public key")
+        seen = Counter(key for pair in keys.values() for key in pair)
+        unique = {node: pair for node, pair in keys.items()
+                  if all(seen[key] == 1 for key in pair) and pair[0] != pair[1]}
+        if len(unique) < 2:
+            raise ProtocolError(f"secure aggregation needs at least 2 devices with keys of their "
+                                f"own, got {len(unique)} of {len(keys)}")
+        keys = unique
         nodes = dict(enumerate(sorted(keys), start=1))
         return cls(nodes=nodes, public={u: keys[node] for u, node in nodes.items()},
                    neighbours=circulant_neighbours(len(nodes), rng or random.SystemRandom()),
@@ -101,7 +108,10 @@ class Cohort:
         Raises:
             KeyError: if the node is not in the cohort.
         """
-        return next(u for u, n in self.nodes.items() if n == node)
+        for index, member in self.nodes.items():
+            if member == node:
+                return index
+        raise KeyError(f"node {node} is not in the cohort")
 
     def threshold(self, index: int) -> int:
         """``t`` of a device: a strict majority of its ``k + 1`` share holders."""
@@ -133,16 +143,19 @@ class Cohort:
         """``(U3, U2 − U3)``: what stage 4 tells every survivor.
 
         Raises:
-            ProtocolError: if a survivor did not share its keys, or fewer than the smallest
-                threshold survive.
+            ProtocolError: if a survivor did not share its keys, or a sharer (survivor or
+                dropped) has fewer than ``t`` surviving holders of its shares: its mask could
+                not be removed, and a survivor would refuse to answer.
         """
         if not survivors <= self.sharers:
             raise ProtocolError(f"devices {sorted(survivors - self.sharers)[:5]} sent masked "
                                 "updates without sharing their keys")
-        least = min(self.threshold(u) for u in self.sharers)
-        if len(survivors) < least:
-            raise ProtocolError(f"{len(survivors)} masked updates, fewer than the threshold "
-                                f"{least}")
+        for u in sorted(self._to_rebuild(survivors)):
+            holding = len(survivors & (self.neighbours[u] | {u}))
+            if holding < self.threshold(u):
+                raise ProtocolError(f"{len(survivors)} masked updates: device {u} has "
+                                    f"{holding} surviving share holders, fewer than its "
+                                    f"threshold {self.threshold(u)}")
         return set(survivors), self.sharers - survivors
 
     def unmask(self, total: np.ndarray, survivors: set[int],
@@ -163,7 +176,7 @@ class Cohort:
         """
         bits = self.encoding.bits
         top = np.uint64(self.encoding.modulus - 1)
-        dropped = self.sharers - survivors
+        dropped = self._to_rebuild(survivors) - survivors
         seeds: dict[int, list[bytes]] = {u: [] for u in survivors}
         keys: dict[int, list[bytes]] = {u: [] for u in dropped}
         for answerer, shares in answers.items():
@@ -188,6 +201,14 @@ class Cohort:
                 # the survivor added +PRG when the dropped device's index is larger
                 result = (result - pairwise if owner > peer else result + pairwise) & top
         return result
+
+    def _to_rebuild(self, survivors: set[int]) -> set[int]:
+        """The sharers whose secret a round with ``survivors`` rebuilds.
+
+        Every survivor, and each dropped sharer with a surviving neighbour (the only devices
+        its pairwise masks reached).
+        """
+        return {u for u in self.sharers if u in survivors or self.neighbours[u] & survivors}
 
     def _combine(self, owner: int, shares: list[bytes], what: str) -> bytes:
         needed = self.threshold(owner)

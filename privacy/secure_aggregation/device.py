@@ -19,7 +19,12 @@ Between the server's messages a device keeps a :class:`DeviceSession` (in its co
 4. :meth:`DeviceSession.unmask`: told who survived (``U3``) and who dropped after sharing, it
    returns its share of ``b_v`` for each surviving neighbour and of ``s_v`` for each dropped
    one; never both for one ``v``, and only once per round (so a server cannot learn a
-   survivor's ``s_v`` by calling it dropped later), and only while at least ``t`` survive.
+   survivor's ``s_v`` by calling it dropped later), and only while at least ``t`` of its own
+   share holders (``N(u) ∪ {u}``) survive.
+
+The threshold a device accepts is at least a strict majority of its ``|N(u)| + 1`` holders, and
+it masks one update per session, never after it answered the unmasking: two masked vectors
+under one ``b_u``, or one sent after ``b_u`` was revealed, would give the update away.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ class DeviceSession:
         self_seed: ``b_u``.
         neighbours: ``v → (pk_c_v, pk_s_v)``.
         shares: ``v → (share of b_v, share of s_v)`` held by this device (its own included).
+        masked: Whether it masked its update.
         answered: Whether it answered the unmasking request.
     """
 
@@ -72,6 +78,7 @@ class DeviceSession:
     self_seed: bytes = b""
     neighbours: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     shares: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    masked: bool = False
     answered: bool = False
 
     @classmethod
@@ -85,16 +92,17 @@ class DeviceSession:
 
         Raises:
             ProtocolError: if the index is among the neighbours, the threshold is not in
-                ``[1, |N(u)| + 1]``, a neighbour has this device's keys, or keys were shared
-                already this round.
+                ``[⌊(|N(u)| + 1) / 2⌋ + 1, |N(u)| + 1]`` (a strict majority of the holders),
+                a neighbour has this device's keys, or keys were shared already this round.
         """
         if self.index:
             raise ProtocolError(f"round {self.round}: keys were shared already")
         if index < 1 or index in neighbours:
             raise ProtocolError(f"index must be >= 1 and not a neighbour's, got {index}")
         holders = len(neighbours) + 1
-        if not 1 <= threshold <= holders:
-            raise ProtocolError(f"threshold must lie in [1, {holders}], got {threshold}")
+        if not holders // 2 + 1 <= threshold <= holders:
+            raise ProtocolError(f"threshold must be a strict majority of the {holders} share "
+                                f"holders, in [{holders // 2 + 1}, {holders}], got {threshold}")
         ours = (self.encryption.public, self.masking.public)
         if any(keys == ours or keys[0] == keys[1] for keys in neighbours.values()):
             raise ProtocolError("a neighbour advertised this device's keys or two equal keys")
@@ -133,7 +141,16 @@ class DeviceSession:
             self.shares[peer] = (seed_share, key_share)
 
     def mask(self, codes: np.ndarray, bits: int) -> np.ndarray:
-        """Stage 3, second half: ``y_u`` for the neighbours whose shares arrived (``uint64``)."""
+        """Stage 3, second half: ``y_u`` for the neighbours whose shares arrived (``uint64``).
+
+        Raises:
+            ProtocolError: if keys were not shared yet, the update was masked already, or
+                unmasking was answered (the self-mask may be known).
+        """
+        if not self.index or self.masked or self.answered:
+            raise ProtocolError(f"round {self.round}: a device masks one update, after sharing "
+                                "its keys and before unmasking")
+        self.masked = True
         modulus_mask = np.uint64((1 << bits) - 1)
         masked = (codes.astype(np.uint64) + mask(self.self_seed, codes.size, bits)) & modulus_mask
         for peer in sorted(set(self.shares) - {self.index}):
@@ -150,7 +167,7 @@ class DeviceSession:
 
         Raises:
             ProtocolError: if asked twice, if a device is both survivor and dropped, if this
-                device is not a survivor, or if fewer than ``t`` survive.
+                device is not a survivor, or if fewer than ``t`` of its share holders survive.
         """
         if self.answered:
             raise ProtocolError(f"round {self.round}: unmasking was answered already")
@@ -159,9 +176,10 @@ class DeviceSession:
                                 "survivors and dropped")
         if self.index not in survivors:
             raise ProtocolError(f"device {self.index} is not among the survivors")
-        if len(survivors) < self.threshold:
-            raise ProtocolError(f"{len(survivors)} survivors, fewer than the threshold "
-                                f"{self.threshold}")
+        holding = survivors & (set(self.neighbours) | {self.index})
+        if len(holding) < self.threshold:
+            raise ProtocolError(f"{len(holding)} of this device's share holders survive, fewer "
+                                f"than the threshold {self.threshold}")
         self.answered = True
         out = {peer: (self.shares[peer][0], True) for peer in survivors & set(self.shares)}
         out |= {peer: (self.shares[peer][1], False) for peer in dropped & set(self.shares)}

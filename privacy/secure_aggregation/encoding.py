@@ -1,26 +1,27 @@
 """Updates as vectors of integers modulo ``2**bits``, so that masks can hide them and sums add up.
 
 A device ``u`` with weight ``n_u`` (its ``num-examples``) encodes its update ``Δ_u`` (the flat
-float vector ``w_u − w_global``) as ``d + 1`` integers in ``[0, T]``:
+float vector ``w_u − w_global``, every value finite) as ``d + 1`` integers:
 
-* its weight share ``ρ_u = q_u / T`` with ``q_u = round(T · min(n_u, W) / W)`` (``W`` =
-  ``secure-aggregation-max-weight``); ``q_u`` is the last coordinate;
-* ``ρ_u · Δ_u`` clipped to ``[−c, c]`` per coordinate (``c`` = ``secure-aggregation-clip``)
-  and quantized with stochastic rounding to ``T`` levels, Flower's ``quantize``:
-  ``code = round_stochastic((clip(ρΔ) + c) · T / (2c))``.
+* its weight ``m_u = min(n_u, W)`` (``W`` = ``secure-aggregation-max-weight``), exactly, as
+  the last coordinate;
+* ``ρ_u · Δ_u`` with ``ρ_u = m_u / W``, clipped to ``[−c, c]`` per coordinate (``c`` =
+  ``secure-aggregation-clip``) and quantized with stochastic rounding to codes in ``[0, T]``,
+  Flower's ``quantize``: ``code = round_stochastic((clip(ρΔ) + c) · T / (2c))``.
 
-Summed over ``m`` devices (at most the cohort's ``n``, so the sum stays below ``2**bits``)
-the codes decode to the examples-weighted mean update
+Summed over ``m`` devices (at most the cohort's ``n``; the modulus holds ``n · T`` and
+``n · W``, so the sum never wraps around) the codes decode to the examples-weighted mean update
 
-    Σ ρ_u Δ_u = (2c / T) · Σ code − m · c,      Δ̄ = Σ ρ_u Δ_u / Σ ρ_u,
+    Σ ρ_u Δ_u = (2c / T) · Σ code − m · c,      Δ̄ = Σ ρ_u Δ_u / Σ ρ_u,   Σ ρ_u = Σ m_u / W,
 
-FedAvg's weighted mean up to the rounding of ``ρ`` and one quantization step ``2c / T`` per
-device and coordinate (Bonawitz et al. 2017, §3; Flower's SecAgg+ weights the same way).
+FedAvg's weighted mean (with weights capped at ``W``) up to one quantization step ``2c / T``
+per device and coordinate (Bonawitz et al. 2017, §3; Flower's SecAgg+ weights the same way).
+The weights are exact, so central DP accounts the very weights the sum used.
 
 ``T`` follows the device hop's ``device-bits``: with 8 or 4 bits, ``2L`` for the ``L`` levels
 of the existing quantizer (``compression/quantize.py``, 254 or 14) and the smallest modulus
-that holds ``n · T``, so masked words are 16 bits for small cohorts; with 32 bits, the largest
-``T`` for which ``n · T < 2**32`` (at most ``2**30``).
+that holds ``n · T`` and ``n · W`` (16-bit words for 10 devices); with 32 bits, the largest
+``T`` for which ``n · T < 2**32``: ``min(2**30, (2**32 − 1) // n)``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ class FieldEncoding:
     Attributes:
         clip: ``c``, the bound on each weighted coordinate.
         levels: ``T``, the largest code.
-        max_weight: ``W``, the ``num-examples`` that counts fully.
+        max_weight: ``W``, the ``num-examples`` that counts fully (a device's weight is
+            ``min(num-examples, W)``).
         bits: the modulus is ``2**bits``.
     """
 
@@ -69,15 +71,19 @@ class FieldEncoding:
         """The encoding of a cohort of ``cohort`` devices whose sum must not wrap around.
 
         Raises:
-            ValueError: if ``cohort < 1``.
+            ValueError: if ``cohort < 1``, or ``cohort · max_weight`` does not fit 32 bits.
         """
         if cohort < 1:
             raise ValueError(f"a cohort has at least 1 device, got {cohort}")
+        if (cohort * max_weight).bit_length() > 32:
+            raise ValueError(f"{cohort} devices' weights of up to {max_weight} do not fit 32-bit "
+                             "words: lower secure-aggregation-max-weight")
         if device_bits == 32:
             top = min(MAX_LEVELS, ((1 << 32) - 1) // cohort)
             return cls(clip, top, max_weight, 32)
         top = 2 * levels(device_bits)
-        return cls(clip, top, max_weight, (cohort * top).bit_length())
+        return cls(clip, top, max_weight,
+                   max((cohort * top).bit_length(), (cohort * max_weight).bit_length()))
 
     @property
     def modulus(self) -> int:
@@ -89,12 +95,29 @@ class FieldEncoding:
         """The unsigned type a masked vector travels in: 16 bits when the modulus fits."""
         return np.dtype(np.uint16 if self.bits <= 16 else np.uint32)
 
+    def weight(self, num_examples: int) -> int:
+        """``m = min(num_examples, W)``, a device's weight in the sum.
+
+        Raises:
+            ValueError: if ``num_examples < 1``.
+        """
+        if num_examples < 1:
+            raise ValueError(f"num-examples must be >= 1, got {num_examples}")
+        return min(num_examples, self.max_weight)
+
     def encode(self, update: np.ndarray, num_examples: int) -> np.ndarray:
-        """The ``d + 1`` codes (``uint64``) of a device's flat update and weight."""
-        weight = round(self.levels * min(num_examples, self.max_weight) / self.max_weight)
-        share = weight / self.levels
-        codes = quantize([np.asarray(update, dtype=np.float64) * share], self.clip,
-                         self.levels)[0]
+        """The ``d + 1`` codes (``uint64``) of a device's flat update and weight.
+
+        Raises:
+            ValueError: if a value of ``update`` is NaN or infinite (its codes would be
+                garbage that no tier can see), or ``num_examples < 1``.
+        """
+        update = np.asarray(update, dtype=np.float64)
+        if not np.isfinite(update).all():
+            raise ValueError(f"the update has {int((~np.isfinite(update)).sum())} non-finite "
+                             "values: it cannot be encoded")
+        weight = self.weight(num_examples)
+        codes = quantize([update * (weight / self.max_weight)], self.clip, self.levels)[0]
         return np.append(codes.astype(np.uint64), np.uint64(weight))
 
     def decode(self, total: np.ndarray, count: int) -> tuple[np.ndarray, float]:
@@ -103,7 +126,7 @@ class FieldEncoding:
         Raises:
             ValueError: if the weights sum to zero (every device had weight 0).
         """
-        weights = float(total[-1]) / self.levels
+        weights = float(total[-1]) / self.max_weight
         if weights <= 0.0:
             raise ValueError("the devices' weights sum to 0: nothing to average")
         weighted = total[:-1].astype(np.float64) * (2 * self.clip / self.levels) - count * self.clip

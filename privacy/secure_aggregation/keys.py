@@ -31,12 +31,15 @@ CURVE = ec.SECP384R1()
 """The curve of every key pair."""
 PRIVATE_BYTES = 48
 """Length of a serialized private value."""
+PUBLIC_BYTES = 49
+"""Length of a serialized public key (a compressed point: one encoding per key)."""
 SEED_BYTES = 32
 """Length of a mask seed (a ChaCha20 key)."""
 _NONCE = bytes(16)
 """ChaCha20's counter and nonce: zero, since every seed is fresh and used for one mask."""
 
-__all__ = ["CURVE", "KeyPair", "agreed_key", "decrypt", "encrypt", "mask", "pairwise_seed"]
+__all__ = ["CURVE", "KeyPair", "agreed_key", "decrypt", "encrypt", "mask", "pairwise_seed",
+           "public_key"]
 
 
 @dataclass(frozen=True)
@@ -70,14 +73,26 @@ def private_key(private: bytes) -> ec.EllipticCurvePrivateKey:
     return ec.derive_private_key(int.from_bytes(private, "big"), CURVE)
 
 
+def public_key(public: bytes) -> ec.EllipticCurvePublicKey:
+    """The P-384 public key of a compressed point.
+
+    Raises:
+        ValueError: if ``public`` is not the 49-byte compressed encoding of a point of the
+            curve.
+    """
+    if not isinstance(public, bytes) or len(public) != PUBLIC_BYTES:
+        raise ValueError(f"a public key is a {PUBLIC_BYTES}-byte compressed point, got "
+                         f"{len(public) if isinstance(public, bytes) else type(public).__name__}")
+    return ec.EllipticCurvePublicKey.from_encoded_point(CURVE, public)
+
+
 def agreed_key(private: bytes, public: bytes) -> bytes:
     """``KA(sk, pk)``: the Fernet key two parties agree on (same both ways).
 
     Raises:
         ValueError: if either key is not a valid P-384 key.
     """
-    return generate_shared_key(private_key(private),
-                               ec.EllipticCurvePublicKey.from_encoded_point(CURVE, public))
+    return generate_shared_key(private_key(private), public_key(public))
 
 
 def pairwise_seed(private: bytes, public: bytes) -> bytes:

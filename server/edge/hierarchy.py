@@ -40,7 +40,7 @@ from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
     receive_device_replies,
 )
-from fedmosaic.server.edge.secure_relay import relay_masked_sums
+from fedmosaic.server.edge.secure_relay import RelayPlan, relay_masked_sums
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import MetricRule, RejectedUpdate, Rejections, ReplyContract
 from fedmosaic.strategies.wrapper import StrategyWrapper
@@ -85,6 +85,7 @@ class HierarchicalStrategy(StrategyWrapper):
         self.contract = contract
         self.deployed = deployed
         self.secure = secure
+        self._plans: dict[int, RelayPlan | None] = {}
         self.intake = Rejections()
         self.declared: dict[int, int] = {}
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
@@ -120,9 +121,16 @@ class HierarchicalStrategy(StrategyWrapper):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """Remember the global weights of this round; configure through the cloud strategy."""
+        """Remember the global weights of this round; configure through the cloud strategy.
+
+        Under secure aggregation the edges also remember what the messages told each device
+        (its index in the cohort, the word type) to check their masked replies against.
+        """
         self._global = {server_round: arrays_of(arrays)}
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        if self.secure:
+            self._plans[server_round] = RelayPlan.of(messages)
+        return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -173,7 +181,10 @@ class HierarchicalStrategy(StrategyWrapper):
         """Secure aggregation: every edge sends its devices' masked sum up, as an edge would."""
         traffic = self.hops[server_round]
         size = sum(array.size for array in reference.values()) + 1
-        relayed, bytes_by_edge, rejected = relay_masked_sums(replies, self.contract, size,
+        plan = self._plans.pop(server_round, None)
+        if plan is None:  # no training message went out: nothing can be relayed
+            return self.strategy.aggregate_train(server_round, [])
+        relayed, bytes_by_edge, rejected = relay_masked_sums(replies, self.contract, size, plan,
                                                              server_round)
         if rejected:
             self.intake.add(server_round, "malformed", rejected)

@@ -6,10 +6,11 @@ import random
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedmosaic.privacy.secure_aggregation import Cohort, DeviceSession, FieldEncoding, ProtocolError
 from fedmosaic.privacy.secure_aggregation.cohort import circulant_neighbours, degree
-from fedmosaic.privacy.secure_aggregation.keys import mask
+from fedmosaic.privacy.secure_aggregation.keys import mask, public_key
 
 DIM = 300
 
@@ -164,13 +165,111 @@ def test_forged_or_misrouted_shares_are_refused():
         sessions[0].share(1, 2, {})
 
 
-def test_cohort_needs_two_devices_and_distinct_keys():
-    session = DeviceSession.advertise(1)
+def test_cohort_needs_two_devices_and_leaves_out_copied_keys():
+    sessions = [DeviceSession.advertise(1) for _ in range(4)]
+    pairs = [(s.encryption.public, s.masking.public) for s in sessions]
     with pytest.raises(ProtocolError, match="at least 2"):
-        Cohort.form({1: (session.encryption.public, session.masking.public)}, 1.0, 10, 32)
-    pair = (session.encryption.public, session.masking.public)
-    with pytest.raises(ProtocolError, match="same public key"):
-        Cohort.form({1: pair, 2: pair}, 1.0, 10, 32)
+        Cohort.form({1: pairs[0]}, 1.0, 10, 32)
+    with pytest.raises(ProtocolError, match="keys of their own, got 0 of 2"):
+        Cohort.form({1: pairs[0], 2: pairs[0]}, 1.0, 10, 32)
+    # node 2 copied node 1's masking key, node 5 sends one key twice: both left out with node 1
+    cohort = Cohort.form({1: pairs[0], 2: (pairs[1][0], pairs[0][1]), 3: pairs[2],
+                          4: pairs[3], 5: (pairs[1][1], pairs[1][1])}, 1.0, 10, 32)
+    assert sorted(cohort.nodes.values()) == [3, 4]
+    assert cohort.index_of(4) == 2
+    with pytest.raises(KeyError, match="not in the cohort"):
+        cohort.index_of(1)
+
+
+def test_public_keys_must_be_compressed_curve_points():
+    public = DeviceSession.advertise(1).masking.public
+    assert public_key(public) is not None
+    uncompressed = public_key(public).public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    for bad in (b"", public[:-1], uncompressed, b"\x02" + bytes(47) + b"\x07", 7, None):
+        with pytest.raises(ValueError):
+            public_key(bad)
+
+
+def test_four_bit_weights_are_exact_for_small_devices():
+    """With 14 levels a weight share 5/1000 used to round to 0; the weight is now the count."""
+    rng = np.random.default_rng(2)
+    updates = [rng.normal(0, 0.05, 20_000) for _ in range(10)]
+    weights = [5, 8, 13, 21, 34, 3, 9, 17, 2, 30]
+    nodes = [100 + i for i in range(10)]
+    sessions = {node: DeviceSession.advertise(1) for node in nodes}
+    cohort = Cohort.form({n: (s.encryption.public, s.masking.public)
+                          for n, s in sessions.items()}, 1.0, 1000, 4)
+    assert cohort.encoding.levels == 14 and cohort.encoding.bits == (10 * 1000).bit_length()
+    codes = [cohort.encoding.encode(updates[i], weights[i]) for i in range(10)]
+    assert [int(c[-1]) for c in codes] == weights
+    total = np.sum(codes, axis=0)
+    mean, share = cohort.encoding.decode(total, 10)
+    assert share == pytest.approx(sum(weights) / 1000)
+    # each device's ρΔ is tiny against the 1/7 step, but stochastic rounding is unbiased: the
+    # error averaged over 20,000 coordinates has a standard deviation near 0.011
+    expected = weighted_mean(updates, weights, set(nodes))
+    assert abs(float((mean - expected).mean())) < 0.05
+
+
+def test_encoding_refuses_non_finite_updates_and_empty_devices():
+    encoding = FieldEncoding.for_cohort(3, 1.0, 100, 32)
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(ValueError, match="non-finite"):
+            encoding.encode(np.array([0.1, bad, 0.2]), 10)
+    with pytest.raises(ValueError, match="num-examples must be >= 1"):
+        encoding.encode(np.zeros(3), 0)
+    with pytest.raises(ValueError, match="do not fit 32-bit"):
+        FieldEncoding.for_cohort(5000, 1.0, 10**6, 32)
+
+
+def test_a_device_masks_once_and_never_after_unmasking():
+    sessions = [DeviceSession.advertise(1) for _ in range(3)]
+    keys = {i: (s.encryption.public, s.masking.public) for i, s in enumerate(sessions)}
+    cohort = Cohort.form(keys, 1.0, 100, 32)
+    with pytest.raises(ProtocolError, match="after sharing"):
+        sessions[0].mask(np.zeros(4, dtype=np.uint64), 32)
+    inboxes = cohort.route({u: sessions[cohort.nodes[u]].share(u, cohort.threshold(u),
+                                                               cohort.neighbourhood(u))
+                            for u in cohort.nodes})
+    first, second = sessions[cohort.nodes[1]], sessions[cohort.nodes[2]]
+    first.receive(inboxes[1])
+    first.mask(np.zeros(4, dtype=np.uint64), 32)
+    with pytest.raises(ProtocolError, match="masks one update"):
+        first.mask(np.ones(4, dtype=np.uint64), 32)  # a second vector under the same b_u
+    second.receive(inboxes[2])
+    second.unmask({1, 2, 3}, set())
+    with pytest.raises(ProtocolError, match="before unmasking"):
+        second.mask(np.zeros(4, dtype=np.uint64), 32)  # its b_u may be known now
+
+
+def test_a_device_refuses_a_threshold_below_a_strict_majority():
+    sessions = [DeviceSession.advertise(1) for _ in range(5)]
+    keys = {i: (s.encryption.public, s.masking.public) for i, s in enumerate(sessions)}
+    cohort = Cohort.form(keys, 1.0, 100, 32)
+    with pytest.raises(ProtocolError, match="strict majority of the 5"):
+        sessions[cohort.nodes[1]].share(1, 2, cohort.neighbourhood(1))
+    with pytest.raises(ProtocolError, match="strict majority"):
+        sessions[cohort.nodes[1]].share(1, 6, cohort.neighbourhood(1))
+
+
+def test_unmasking_needs_enough_surviving_holders_of_each_device():
+    """In a sparse graph enough survivors overall can still leave one device short."""
+    sessions = {node: DeviceSession.advertise(1) for node in range(30)}
+    cohort = Cohort.form({n: (s.encryption.public, s.masking.public)
+                          for n, s in sessions.items()}, 1.0, 100, 32, rng=random.Random(4))
+    inboxes = cohort.route({u: sessions[cohort.nodes[u]].share(u, cohort.threshold(u),
+                                                               cohort.neighbourhood(u))
+                            for u in cohort.nodes})
+    u = 1
+    strangers = set(cohort.nodes) - cohort.neighbours[u] - {u}
+    survivors = {u, *sorted(strangers)[:cohort.threshold(u)]}
+    assert len(survivors) > cohort.threshold(u)
+    with pytest.raises(ProtocolError, match=f"device {u} has 1 surviving share holders"):
+        cohort.request(survivors)
+    device = sessions[cohort.nodes[u]]
+    device.receive(inboxes[u])
+    with pytest.raises(ProtocolError, match="1 of this device's share holders"):
+        device.unmask(survivors, set(cohort.nodes) - survivors)
 
 
 def test_sparse_graph_at_fifty_devices_is_regular_and_connected():

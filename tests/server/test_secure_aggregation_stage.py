@@ -8,17 +8,34 @@ import os
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    Metadata,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp.strategy import FedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedmosaic import records
 from fedmosaic.clients.app import app as client_app
+from fedmosaic.clients.secure_aggregation import mask_training_reply
 from fedmosaic.config import RunConfig
-from fedmosaic.privacy.secure_aggregation import FieldEncoding
+from fedmosaic.privacy.secure_aggregation import FieldEncoding, ProtocolError
+from fedmosaic.server import secure_aggregation as secure_stage
+from fedmosaic.server.app import warn_pointless_settings
 from fedmosaic.server.edge import secure_relay
-from fedmosaic.server.secure_aggregation import SecureAggregationStage
+from fedmosaic.server.secure_aggregation import (
+    ProtocolFigures,
+    SecureAggregationStage,
+    SecureRound,
+)
+from fedmosaic.server.validation import ReplyContract
 from fedmosaic.simulation.inprocess import run_in_process
 
 RUN = {"num-clients": 6, "num-server-rounds": 1, "local-epochs": 1, "fraction-evaluate": 0.0,
@@ -54,6 +71,14 @@ class Spy:
             self.edge_replies.extend(replies)
             return relay(replies, *args)
 
+        self.weights: list[float] = []
+        content = secure_stage._aggregate_content
+
+        def spy_content(accepted, mean, reference, weights):
+            self.weights.extend(weights)
+            return content(accepted, mean, reference, weights)
+
+        monkeypatch.setattr(secure_stage, "_aggregate_content", spy_content)
         monkeypatch.setattr(FieldEncoding, "encode", spy_encode)
         monkeypatch.setattr(SecureAggregationStage, "aggregate_train", spy_aggregate)
         monkeypatch.setattr("fedmosaic.server.edge.hierarchy.relay_masked_sums", spy_relay)
@@ -112,6 +137,8 @@ def test_through_edges_no_tier_holds_a_device_update_in_the_clear(tmp_path, monk
                              "run-name": "edges"})
     np.testing.assert_allclose(server_update(config, initial_arrays(tmp_path)),
                                spy.expected_mean(), atol=2e-6)
+    # central DP accounts six devices' weights, not two edges'
+    assert sorted(spy.weights) == sorted(min(n, 1000) for _, n, _ in spy.encoded)
     # what the edges received: six masked vectors, none equal to (or near) a device's codes
     assert len(spy.edge_replies) == 6
     codes = [c for _, _, c in spy.encoded]
@@ -169,13 +196,22 @@ COHORT = _cohort_of_three()
 SIZE = 8
 
 
+CONTRACT = ReplyContract.for_devices(RunConfig.from_mapping(RUN), num_modalities=1)
+AVERAGED = {records.TRAIN_LOSS: 0.5, records.EMBEDDING_VARIANCE: 0.1, records.DATASET_SIZE: 5}
+
+
 @st.composite
 def masked_contents(draw):
-    """A masked reply's content, honest or broken in one of the ways a device could break it."""
+    """A masked reply, honest or broken in one of the ways a device could break it."""
     kind = draw(st.sampled_from(["honest", "dtype", "shape", "members", "missing", "range",
-                                 "records"]))
+                                 "records", "words", "metrics", "sender", "examples"]))
+    relayed = draw(st.booleans())
     words = np.arange(SIZE, dtype=np.uint16)
-    members: list = [draw(st.integers(1, 3))]
+    member = draw(st.integers(1, 3))
+    members: object = [member]
+    sender = COHORT.nodes[member]
+    metrics: dict = {records.NUM_EXAMPLES: 5, **AVERAGED}
+    examples: object = [5]
     if kind == "dtype":
         words = words.astype(draw(st.sampled_from([np.int32, np.float32, np.uint64,
                                                    np.uint32])))
@@ -185,29 +221,141 @@ def masked_contents(draw):
         words[draw(st.integers(0, SIZE - 1))] = draw(st.integers(2**10, 2**16 - 1))
     elif kind == "members":
         members = draw(st.sampled_from([[], [0], [4], [1, 1], [2**40], [-1], [1.0],
-                                         [float("inf")], ["1"], [b"1"], [True]]))
-    content = RecordDict({records.METRICS: MetricRecord({records.NUM_EXAMPLES: 5})})
+                                        [float("inf")], ["1"], [b"1"], [True], 5, b"x", 2.0]))
+    elif kind == "metrics":
+        key = draw(st.sampled_from(sorted(metrics)))
+        if draw(st.booleans()):
+            del metrics[key]
+        else:
+            metrics[key] = draw(st.sampled_from([float("nan"), -1.0, 1e30, [1.0, 2.0],
+                                                 float("inf")]))
+    elif kind == "sender":
+        if relayed:  # an edge's sum may come from any node; only its accounts are checked
+            kind, examples = "examples", [5, 5]
+        else:
+            sender = COHORT.nodes[member % 3 + 1]
+    elif kind == "examples":
+        examples = draw(st.sampled_from([[], [4], [5, 0], [0], [-5], ["5"], [5.0], 5, None]))
+        if not relayed:  # a device's own reply has no list: its num-examples is its account
+            metrics[records.NUM_EXAMPLES] = draw(st.sampled_from([0, -5, 10**9, 5.5, [5]]))
+    content = RecordDict({records.METRICS: MetricRecord(metrics)})
     if kind != "records":
-        content[records.SECAGG_MASKED] = ArrayRecord({records.SECAGG_MASKED_WORDS: Array(words)})
+        key = records.SECAGG_MASKED_WORDS if kind != "words" else "other"
+        content[records.SECAGG_MASKED] = ArrayRecord({key: Array(words)})
     if kind != "missing":
-        content[records.SECURE_AGGREGATION] = ConfigRecord({"members": members})
-    return kind, content
+        secure = {"members": members}
+        if relayed and examples is not None:
+            secure["examples"] = examples
+        content[records.SECURE_AGGREGATION] = ConfigRecord(secure)
+    reply = Message(content, metadata=Metadata(
+        run_id=1, message_id="m", src_node_id=sender, dst_node_id=0, reply_to_message_id="i",
+        group_id="1", created_at=0.0, ttl=60.0, message_type="train"))
+    return kind, relayed, reply
 
 
-@settings(max_examples=int(os.environ.get("FEDMOSAIC_FUZZ_EXAMPLES", "60")), deadline=None)
+@settings(max_examples=int(os.environ.get("FEDMOSAIC_FUZZ_EXAMPLES", "120")), deadline=None)
 @given(case=masked_contents())
 def test_a_masked_reply_either_fits_the_round_or_raises_a_value_error(case):
-    kind, content = case
+    kind, relayed, reply = case
     stage = SecureAggregationStage(FedAvg(), clip=1.0, max_weight=100, device_bits=8,
-                                   timeout=1.0)
-    reply = Message(content, metadata=Metadata(
-        run_id=1, message_id="m", src_node_id=5, dst_node_id=0, reply_to_message_id="i",
-        group_id="1", created_at=0.0, ttl=60.0, message_type="train"))
+                                   timeout=1.0, contract=CONTRACT, relayed=relayed)
     if kind == "honest":
         members, words = stage._masked(reply, COHORT, SIZE, set())
-        assert words.dtype == np.uint64 and len(members) == 1
+        assert words.dtype == np.uint64 and list(members.values()) == [5]
         with pytest.raises(ValueError, match="each counted once"):  # a member counted twice
             stage._masked(reply, COHORT, SIZE, {1, 2, 3})
     else:
         with pytest.raises(ValueError):
             stage._masked(reply, COHORT, SIZE, set())
+
+
+def test_unusable_share_and_unmask_answers_drop_their_device_without_allocating(monkeypatch):
+    """A count where bytes belong (``bytes(10**12)`` would allocate a terabyte), a string index
+    or a truthy non-bool flag drops that device at that stage; the others go on."""
+    cohort = _cohort_of_three()
+    stage = SecureAggregationStage(FedAvg(), clip=1.0, max_weight=100, device_bits=8,
+                                   timeout=1.0, contract=CONTRACT)
+    state = SecureRound({}, grid=None, figures=ProtocolFigures(), cohort=cohort)  # type: ignore[arg-type]
+    node = {u: cohort.nodes[u] for u in cohort.nodes}
+
+    def honest_share(u):
+        peers = sorted(cohort.neighbours[u])
+        return {"receivers": peers, "ciphertexts": [b"sealed"] * len(peers)}
+
+    shares = {node[1]: ConfigRecord(honest_share(1)),
+              node[2]: ConfigRecord({**honest_share(2), "ciphertexts": [10**12, 10**12]}),
+              node[3]: ConfigRecord({**honest_share(3), "receivers": ["1", "2"]})}
+    monkeypatch.setattr(stage, "_exchange", lambda *args: shares)
+    assert set(stage._share(1, state)) == {1}
+    assert state.figures.dropped["share"] == 2
+
+    answers = {node[1]: ConfigRecord({"owners": [1, 2], "shares": [b"a", b"b"],
+                                      "is-seed": [True, True]}),
+               node[2]: ConfigRecord({"owners": [1], "shares": [10**12], "is-seed": [True]}),
+               node[3]: ConfigRecord({"owners": [1], "shares": [b"a"], "is-seed": [1]})}
+    monkeypatch.setattr(stage, "_exchange", lambda *args: answers)
+    assert set(stage._unmask(1, state, {1, 2, 3}, set())) == {1}
+    assert state.figures.dropped["unmask"] == 2
+
+
+def test_a_training_message_without_shares_is_refused_before_training(tmp_path):
+    """Under secure aggregation a device never trains for a reply that would leave unmasked."""
+    trained = []
+    message = Message(RecordDict({records.ARRAYS: ArrayRecord()}), metadata=Metadata(
+        run_id=1, message_id="m", src_node_id=1, dst_node_id=5, reply_to_message_id="",
+        group_id="1", created_at=0.0, ttl=60.0, message_type="train"))
+
+    def context(secure):
+        mapping = RunConfig.from_mapping({**RUN, "secure-aggregation": secure,
+                                          "out-dir": str(tmp_path)}).to_mapping()
+        return Context(run_id=1, node_id=5, node_config={}, state=RecordDict(), run_config=mapping)
+
+    with pytest.raises(ProtocolError, match="does not train"):
+        mask_training_reply(message, context(True), lambda m, c: trained.append(m))
+    assert not trained
+    mask_training_reply(message, context(False), lambda m, c: trained.append(m))
+    assert trained == [message]
+
+
+def test_an_edge_takes_each_device_once_under_its_own_index_and_the_cohorts_word_type():
+    config = RunConfig.from_mapping({**RUN, "num-edges": 2})
+    contract = ReplyContract.for_devices(config, num_modalities=1, below_edge=True)
+    plan = secure_relay.RelayPlan({10: 1, 11: 2, 12: 3, 13: 4}, np.dtype(np.uint16))
+
+    def reply(node, member, words, edge=0):
+        content = RecordDict({
+            records.METRICS: MetricRecord({records.NUM_EXAMPLES: node, records.EDGE_ID: edge,
+                                           **AVERAGED}),
+            records.SECAGG_MASKED: ArrayRecord({records.SECAGG_MASKED_WORDS: Array(words)}),
+            records.SECURE_AGGREGATION: ConfigRecord({"members": [member]})})
+        return Message(content, metadata=Metadata(
+            run_id=1, message_id=str(node), src_node_id=node, dst_node_id=0,
+            reply_to_message_id="i", group_id="1", created_at=0.0, ttl=60.0,
+            message_type="train"))
+
+    ones = np.ones(SIZE, dtype=np.uint16)
+    replies = [reply(12, 3, ones.astype(np.uint32)),  # first, in another word type
+               reply(10, 1, ones), reply(11, 1, ones),  # node 11 under node 10's index
+               reply(10, 1, ones),  # node 10 again
+               reply(13, 4, ones * 2**15), reply(11, 2, ones * 2**15)]
+    relayed, _, rejected = secure_relay.relay_masked_sums(replies, contract, SIZE, plan, 1)
+    assert rejected == 3 and len(relayed) == 1
+    secure = relayed[0].content[records.SECURE_AGGREGATION]
+    assert list(secure["members"]) == [1, 2, 4] and list(secure["examples"]) == [10, 11, 13]
+    words = relayed[0].content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()
+    assert words.dtype == np.uint16 and (words == 1).all()  # 1 + 2**15 + 2**15 wraps at 2**16
+    assert relayed[0].content[records.METRICS][records.NUM_EXAMPLES] == 34
+
+
+@pytest.mark.parametrize(("settings", "unused"), [
+    ({"device-bits": 8}, "device-bits"),
+    ({"device-bits": 8, "secure-aggregation": True}, None),  # it quantizes to 8-bit levels
+    ({"device-bits": 8, "edge-topk": 0.5, "secure-aggregation": True}, "edge-topk have"),
+])
+def test_flat_runs_warn_only_of_compression_settings_that_do_nothing(settings, unused, caplog):
+    warn_pointless_settings(RunConfig.from_mapping({**RUN, "secure-aggregation": False,
+                                                    **settings}))
+    if unused is None:
+        assert "no effect with num-edges=0" not in caplog.text
+    else:
+        assert f"{unused}" in caplog.text and "no effect with num-edges=0" in caplog.text
