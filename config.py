@@ -413,8 +413,9 @@ class RunConfig:
         "connect); with none online it waits up to `round-timeout`, then ends the run (>= 0)"
     )
     secure_aggregation: bool = setting(
-        "SecAgg+: the server, and every edge, sees only the sum of the devices' masked updates, "
-        'never one in the clear; see "Secure aggregation"'
+        "SecAgg+: the server, and every edge, sees only sums of the devices' masked updates, "
+        "never one in the clear (a deployed edge: the sum of its own devices); see "
+        '"Secure aggregation"'
     )
     secure_aggregation_clip: float = setting(
         "secure aggregation: each coordinate of a device's (weighted) update is clipped to "
@@ -871,13 +872,16 @@ def _check_secure_aggregation(config: RunConfig) -> None:
                                             "its observation reads each update's norm"),
         f"device-topk={config.device_topk}": (config.device_topk < 1.0,
                                               "a masked vector is dense"),
-        f"edge-role={config.edge_role}": (config.edge_role != "simulated",
-                                          "relaying the key exchange through a deployed edge's "
-                                          "SuperLink is not built; use simulated edges or a "
-                                          "flat deployment"),
+        f"edge-aggregation={config.edge_aggregation}": (
+            config.num_edges > 0 and config.edge_aggregation != "mean",
+            "an edge never holds its devices' updates, only their masked sum"),
     }
     conflicts = [f"{setting} ({why})" for setting, (conflict, why) in sees_updates.items()
                  if conflict]
+    if config.edge_role != "simulated" and config.num_clients // config.num_edges < 2:
+        conflicts.append(f"num-clients={config.num_clients} over num-edges={config.num_edges} "
+                         "(a deployed edge runs secure aggregation among its own devices and "
+                         "needs at least 2 of them)")
     if conflicts:
         raise ValueError("secure-aggregation=true hides each device's update from the server, "
                          "which these settings need: " + "; ".join(conflicts))

@@ -124,7 +124,9 @@ DP_METRICS = (PARTITION_ID, DP_EPSILON_SPENT, DP_EPSILON_BUDGET, DP_DELTA, DP_NO
 """The metrics a DP-SGD training reply adds (``dp=true``); a refusal carries these and
 ``num-examples = 0`` only."""
 EDGE_AGGREGATE_METRICS = (TRAIN_LOSS, EMBEDDING_VARIANCE, DATASET_SIZE)
-"""The device metrics an edge averages (weighted by examples) into its reply to the cloud."""
+"""The device metrics an edge averages (weighted by examples) into its reply to the cloud; under
+secure aggregation, those a masked reply carries in the clear and the unmasked aggregate
+averages."""
 
 EDGE_ACCEPTED = "edge-accepted"
 """Metric of an edge's reply: device updates it averaged."""
@@ -176,6 +178,3 @@ SECAGG_MASKED_WORDS = "masked"
 """Array of ``secagg-masked``: the masked words, ``uint16`` or ``uint32``."""
 SECAGG_SESSION = "secagg-session"
 """Context-state record of a device: its secure-aggregation session of the current round."""
-SECAGG_AVERAGED_METRICS = (TRAIN_LOSS, EMBEDDING_VARIANCE, DATASET_SIZE)
-"""Metrics a masked reply carries in the clear that an edge's relayed sum and the unmasked
-aggregate carry as their devices' examples-weighted means."""

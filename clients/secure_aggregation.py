@@ -21,6 +21,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 
 from fedmosaic import records
+from fedmosaic.clients.edge_forward import is_edge_node
 from fedmosaic.compression.topology import device_edge
 from fedmosaic.config import RunConfig
 from fedmosaic.privacy.secure_aggregation import DeviceSession, FieldEncoding, ProtocolError
@@ -132,15 +133,16 @@ def mask_training_reply(message: Message, context: Context,
 
     The reply's ``arrays`` become ``secagg-masked`` (the masked codes of ``w − w_global`` and
     the device's weight); its metrics stay (``num-examples``, DP metadata, ``edge-id`` below an
-    edge). Other messages pass through.
+    edge). Other messages pass through, and so does the cloud's training message to an edge's
+    SuperNode (the edge runs secure aggregation among its own devices).
 
     Raises:
         ProtocolError: under ``secure-aggregation``, for a training message without the
             round's routed shares, before any training (its reply would leave in the clear).
         ValueError: if the trained update has a non-finite value (it cannot be encoded).
     """
-    if message.metadata.message_type != MessageType.TRAIN:
-        return call_next(message, context)
+    if message.metadata.message_type != MessageType.TRAIN or is_edge_node(context):
+        return call_next(message, context)  # an edge's SuperNode forwards to its sub-round
     if records.SECAGG_SHARES not in message.content.config_records:
         if RunConfig.from_mapping(context.run_config).secure_aggregation:
             raise ProtocolError("secure-aggregation=true: a training message must carry the "

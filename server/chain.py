@@ -27,6 +27,7 @@ staleness filter        ``mode = async``: drops replies older than ``max-stalene
 colluding attacker      simulation only: crafts ALIE / IPM updates (``attack=alie|ipm``)
 secure aggregation      ``secure-aggregation``: SecAgg+ key exchange before training; unmasks
                         the sum of the masked replies and passes on one aggregate reply
+                        (deployed edges run it among their own devices instead)
 validation              drops malformed or out-of-bounds updates, logs why, skips a short round
 central-DP accounting   accounts each central-DP release in the ledger (``central-dp``)
 central DP              Flower's fixed-clipping wrapper: clip, aggregate, add noise
@@ -72,7 +73,7 @@ from fedmosaic.server.latency import SimulatedClock
 from fedmosaic.server.node_loss import NodeLossStage
 from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerStrategy
 from fedmosaic.server.risk_stage import RiskStage
-from fedmosaic.server.secure_aggregation import SecureAggregationStage
+from fedmosaic.server.secure_aggregation import SecureAggregationServer, SecureAggregationStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import ReplyContract, ValidatingStrategy
 from fedmosaic.strategies.registry import build_aggregator
@@ -199,13 +200,12 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
                           config=config),
         StalenessFilter if asynchronous else None,
         functools.partial(CollusionSimulation, attack=config.attack) if colluding else None,
-        functools.partial(SecureAggregationStage, clip=config.secure_aggregation_clip,
-                          max_weight=config.secure_aggregation_max_weight,
-                          device_bits=config.device_bits, timeout=config.round_timeout,
-                          contract=ReplyContract.for_edge_aggregates(config)
-                          if config.num_edges else device_contract(config),
-                          relayed=config.num_edges > 0)
-        if config.secure_aggregation else None,
+        functools.partial(SecureAggregationStage, protocol=SecureAggregationServer(
+            config.secure_aggregation_clip, config.secure_aggregation_max_weight,
+            config.device_bits, config.round_timeout,
+            contract=ReplyContract.for_edge_aggregates(config) if config.num_edges
+            else device_contract(config), relayed=config.num_edges > 0))
+        if config.secure_aggregation and config.edge_role == "simulated" else None,
         functools.partial(ValidatingStrategy, max_norm=config.max_update_norm or math.inf,
                           min_replies=config.min_valid_replies, contract=cloud_contract(config),
                           evaluate_contract=ReplyContract.for_evaluation(config)),

@@ -1,5 +1,9 @@
 """Secure aggregation as a stage of the server chain: SecAgg+ on Flower's Message API.
 
+:class:`SecureAggregationServer` is the server's side of the protocol over a grid; the chain's
+:class:`SecureAggregationStage` runs it around every training round, and a deployed edge
+runs it around its sub-round (per-edge secure aggregation, ``server/edge/edge_server.py``).
+
 :class:`SecureAggregationStage` runs the server's side of SecAgg+ (Bell et al. 2020;
 ``privacy/secure_aggregation``) around every training round, with any strategy that needs only
 the weighted sum (``config.SUM_STRATEGIES``):
@@ -93,11 +97,13 @@ class SecureRound:
     cohort: Cohort | None = None
 
 
-class SecureAggregationStage(StrategyWrapper):
-    """SecAgg+ around ``strategy`` (module docstring).
+class SecureAggregationServer:
+    """The server's side of SecAgg+ rounds over a grid (module docstring).
+
+    The cloud's :class:`SecureAggregationStage` runs it around the chain's training rounds;
+    a deployed edge runs it around its sub-round (``server/edge/edge_server.py``).
 
     Args:
-        strategy: The next stage inward.
         clip: ``secure-aggregation-clip``.
         max_weight: ``secure-aggregation-max-weight``.
         device_bits: ``device-bits`` (the codes' levels).
@@ -108,23 +114,31 @@ class SecureAggregationStage(StrategyWrapper):
             device's and must name that device's own index.
     """
 
-    def __init__(self, strategy: Strategy, clip: float, max_weight: int, device_bits: int,
-                 timeout: float, contract: ReplyContract, relayed: bool = False) -> None:
-        super().__init__(strategy)
+    def __init__(self, clip: float, max_weight: int, device_bits: int, timeout: float,
+                 contract: ReplyContract, relayed: bool = False) -> None:
         self.clip, self.max_weight, self.device_bits = clip, max_weight, device_bits
         self.timeout, self.contract, self.relayed = timeout, contract, relayed
         self.figures: dict[int, ProtocolFigures] = {}
         self._open: dict[int, SecureRound] = {}
         self.rejections = Rejections()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        """Sample through ``strategy``, then run stages 1 and 2 with the sampled devices."""
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+    def open(self, server_round: int, reference: Mapping[str, np.ndarray], grid: Grid,
+             messages: Iterable[Message]) -> list[Message]:
+        """Stages 1 and 2 with the devices ``messages`` go to.
+
+        Returns the messages of the devices that shared their keys, each with its index, the
+        encoding and its shares; none if the round is skipped.
+
+        Args:
+            server_round: The round (what the devices' sessions are keyed on).
+            reference: The global arrays the devices train from, by name.
+            grid: The grid to the devices.
+            messages: The round's training messages.
+        """
+        messages = list(messages)
         self.figures[server_round] = ProtocolFigures()
-        state = self._open[server_round] = SecureRound(
-            {name: array.numpy() for name, array in arrays.items()}, grid,
-            self.figures[server_round])
+        state = self._open[server_round] = SecureRound(dict(reference), grid,
+                                                       self.figures[server_round])
         keys = self._advertise(server_round, state, [m.metadata.dst_node_id for m in messages])
         try:
             state.cohort = Cohort.form(keys, self.clip, self.max_weight, self.device_bits)
@@ -156,14 +170,15 @@ class SecureAggregationStage(StrategyWrapper):
             sent.append(message)
         return sent
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Unmask the sum of the masked replies (stage 4) and aggregate it as one reply."""
+    def close(self, server_round: int, replies: Iterable[Message]) -> Message | None:
+        """Stage 4: the unmasked aggregate of the masked replies, as one reply from the server.
+
+        ``None`` if the round was skipped or cannot be unmasked. Error replies are the
+        caller's to pass on.
+        """
         state = self._open.pop(server_round, None)
-        replies = list(replies)
-        failures = [r for r in replies if r.has_error()]
         if state is None or state.cohort is None:
-            return self.strategy.aggregate_train(server_round, failures)
+            return None
         cohort = state.cohort
         total = np.zeros(sum(a.size for a in state.reference.values()) + 1, dtype=np.uint64)
         examples: dict[int, int] = {}  # survivor index → its num-examples
@@ -191,11 +206,10 @@ class SecureAggregationStage(StrategyWrapper):
         except (ProtocolError, ValueError) as error:
             log.warning("round %d skipped: secure aggregation could not unmask: %s",
                         server_round, error)
-            return self.strategy.aggregate_train(server_round, failures)
+            return None
         weights = [cohort.encoding.weight(examples[u]) for u in sorted(alive)]
-        aggregate = Message(_aggregate_content(accepted, mean, state.reference, weights),
-                            metadata=_from_the_server(accepted[0].metadata))
-        return self.strategy.aggregate_train(server_round, [aggregate, *failures])
+        return Message(_aggregate_content(accepted, mean, state.reference, weights),
+                       metadata=_from_the_server(accepted[0].metadata))
 
     def round_figures(self, server_round: int) -> dict[str, object]:
         """A round's protocol figures for its :class:`~fedmosaic.server.recorder.RoundRecord`."""
@@ -290,7 +304,7 @@ class SecureAggregationStage(StrategyWrapper):
                              f"'{records.SECAGG_MASKED}', got records {sorted(content.keys())}")
         metrics = content.metric_records[records.METRICS]
         self.contract.check_metrics(metrics, keys=(records.NUM_EXAMPLES,
-                                                   *records.SECAGG_AVERAGED_METRICS))
+                                                   *records.EDGE_AGGREGATE_METRICS))
         secure = content.config_records[records.SECURE_AGGREGATION]
         listed = list(secure["members"])  # type: ignore[arg-type]
         examples = (list(secure["examples"]) if self.relayed  # type: ignore[arg-type]
@@ -338,6 +352,40 @@ class SecureAggregationStage(StrategyWrapper):
                             server_round, node, error)
         state.figures.dropped["unmask"] += len(survivors) - len(answers)
         return answers
+
+
+class SecureAggregationStage(StrategyWrapper):
+    """SecAgg+ around ``strategy``, the chain's stage (module docstring).
+
+    Args:
+        strategy: The next stage inward.
+        protocol: The server's side of the protocol.
+    """
+
+    def __init__(self, strategy: Strategy, protocol: SecureAggregationServer) -> None:
+        super().__init__(strategy)
+        self.protocol = protocol
+        self.rejections = protocol.rejections
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Sample through ``strategy``, then run stages 1 and 2 with the sampled devices."""
+        return self.protocol.open(
+            server_round, {name: array.numpy() for name, array in arrays.items()}, grid,
+            self.strategy.configure_train(server_round, arrays, config, grid))
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Unmask the sum of the masked replies (stage 4) and aggregate it as one reply."""
+        replies = list(replies)
+        failures = [r for r in replies if r.has_error()]
+        aggregate = self.protocol.close(server_round, replies)
+        return self.strategy.aggregate_train(
+            server_round, failures if aggregate is None else [aggregate, *failures])
+
+    def round_figures(self, server_round: int) -> dict[str, object]:
+        """A round's protocol figures (:meth:`SecureAggregationServer.round_figures`)."""
+        return self.protocol.round_figures(server_round)
 
 
 def _bytes(value: object) -> bytes:
@@ -391,7 +439,7 @@ def _aggregate_content(accepted: list[Message], mean: np.ndarray,
     examples = [int(m[records.NUM_EXAMPLES]) for m in metrics]  # type: ignore[call-overload]
     total = sum(examples)
     means = {key: sum(float(m[key]) * n for m, n in zip(metrics, examples, strict=True)) / total  # type: ignore[arg-type]
-             for key in records.SECAGG_AVERAGED_METRICS}
+             for key in records.EDGE_AGGREGATE_METRICS}
     return RecordDict({
         records.ARRAYS: ArrayRecord({name: Array(arrays[name]) for name in reference}),
         records.METRICS: MetricRecord({**means, records.NUM_EXAMPLES: total}),

@@ -36,12 +36,18 @@ def test_bad_privacy_settings_are_rejected(overrides, message):
     ({"attack": "alie", "malicious-fraction": 0.2}, "attack=alie"),
     ({"controller": "static", "dp": True}, "controller=static"),
     ({"num-edges": 2, "device-topk": 0.1}, "device-topk=0.1"),
-    ({"num-edges": 1, "edge-role": "cloud"}, "edge-role=cloud"),
+    ({"num-edges": 2, "edge-aggregation": "median"}, "edge-aggregation=median"),
+    ({"num-clients": 5, "num-edges": 3, "edge-role": "cloud"}, "needs at least 2 of them"),
 ])
 def test_secure_aggregation_refuses_what_needs_each_update(overrides, conflict):
     with pytest.raises(ValueError, match=f"hides each device's update.*{conflict}"):
         RunConfig.from_mapping({"secure-aggregation": True, **overrides})
     RunConfig.from_mapping(overrides)  # fine without it
+
+
+def test_deployed_edges_with_two_devices_each_run_secure_aggregation():
+    RunConfig.from_mapping({"secure-aggregation": True, "num-clients": 4, "num-edges": 2,
+                            "edge-role": "cloud"})
 
 
 @pytest.mark.parametrize(("overrides", "message"), [

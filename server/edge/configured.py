@@ -35,8 +35,11 @@ def cloud_config(config: RunConfig) -> RunConfig:
 
     With ``edge-role=cloud`` (deployment) the run's SuperNodes are the edges: the cloud
     strategy samples and waits for ``num-edges`` nodes and sends no federated evaluation (the
-    edges hold no data; the cloud still evaluates centrally). Otherwise ``config`` itself.
+    edges hold no data; the cloud still evaluates centrally). Under ``secure-aggregation``
+    the edges run it among their own devices, so the cloud's view has it off. Otherwise
+    ``config`` itself.
     """
     if config.num_edges and config.edge_role == "cloud":
-        return dataclasses.replace(config, num_clients=config.num_edges, fraction_evaluate=0.0)
+        return dataclasses.replace(config, num_clients=config.num_edges, fraction_evaluate=0.0,
+                                   secure_aggregation=False)
     return config

@@ -12,29 +12,40 @@ up on it; a dead device's error is logged under that device) with
 runs) and writes the compressed aggregate back to the spool. Because the run lives as long as
 the federation, the devices' Contexts (error-feedback residuals) and the edge's own residual
 persist across rounds. No device update ever leaves the edge.
+
+With ``secure-aggregation`` each edge runs SecAgg+ among its own devices
+(:class:`~fedmosaic.server.secure_aggregation.SecureAggregationServer`, per-edge secure
+aggregation): the devices send masked vectors, the edge unmasks only their weighted mean
+update, compresses that as its aggregate and sends it up. So the edge learns the mean of its
+surviving devices' updates (at least 2 of them), never one device's; the cloud learns each
+edge's aggregate. The key exchange's three steps each wait at most ``round-timeout / 16``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 
+import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from fedmosaic import records
-from fedmosaic.compression import arrays_record
+from fedmosaic.compression import CompressionSpec, arrays_record, compress
 from fedmosaic.compression.spool import EdgeReply, EdgeSpool
 from fedmosaic.compression.topology import edge_of
 from fedmosaic.config import RunConfig
-from fedmosaic.server.edge.aggregation import EdgeAggregator
+from fedmosaic.server.edge.aggregation import Arrays, DeviceUpdate, EdgeAggregator
 from fedmosaic.server.edge.configured import device_contract, edge_aggregator
 from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
     receive_device_replies,
 )
 from fedmosaic.server.node_loss import attributed
+from fedmosaic.server.secure_aggregation import SecureAggregationServer
+from fedmosaic.server.traffic import message_bytes
 
 log = logging.getLogger("fedmosaic")
 
@@ -82,6 +93,10 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
     spool = EdgeSpool(config.edge_spool)
     aggregator: EdgeAggregator | None = None
     declared: dict[int, int] = {}  # each device's first dataset-size, across rounds
+    secure = SecureAggregationServer(
+        config.secure_aggregation_clip, config.secure_aggregation_max_weight,
+        config.device_bits, config.round_timeout / 16, device_contract(config)
+    ) if config.secure_aggregation else None
     for server_round in range(1, config.num_server_rounds + 1):
         request = spool.take_request(server_round, request_timeout(config))
         if aggregator is None:
@@ -98,22 +113,53 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
                               records.CONFIG: ConfigRecord(request.config)})
         messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
                             group_id=str(server_round)) for node in devices]
-        replies = grid.send_and_receive(messages,
-                                        timeout=budget - (time.monotonic() - started))
+        if secure is not None:
+            messages = secure.open(server_round, request.arrays, grid, messages)
+        replies = grid.send_and_receive(messages, timeout=budget - (
+            time.monotonic() - started) - (secure.timeout if secure is not None else 0.0))
         by_id = {m.metadata.message_id: m for m in messages}
         replies = [attributed(r, by_id[r.metadata.reply_to_message_id])
                    if r.metadata.reply_to_message_id in by_id else r for r in replies]
-        received = receive_device_replies(replies, device_contract(config), server_round,
-                                          declared)
-        updates = received.by_edge.get(request.edge_id, [])
+        if secure is not None:
+            updates, averaged = unmasked_update(secure.close(server_round, replies),
+                                                request.arrays)
+            malformed = secure.rejections.count(server_round)
+            bytes_in = sum(message_bytes(r) for r in replies)
+        else:
+            received = receive_device_replies(replies, device_contract(config), server_round,
+                                              declared)
+            updates = received.by_edge.get(request.edge_id, [])
+            malformed = sum(received.rejected.values())
+            bytes_in = sum(received.bytes_by_edge.values())
         aggregate = aggregator.aggregate(updates, request.arrays, server_round)
         if aggregate is None:
             spool.put_reply(server_round, EdgeReply(b"", {}))
             continue
-        malformed = sum(received.rejected.values())
-        sent = edge_aggregate_content(aggregate, sum(received.bytes_by_edge.values()),
-                                      malformed=malformed)
+        if secure is not None:  # one unmasked mean stands for its devices
+            aggregate = dataclasses.replace(aggregate, accepted=averaged)
+        sent = edge_aggregate_content(aggregate, bytes_in, malformed=malformed)
         spool.put_reply(server_round, EdgeReply(aggregate.payload,
                                                 dict(sent[records.METRICS])))  # type: ignore[arg-type]
         log.info("edge %d, round %d: %d devices averaged, %d rejected", request.edge_id,
                  server_round, aggregate.accepted, aggregate.rejected + malformed)
+
+
+def unmasked_update(aggregate: Message | None, reference: Arrays
+                    ) -> tuple[list[DeviceUpdate], int]:
+    """Per-edge secure aggregation: the unmasked mean as the edge aggregator's one update.
+
+    Returns:
+        ``([update], devices averaged)``, or ``([], 0)`` when the round could not be unmasked
+        (the protocol logged why).
+    """
+    if aggregate is None:
+        return [], 0
+    arrays = aggregate.content[records.ARRAYS]
+    delta = {name: arrays[name].numpy() - reference[name] for name in reference}
+    payload, _ = compress(delta, CompressionSpec(), None, np.random.default_rng(0))
+    metrics = aggregate.content[records.METRICS]
+    update = DeviceUpdate(device="secure aggregate", payload=payload,
+                          num_examples=int(metrics[records.NUM_EXAMPLES]),  # type: ignore[call-overload]
+                          metrics={key: float(metrics[key])  # type: ignore[arg-type]
+                                   for key in records.EDGE_AGGREGATE_METRICS})
+    return [update], len(aggregate.content[records.SECURE_AGGREGATION]["weights"])  # type: ignore[arg-type]

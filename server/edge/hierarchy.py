@@ -96,7 +96,8 @@ class HierarchicalStrategy(StrategyWrapper):
         """``strategy`` behind the config's ``num-edges`` edges (``configured.edge_aggregator``)."""
         return cls(strategy, [edge_aggregator(config, e) for e in range(config.num_edges)],
                    device_contract(config), deployed=config.edge_role == "cloud",
-                   secure=config.secure_aggregation)
+                   # deployed edges run secure aggregation among their own devices
+                   secure=config.secure_aggregation and config.edge_role == "simulated")
 
     def round_traffic(self, server_round: int) -> dict[str, int]:
         """A round's edge-tier traffic, as :class:`~fedmosaic.server.recorder.RoundRecord` fields.

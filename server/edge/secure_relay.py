@@ -85,7 +85,7 @@ def masked_reply(reply: Message, contract: ReplyContract, size: int, plan: Relay
                                               f"{sorted(content)[:10]}")
         metrics = content.metric_records[records.METRICS]
         contract.check_metrics(metrics, keys=(records.NUM_EXAMPLES, records.EDGE_ID,
-                                              *records.SECAGG_AVERAGED_METRICS))
+                                              *records.EDGE_AGGREGATE_METRICS))
         members = list(content.config_records[records.SECURE_AGGREGATION]["members"])  # type: ignore[arg-type]
         own = plan.indices.get(reply.metadata.src_node_id)
         if members != [own] or own is None:
@@ -138,7 +138,7 @@ def relay_masked_sums(replies: Iterable[Message], contract: ReplyContract, size:
         metrics = reply.content.metric_records[records.METRICS]
         total.examples[member] = int(metrics[records.NUM_EXAMPLES])  # type: ignore[call-overload]
         total.metrics.append({key: float(metrics[key])  # type: ignore[arg-type]
-                              for key in records.SECAGG_AVERAGED_METRICS})
+                              for key in records.EDGE_AGGREGATE_METRICS})
         total.bytes_in += message_bytes(reply)
     relayed = [Message(_relayed_content(sums[edge]), metadata=copy.copy(metadata[edge]))
                for edge in sorted(sums)]
@@ -148,7 +148,7 @@ def relay_masked_sums(replies: Iterable[Message], contract: ReplyContract, size:
 def _relayed_content(total: MaskedSum) -> RecordDict:
     examples = list(total.examples.values())
     means = {key: sum(m[key] * n for m, n in zip(total.metrics, examples, strict=True))
-             / sum(examples) for key in records.SECAGG_AVERAGED_METRICS}
+             / sum(examples) for key in records.EDGE_AGGREGATE_METRICS}
     members = sorted(total.examples)
     return RecordDict({
         records.SECAGG_MASKED: ArrayRecord({records.SECAGG_MASKED_WORDS: Array(total.words)}),

@@ -50,3 +50,27 @@ def test_two_edges_with_two_devices_each_complete_two_rounds(tmp_path, leftover_
         reply = json.loads((spool / "replies" / "round-0002" / "reply.json").read_text())
         assert reply["metrics"]["edge-accepted"] == 2
     assert leftover_processes(run_dir) == []
+
+
+def test_deployed_edges_run_secure_aggregation_among_their_own_devices(tmp_path,
+                                                                      leftover_processes):
+    run_dir = tmp_path / "secure-edges"
+
+    summary = deploy_locally({"num-server-rounds": 2, "local-epochs": 1,
+                              "secure-aggregation": True}, supernodes=4, edges=2, out=run_dir,
+                             show_progress=False)
+
+    assert summary["rounds"] == 2
+    for entry in summary["history"]:
+        assert (entry["replies"], entry["failed_replies"]) == (2, 0)
+        assert entry["edge_rejected_updates"] == 0
+    for edge_id in (0, 1):
+        spool = run_dir / "edges" / f"edge-{edge_id}" / "spool"
+        reply = json.loads((spool / "replies" / "round-0002" / "reply.json").read_text())
+        assert reply["metrics"]["edge-accepted"] == 2  # both devices' masked updates unmasked
+    for device in range(4):  # every device took part in every stage of both rounds
+        log = (run_dir / "logs" / f"edge-{device // 2}-device-{device}.log").read_text()
+        for action in ("secagg_keys", "secagg_share", "secagg_unmask"):
+            assert log.count(f"Receiving: query.{action} message") == 2
+    assert summary["history"][-1]["accuracy"] > summary["initial_accuracy"]
+    assert leftover_processes(run_dir) == []

@@ -18,7 +18,6 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
-from flwr.serverapp.strategy import FedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -32,6 +31,7 @@ from fedmosaic.server.app import warn_pointless_settings
 from fedmosaic.server.edge import secure_relay
 from fedmosaic.server.secure_aggregation import (
     ProtocolFigures,
+    SecureAggregationServer,
     SecureAggregationStage,
     SecureRound,
 )
@@ -257,8 +257,8 @@ def masked_contents(draw):
 @given(case=masked_contents())
 def test_a_masked_reply_either_fits_the_round_or_raises_a_value_error(case):
     kind, relayed, reply = case
-    stage = SecureAggregationStage(FedAvg(), clip=1.0, max_weight=100, device_bits=8,
-                                   timeout=1.0, contract=CONTRACT, relayed=relayed)
+    stage = SecureAggregationServer(clip=1.0, max_weight=100, device_bits=8, timeout=1.0,
+                                    contract=CONTRACT, relayed=relayed)
     if kind == "honest":
         members, words = stage._masked(reply, COHORT, SIZE, set())
         assert words.dtype == np.uint64 and list(members.values()) == [5]
@@ -273,8 +273,8 @@ def test_unusable_share_and_unmask_answers_drop_their_device_without_allocating(
     """A count where bytes belong (``bytes(10**12)`` would allocate a terabyte), a string index
     or a truthy non-bool flag drops that device at that stage; the others go on."""
     cohort = _cohort_of_three()
-    stage = SecureAggregationStage(FedAvg(), clip=1.0, max_weight=100, device_bits=8,
-                                   timeout=1.0, contract=CONTRACT)
+    stage = SecureAggregationServer(clip=1.0, max_weight=100, device_bits=8, timeout=1.0,
+                                    contract=CONTRACT)
     state = SecureRound({}, grid=None, figures=ProtocolFigures(), cohort=cohort)  # type: ignore[arg-type]
     node = {u: cohort.nodes[u] for u in cohort.nodes}
 
