@@ -872,6 +872,9 @@ def _check_secure_aggregation(config: RunConfig) -> None:
                                             "its observation reads each update's norm"),
         f"device-topk={config.device_topk}": (config.device_topk < 1.0,
                                               "a masked vector is dense"),
+        f"min-valid-replies={config.min_valid_replies}": (
+            config.min_valid_replies > 1 and config.edge_role == "simulated",
+            "validation sees one aggregate reply a round"),
         f"edge-aggregation={config.edge_aggregation}": (
             config.num_edges > 0 and config.edge_aggregation != "mean",
             "an edge never holds its devices' updates, only their masked sum"),

@@ -208,6 +208,10 @@ class SecureAggregationServer:
                         server_round, error)
             return None
         weights = [cohort.encoding.weight(examples[u]) for u in sorted(alive)]
+        if int(summed[-1]) != sum(weights):  # the sum's weights are what central DP accounts
+            log.warning("round %d skipped: the unmasked weights add up to %d, the replies' "
+                        "num-examples to %d", server_round, int(summed[-1]), sum(weights))
+            return None
         return Message(_aggregate_content(accepted, mean, state.reference, weights),
                        metadata=_from_the_server(accepted[0].metadata))
 
@@ -325,10 +329,8 @@ class SecureAggregationServer:
         if not self.relayed and cohort.nodes.get(listed[0]) != sender:
             raise ValueError(f"node {sender} sent the masked update of device {listed[0]}, "
                              "not its own")
-        masked = content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()
-        if masked.dtype != cohort.encoding.dtype or masked.shape != (size,):
-            raise ValueError(f"expected {size} masked words of {cohort.encoding.dtype}, got "
-                             f"shape {masked.shape} of {masked.dtype}")
+        masked = masked_words(content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS],
+                              size, cohort.encoding.dtype)
         if len(members) == 1 and int(masked.max(initial=0)) >= cohort.encoding.modulus:
             raise ValueError(f"masked words must be below 2**{cohort.encoding.bits}")
         # an edge's sum wrapped around at the words' width, a multiple of the modulus
@@ -386,6 +388,31 @@ class SecureAggregationStage(StrategyWrapper):
     def round_figures(self, server_round: int) -> dict[str, object]:
         """A round's protocol figures (:meth:`SecureAggregationServer.round_figures`)."""
         return self.protocol.round_figures(server_round)
+
+
+def masked_words(array: Array, size: int, dtype: np.dtype) -> np.ndarray:
+    """The ``size`` masked words of ``dtype`` an Array holds, read only once its header fits.
+
+    A header is checked before NumPy reads the payload, so a reply that claims a huge shape
+    allocates nothing.
+
+    Raises:
+        ValueError: if the array is not ``size`` words of ``dtype`` in NumPy's format, or its
+            payload does not decode to them.
+    """
+    if (not isinstance(array, Array) or array.stype != "numpy.ndarray"
+            or array.dtype != str(dtype) or tuple(array.shape) != (size,)
+            or len(array.data) > size * dtype.itemsize + 1024):
+        raise ValueError(f"expected {size} masked words of {dtype}, got "
+                         f"{getattr(array, 'shape', '?')} of {getattr(array, 'dtype', '?')}")
+    try:
+        words = array.numpy()
+    except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
+        raise ValueError(f"the masked words do not decode: {error!r}") from error
+    if words.dtype != dtype or words.shape != (size,):
+        raise ValueError(f"expected {size} masked words of {dtype}, decoded shape "
+                         f"{words.shape} of {words.dtype}")
+    return words
 
 
 def _bytes(value: object) -> bytes:

@@ -37,6 +37,7 @@ def test_bad_privacy_settings_are_rejected(overrides, message):
     ({"controller": "static", "dp": True}, "controller=static"),
     ({"num-edges": 2, "device-topk": 0.1}, "device-topk=0.1"),
     ({"num-edges": 2, "edge-aggregation": "median"}, "edge-aggregation=median"),
+    ({"min-valid-replies": 2}, "min-valid-replies=2"),
     ({"num-clients": 5, "num-edges": 3, "edge-role": "cloud"}, "needs at least 2 of them"),
 ])
 def test_secure_aggregation_refuses_what_needs_each_update(overrides, conflict):

@@ -181,7 +181,8 @@ class Cohort:
         keys: dict[int, list[bytes]] = {u: [] for u in dropped}
         for answerer, shares in answers.items():
             for owner, (share, is_seed) in shares.items():
-                if answerer not in self.neighbours[owner] | {owner}:
+                if owner not in self.neighbours or answerer not in (
+                        self.neighbours[owner] | {owner}):
                     continue  # only the owner's holders can hold a share of it
                 if is_seed and owner in seeds:
                     seeds[owner].append(share)

@@ -103,9 +103,11 @@ class DeviceSession:
         if not holders // 2 + 1 <= threshold <= holders:
             raise ProtocolError(f"threshold must be a strict majority of the {holders} share "
                                 f"holders, in [{holders // 2 + 1}, {holders}], got {threshold}")
-        ours = (self.encryption.public, self.masking.public)
-        if any(keys == ours or keys[0] == keys[1] for keys in neighbours.values()):
-            raise ProtocolError("a neighbour advertised this device's keys or two equal keys")
+        advertised = [self.encryption.public, self.masking.public,
+                      *(key for keys in neighbours.values() for key in keys)]
+        if len(set(advertised)) != len(advertised):
+            raise ProtocolError("a key appears twice among this device's and its neighbours' "
+                                "keys")
         self.index, self.threshold, self.neighbours = index, threshold, dict(neighbours)
         self.self_seed = secrets.token_bytes(SEED_BYTES)
         seed_shares = create_shares(self.self_seed, threshold, holders)

@@ -14,8 +14,11 @@ Summed over ``m`` devices (at most the cohort's ``n``; the modulus holds ``n · 
 
     Σ ρ_u Δ_u = (2c / T) · Σ code − m · c,      Δ̄ = Σ ρ_u Δ_u / Σ ρ_u,   Σ ρ_u = Σ m_u / W,
 
-FedAvg's weighted mean (with weights capped at ``W``) up to one quantization step ``2c / T``
-per device and coordinate (Bonawitz et al. 2017, §3; Flower's SecAgg+ weights the same way).
+FedAvg's weighted mean (with weights capped at ``W``) up to the rounding: each device adds at
+most one step ``2c / T`` to ``Σ ρ_u Δ_u``, so the mean's error per coordinate is at most
+``(2c / T) · m / Σ ρ_u = (2c / T) · W / mean(m_u)`` for ``m`` devices (Bonawitz et al. 2017,
+§3; Flower's SecAgg+ weights the same way). With 32-bit words the step is negligible; with
+8 or 4 bits, keep ``W`` near the devices' ``num-examples`` (a small ``W / mean(m_u)``).
 The weights are exact, so central DP accounts the very weights the sum used.
 
 ``T`` follows the device hop's ``device-bits``: with 8 or 4 bits, ``2L`` for the ``L`` levels
@@ -118,7 +121,9 @@ class FieldEncoding:
                              "values: it cannot be encoded")
         weight = self.weight(num_examples)
         codes = quantize([update * (weight / self.max_weight)], self.clip, self.levels)[0]
-        return np.append(codes.astype(np.uint64), np.uint64(weight))
+        # (c + c) · T / 2c can round past T in floating point
+        codes = np.clip(codes, 0, self.levels).astype(np.uint64)
+        return np.append(codes, np.uint64(weight))
 
     def decode(self, total: np.ndarray, count: int) -> tuple[np.ndarray, float]:
         """The weighted mean update and ``Σ ρ`` of the unmasked sum of ``count`` devices' codes.

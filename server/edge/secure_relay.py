@@ -30,6 +30,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedmosaic import records
+from fedmosaic.server.secure_aggregation import masked_words
 from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import RejectedUpdate, ReplyContract
 
@@ -92,13 +93,13 @@ def masked_reply(reply: Message, contract: ReplyContract, size: int, plan: Relay
             raise RejectedUpdate("malformed", f"node {reply.metadata.src_node_id} is device "
                                               f"{own} of the cohort, its reply names "
                                               f"{members[:5]}")
-        words = content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()
-    except (KeyError, TypeError, AttributeError) as error:
+        words = masked_words(content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS],
+                             size, plan.dtype)
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        if isinstance(error, RejectedUpdate):
+            raise
         raise RejectedUpdate("malformed", f"a masked reply of the wrong form: {error!r}"
                              ) from error
-    if words.dtype != plan.dtype or words.shape != (size,):
-        raise RejectedUpdate("malformed", f"expected {size} masked words of {plan.dtype}, got "
-                                          f"shape {words.shape} of {words.dtype}")
     return int(metrics[records.EDGE_ID]), own, words  # type: ignore[arg-type]
 
 

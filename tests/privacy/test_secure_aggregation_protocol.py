@@ -242,6 +242,38 @@ def test_a_device_masks_once_and_never_after_unmasking():
         second.mask(np.zeros(4, dtype=np.uint64), 32)  # its b_u may be known now
 
 
+def test_a_device_refuses_a_neighbour_that_reuses_any_key():
+    sessions = [DeviceSession.advertise(1) for _ in range(4)]
+    own = sessions[0]
+    other = (sessions[1].encryption.public, sessions[1].masking.public)
+    for neighbours in ({2: (sessions[2].encryption.public, own.masking.public)},
+                       {2: other, 3: (sessions[3].encryption.public, other[1])}):
+        with pytest.raises(ProtocolError, match="appears twice"):
+            own.share(1, len(neighbours) + 1, neighbours)
+
+
+def test_unmasking_answers_about_unknown_devices_are_ignored(federation):
+    updates, weights = federation
+    sessions = {node: DeviceSession.advertise(1) for node in range(3)}
+    cohort = Cohort.form({n: (s.encryption.public, s.masking.public)
+                          for n, s in sessions.items()}, 1.0, 100, 32)
+    inboxes = cohort.route({u: sessions[cohort.nodes[u]].share(u, cohort.threshold(u),
+                                                               cohort.neighbourhood(u))
+                            for u in cohort.nodes})
+    total = np.zeros(DIM + 1, dtype=np.uint64)
+    for u in cohort.nodes:
+        sessions[cohort.nodes[u]].receive(inboxes[u])
+        codes = cohort.encoding.encode(updates[u], weights[u])
+        total = (total + sessions[cohort.nodes[u]].mask(codes, 32)) % np.uint64(2**32)
+    answers = {u: dict(sessions[cohort.nodes[u]].unmask({1, 2, 3}, set())) for u in (1, 2, 3)}
+    answers[1][999] = (b"junk", True)  # an owner that is not in the cohort
+    summed = cohort.unmask(total, {1, 2, 3}, answers)
+    mean, _ = cohort.encoding.decode(summed, 3)
+    chosen = [updates[u] * weights[u] for u in (1, 2, 3)]
+    np.testing.assert_allclose(mean, sum(chosen) / sum(weights[u] for u in (1, 2, 3)),
+                               atol=1e-6)
+
+
 def test_a_device_refuses_a_threshold_below_a_strict_majority():
     sessions = [DeviceSession.advertise(1) for _ in range(5)]
     keys = {i: (s.encryption.public, s.masking.public) for i, s in enumerate(sessions)}

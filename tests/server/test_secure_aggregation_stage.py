@@ -157,6 +157,23 @@ def test_through_edges_no_tier_holds_a_device_update_in_the_clear(tmp_path, monk
         assert np.mean(words.astype(np.uint64) == summed) < 0.01
 
 
+def test_a_sum_whose_weights_differ_from_the_replies_is_not_used(tmp_path, monkeypatch, caplog):
+    """A device that claims other examples than it masked: central DP would account wrong
+    weights, so the round's aggregate is dropped."""
+    def misreporting(message, context):
+        reply = client_app(message, context)
+        if (message.metadata.message_type == "train" and not reply.has_error()
+                and context.node_config[records.PARTITION_ID] == 1):
+            metrics = reply.content[records.METRICS]
+            metrics[records.NUM_EXAMPLES] = int(metrics[records.NUM_EXAMPLES]) - 1
+        return reply
+
+    config = run_in_process({**RUN, "out-dir": str(tmp_path), "run-name": "run"},
+                            client_app=misreporting)
+    assert "the unmasked weights add up to" in caplog.text
+    np.testing.assert_allclose(server_update(config, initial_arrays(tmp_path)), 0.0)
+
+
 def test_a_malformed_masked_reply_is_rejected_and_its_device_unmasked_as_dropped(
         tmp_path, monkeypatch):
     spy = Spy(monkeypatch)
@@ -204,7 +221,8 @@ AVERAGED = {records.TRAIN_LOSS: 0.5, records.EMBEDDING_VARIANCE: 0.1, records.DA
 def masked_contents(draw):
     """A masked reply, honest or broken in one of the ways a device could break it."""
     kind = draw(st.sampled_from(["honest", "dtype", "shape", "members", "missing", "range",
-                                 "records", "words", "metrics", "sender", "examples"]))
+                                 "records", "words", "metrics", "sender", "examples",
+                                 "payload"]))
     relayed = draw(st.booleans())
     words = np.arange(SIZE, dtype=np.uint16)
     member = draw(st.integers(1, 3))
@@ -239,9 +257,17 @@ def masked_contents(draw):
         if not relayed:  # a device's own reply has no list: its num-examples is its account
             metrics[records.NUM_EXAMPLES] = draw(st.sampled_from([0, -5, 10**9, 5.5, [5]]))
     content = RecordDict({records.METRICS: MetricRecord(metrics)})
+    array = Array(words)
+    if kind == "payload":  # a header that claims a terabyte, or bytes NumPy cannot read
+        array = draw(st.sampled_from([
+            Array(dtype="uint16", shape=(2**36,), stype="numpy.ndarray", data=array.data),
+            Array(dtype="uint16", shape=(SIZE,), stype="numpy.ndarray", data=b""),
+            Array(dtype="uint16", shape=(SIZE,), stype="numpy.ndarray",
+                  data=draw(st.binary(max_size=200))),
+            Array(dtype="uint16", shape=(SIZE,), stype="torch.Tensor", data=array.data)]))
     if kind != "records":
         key = records.SECAGG_MASKED_WORDS if kind != "words" else "other"
-        content[records.SECAGG_MASKED] = ArrayRecord({key: Array(words)})
+        content[records.SECAGG_MASKED] = ArrayRecord({key: array})
     if kind != "missing":
         secure = {"members": members}
         if relayed and examples is not None:
