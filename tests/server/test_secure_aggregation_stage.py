@@ -25,7 +25,7 @@ from fedmosaic import records
 from fedmosaic.clients.app import app as client_app
 from fedmosaic.clients.secure_aggregation import mask_training_reply
 from fedmosaic.config import RunConfig
-from fedmosaic.privacy.secure_aggregation import FieldEncoding, ProtocolError
+from fedmosaic.privacy.secure_aggregation import DeviceSession, FieldEncoding, ProtocolError
 from fedmosaic.server import secure_aggregation as secure_stage
 from fedmosaic.server.app import warn_pointless_settings
 from fedmosaic.server.edge import secure_relay
@@ -79,6 +79,14 @@ class Spy:
             return content(accepted, mean, reference, weights)
 
         monkeypatch.setattr(secure_stage, "_aggregate_content", spy_content)
+        self.masked_codes: dict[int, np.ndarray] = {}  # device index → the codes it masked
+        mask = DeviceSession.mask
+
+        def spy_mask(session, codes, bits):
+            self.masked_codes[session.index] = codes.astype(np.uint64)
+            return mask(session, codes, bits)
+
+        monkeypatch.setattr(DeviceSession, "mask", spy_mask)
         monkeypatch.setattr(FieldEncoding, "encode", spy_encode)
         monkeypatch.setattr(SecureAggregationStage, "aggregate_train", spy_aggregate)
         monkeypatch.setattr("fedmosaic.server.edge.hierarchy.relay_masked_sums", spy_relay)
@@ -153,8 +161,10 @@ def test_through_edges_no_tier_holds_a_device_update_in_the_clear(tmp_path, monk
         assert records.ARRAYS not in reply.content.array_records
         assert len(reply.content[records.SECURE_AGGREGATION]["members"]) == 3
         words = reply.content[records.SECAGG_MASKED][records.SECAGG_MASKED_WORDS].numpy()
-        summed = sum(c.astype(np.uint64) for c in codes) & np.uint64(2**32 - 1)
-        assert np.mean(words.astype(np.uint64) == summed) < 0.01
+        members = reply.content[records.SECURE_AGGREGATION]["members"]
+        summed = sum(spy.masked_codes[u] for u in members) & np.uint64(2**32 - 1)
+        assert np.mean(words.astype(np.uint64) == summed) < 0.01  # not its devices' plain sum
+        assert abs(words.mean() / 2**32 - 0.5) < 0.02
 
 
 def test_a_sum_whose_weights_differ_from_the_replies_is_not_used(tmp_path, monkeypatch, caplog):
