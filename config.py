@@ -13,12 +13,14 @@ checks that the README, ``pyproject.toml`` and this class agree.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from fedmosaic import PROJECT_DIR
@@ -787,15 +789,27 @@ def _coerce(key: str, value: Any, type_name: Any) -> ConfigValue:
 
 
 def default_run_config() -> dict[str, ConfigValue]:
-    """The defaults from ``[tool.flwr.app.config]`` in the app's ``pyproject.toml``."""
+    """The defaults from ``[tool.flwr.app.config]`` in the app's ``pyproject.toml``.
+
+    The file is parsed once per version of it (its modification time and size): every
+    ``RunConfig.from_mapping`` reads the defaults, a device several times a round.
+    """
     pyproject = PROJECT_DIR / "pyproject.toml"
-    if not pyproject.is_file():
+    try:
+        stat = pyproject.stat()
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"expected the Flower app's pyproject.toml at {pyproject}; reinstall fedmosaic "
             "(pip install -e .) so the app's defaults are available"
-        )
+        ) from None
+    return dict(_parsed_defaults(pyproject, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_defaults(pyproject: Path, mtime_ns: int, size: int) -> Mapping[str, ConfigValue]:
+    """``[tool.flwr.app.config]`` of ``pyproject`` as it was at (``mtime_ns``, ``size``)."""
     with pyproject.open("rb") as handle:
-        return dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"])
+        return MappingProxyType(dict(tomllib.load(handle)["tool"]["flwr"]["app"]["config"]))
 
 
 def parse_overrides(pairs: list[str], config_file: Path | None = None) -> dict[str, ConfigValue]:

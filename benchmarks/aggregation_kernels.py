@@ -48,6 +48,7 @@ from flwr.server.strategy.aggregate import aggregate_median, aggregate_trimmed_a
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from scipy.stats import trim_mean
 
+from fedmosaic.arrays import record_arrays
 from fedmosaic.strategies import kernels
 
 NAME = "aggregation_kernels"
@@ -107,7 +108,7 @@ def main() -> None:
     results = [([row], 1) for row in stack]
     from_updates = {
         "weighted_mean": (
-            lambda: kernels.weighted_average([kernels.record_arrays(r["arrays"]) for r in replies],
+            lambda: kernels.weighted_average([record_arrays(r["arrays"]) for r in replies],
                                              weights),
             lambda: aggregate_arrayrecords(replies, "num-examples")["w"].numpy()),
         "trimmed_mean": (

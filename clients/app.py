@@ -17,6 +17,7 @@ from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedmosaic import records
+from fedmosaic.arrays import torch_state_dict
 from fedmosaic.clients.anonymizer_round import run_anonymizer_round
 from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.edge_forward import forward_to_edge, is_edge_node
@@ -81,7 +82,7 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     device = partition_id(context)
     test_arrays = as_held(config, dataset.partition(device)[1], device)
     model = build_model(config, dataset)
-    model.load_state_dict(msg.content[records.ARRAYS].to_torch_state_dict())
+    model.load_state_dict(torch_state_dict(msg.content[records.ARRAYS]))
     if config.personalization != "none":
         PersonalStore(config, context, device).apply(model)
     with torch.no_grad():

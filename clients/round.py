@@ -51,6 +51,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from torch.utils.data import DataLoader
 
 from fedmosaic import records
+from fedmosaic.arrays import torch_state_dict
 from fedmosaic.clients.device_state import PersonalStore
 from fedmosaic.clients.edge_reply import edge_reply_content
 from fedmosaic.clients.poisoning import ClientAttack
@@ -208,7 +209,7 @@ def prepare_model(state: DeviceRound) -> None:
     """The model from the global weights with the device's personal parameters over them."""
     config = state.config
     model = build_model(config, state.dataset)
-    model.load_state_dict(state.global_arrays.to_torch_state_dict())
+    model.load_state_dict(torch_state_dict(state.global_arrays))
     state.personal = personal_keys(model, config.personalization)
     if state.personal:
         state.personal_store.apply(model)
@@ -286,7 +287,7 @@ def train_personal(state: DeviceRound) -> None:
     if state.config.personalization != "ditto":
         return
     config, store = state.config, state.personal_store
-    received = state.global_arrays.to_torch_state_dict()
+    received = torch_state_dict(state.global_arrays)
     personal = build_model(config, state.dataset)
     personal.load_state_dict(received)
     store.apply(personal)
@@ -307,7 +308,7 @@ def keep_personal(state: DeviceRound) -> None:
         return
     trained = state.model.state_dict()
     state.personal_store.save({key: trained[key] for key in state.personal})
-    received = state.global_arrays.to_torch_state_dict()
+    received = torch_state_dict(state.global_arrays)
     state.model.load_state_dict({key: received[key] for key in state.personal}, strict=False)
 
 

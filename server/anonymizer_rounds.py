@@ -33,7 +33,7 @@ from fedmosaic import records
 from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.privacy.anonymizer.training import AnonymizerModels, AnonymizerTraining
-from fedmosaic.server.traffic import message_bytes
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.server.validation import (
     MetricRule,
     RejectedUpdate,

@@ -4,7 +4,7 @@ The stage sees a training round from the outside of validation and aggregation a
 per replying device, what the server itself observed (``privacy/risk/``):
 
 * round trip: the reply's creation time minus the instruction's (Flower stamps both);
-* reply bytes: the serialized reply (:func:`~fedmosaic.server.traffic.message_bytes`);
+* reply bytes: the serialized reply (:func:`~fedmosaic.server.message_size.message_bytes`);
 * update norm and cosine to the aggregate: :math:`\lVert w_i - w_g \rVert` and
   :math:`\cos(w_i - w_g, \bar w - w_g)` with :math:`\bar w` what the inner stages aggregated
   (0 for a reply whose arrays do not match the global model);
@@ -30,12 +30,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
+from fedmosaic.arrays import record_arrays
 from fedmosaic.data.modality import ModalitySpec
 from fedmosaic.privacy.risk.channel import CHANNEL_FIELDS, ChannelObservation
 from fedmosaic.privacy.risk.perception import DeviceObservation, RiskPerception, RiskScore
-from fedmosaic.server.traffic import message_bytes
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.server.validation import Rejections
-from fedmosaic.strategies.kernels import record_arrays
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")

@@ -1,47 +1,22 @@
 """Count the bytes every message would put on the wire, around any Flower strategy.
 
-Flower 1.41 ships a message as a tree of *inflatable objects* (message, record dict, records,
-arrays, array chunks), each serialized with ``deflate()`` and pushed to the object store.
-A message's size is the sum of ``len(obj.deflate())`` over that tree: the exact bytes that
-cross the link, whether the run is a simulation (where nothing is actually serialized) or a
-deployment.
+A message's size is :func:`~fedmosaic.server.message_size.message_bytes`: the exact bytes of
+its distinct inflatable objects as Flower ships them, whether the run is a simulation (where
+nothing is actually serialized) or a deployment.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.strategies.wrapper import StrategyWrapper
-
-SIZE_CACHE_ENTRIES = 65536
-"""Objects whose deflated size :func:`message_bytes` remembers (a few rounds' worth)."""
-_sizes: OrderedDict[str, int] = OrderedDict()
-
-
-def message_bytes(message: Message) -> int:
-    """Serialized size of ``message``: its content and metadata, as Flower sends them.
-
-    Each object's deflated size is remembered by its object id (a hash of its content, so the
-    cache is exact): the messages of a round share the global model's arrays, serialized then
-    once, not once per device, and a reply measured by the traffic meter is not serialized
-    again by the risk stage.
-    """
-    total = 0
-    for object_id, obj in get_all_nested_objects(message).items():
-        size = _sizes.get(object_id)
-        if size is None:
-            size = _sizes[object_id] = len(obj.deflate())
-            if len(_sizes) > SIZE_CACHE_ENTRIES:
-                _sizes.popitem(last=False)
-        total += size
-    return total
 
 
 @dataclass

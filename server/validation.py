@@ -51,8 +51,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
+from fedmosaic.arrays import record_arrays
 from fedmosaic.config import RunConfig
-from fedmosaic.strategies.kernels import record_arrays
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")

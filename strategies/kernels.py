@@ -30,33 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
 from scipy.linalg import blas
 
-_DECODED = "_fedmosaic_values"
 BLOCK_COLUMNS = 4096
 """Coordinates per block of an order-statistic kernel (``n`` x 4096 values stay in cache)."""
-
-
-def array_values(array: Array) -> np.ndarray:
-    """``array.numpy()``, decoded once per ``Array`` and shared (read-only) by every reader.
-
-    A reply's arrays are read by the risk stage, validation and the aggregator; Flower decodes
-    the bytes again on every ``numpy()`` call. The decoded array is kept on the ``Array``
-    beside the bytes it came from and used while they are the same object.
-    """
-    cached = array.__dict__.get(_DECODED)
-    if cached is not None and cached[0] is array.data:
-        return cached[1]
-    values = array.numpy()
-    values.flags.writeable = False
-    array.__dict__[_DECODED] = (array.data, values)
-    return values
-
-
-def record_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
-    """An ``ArrayRecord``'s arrays as (read-only, shared) NumPy arrays, by name."""
-    return {key: array_values(array) for key, array in record.items()}
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedmosaic import records
+from fedmosaic.arrays import record_arrays
 from fedmosaic.strategies import kernels
 
 
@@ -80,7 +81,7 @@ class MoEFusion(FedAvg):
         examples = np.array([self._metric(m, self.weighted_by_key) for m in valid], float)
         confidence = np.array([self._confidence(m) for m in valid])
         held = np.array([self._held(m) for m in valid], dtype=bool)
-        updates = [kernels.record_arrays(m.content[self.arrayrecord_key]) for m in valid]
+        updates = [record_arrays(m.content[self.arrayrecord_key]) for m in valid]
         groups: dict[int | None, list[str]] = {}
         for key in updates[0]:
             groups.setdefault(modality_of(key, self.modality_prefixes), []).append(key)

@@ -1,7 +1,8 @@
 """Map the run config's ``strategy`` to a configured aggregation strategy.
 
 Names: ``fedavg`` (McMahan et al. 2017, arXiv:1602.05629), ``fedprox`` (Li et al. 2020,
-arXiv:1812.06127; sends ``proximal-mu``, which our ClientApp adds as ``mu/2 ||w - w_global||^2``),
+arXiv:1812.06127; sends ``proximal-mu``, which our ClientApp adds as ``mu/2 ||w - w_global||^2``;
+both are Flower's, averaging the arrays the server already decoded: ``strategies/fedavg.py``),
 every other Flower built-in (``fedavgm``, ``fedadam``, ``fedadagrad``, ``fedyogi``,
 ``fedmedian``, ``fedtrimmedavg``, ``krum``, ``multikrum``, ``bulyan``, ``qfedavg``) and ours
 (``trimmed-mean``, ``moe-fusion``, ``moe-fusion-trim``). ``package.module:Class`` loads any
@@ -23,10 +24,8 @@ from flwr.serverapp.strategy import (
     Bulyan,
     FedAdagrad,
     FedAdam,
-    FedAvg,
     FedAvgM,
     FedMedian,
-    FedProx,
     FedTrimmedAvg,
     FedYogi,
     Krum,
@@ -37,6 +36,7 @@ from flwr.serverapp.strategy import (
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.strategies.fedavg import FedAvg, FedProx
 from fedmosaic.strategies.moe_fusion import MoEFusion
 from fedmosaic.strategies.trimmed_mean import TrimmedMean
 from fedmosaic.task import build_model, cached_dataset

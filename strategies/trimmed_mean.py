@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from fedmosaic.arrays import record_arrays
 from fedmosaic.strategies import kernels
 
 
@@ -46,7 +47,7 @@ class TrimmedMean(FedAvg):
         if not valid:
             return None, None
         arrays = ArrayRecord({key: Array(value) for key, value in kernels.combine(
-            [kernels.record_arrays(m.content[self.arrayrecord_key]) for m in valid],
+            [record_arrays(m.content[self.arrayrecord_key]) for m in valid],
             lambda stack: kernels.trimmed_mean(stack, self.beta)).items()})
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return arrays, metrics

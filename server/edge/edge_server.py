@@ -43,9 +43,9 @@ from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
     receive_device_replies,
 )
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.server.node_loss import attributed
 from fedmosaic.server.secure_aggregation import SecureAggregationServer
-from fedmosaic.server.traffic import message_bytes
 
 log = logging.getLogger("fedmosaic")
 

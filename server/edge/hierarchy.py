@@ -9,7 +9,7 @@ counts its serialized bytes, decodes it, and hands the cloud strategy one reply 
 Flower strategy aggregates edges exactly as it would aggregate devices. Evaluation passes
 through unchanged.
 
-Bytes per hop (from serialized messages, :func:`fedmosaic.server.traffic.message_bytes`):
+Bytes per hop (from serialized messages, :func:`fedmosaic.server.message_size.message_bytes`):
 ``device→edge`` sums the devices' training replies, ``edge→cloud`` the edges' aggregate
 messages.
 """
@@ -41,7 +41,7 @@ from fedmosaic.server.edge.messages import (
     receive_device_replies,
 )
 from fedmosaic.server.edge.secure_relay import RelayPlan, relay_masked_sums
-from fedmosaic.server.traffic import message_bytes
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.server.validation import MetricRule, RejectedUpdate, Rejections, ReplyContract
 from fedmosaic.strategies.wrapper import StrategyWrapper
 

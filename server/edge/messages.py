@@ -19,7 +19,7 @@ from flwr.app import Message, Metadata, MetricRecord, RecordDict
 from fedmosaic import records
 from fedmosaic.compression import payload_from_record, payload_to_record
 from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregate, rejection_reason
-from fedmosaic.server.traffic import message_bytes
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.server.validation import (
     ReplyContract,
     dataset_size_bound,

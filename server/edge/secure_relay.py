@@ -30,8 +30,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fedmosaic import records
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.server.secure_aggregation import masked_words
-from fedmosaic.server.traffic import message_bytes
 from fedmosaic.server.validation import RejectedUpdate, ReplyContract
 
 log = logging.getLogger("fedmosaic")

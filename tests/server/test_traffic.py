@@ -4,7 +4,8 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedmosaic.server.traffic import MeteredStrategy, RoundTraffic, message_bytes
+from fedmosaic.server.message_size import message_bytes
+from fedmosaic.server.traffic import MeteredStrategy, RoundTraffic
 
 
 @pytest.fixture(autouse=True)

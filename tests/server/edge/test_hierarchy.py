@@ -19,7 +19,7 @@ from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import EdgeAggregate, EdgeAggregator
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.edge.messages import edge_aggregate_content
-from fedmosaic.server.traffic import message_bytes
+from fedmosaic.server.message_size import message_bytes
 from fedmosaic.server.validation import ReplyContract
 from fedmosaic.simulation.inprocess import run_in_process
 

@@ -1,0 +1,54 @@
+r"""FedAvg and FedProx whose weighted mean reads each reply's arrays decoded once.
+
+McMahan et al. 2017 (arXiv:1602.05629); FedProx, Li et al. 2020 (arXiv:1812.06127):
+
+.. math:: \bar w = \sum_i n_i w_i / \sum_i n_i
+
+with :math:`n_i` a reply's ``num-examples``. Flower's ``FedAvg`` decodes every array of every
+reply again (``Array.numpy()``, a ``numpy.load`` each) after the risk stage and validation
+have decoded them; here the mean is :func:`~fedmosaic.strategies.kernels.weighted_average`
+over the arrays those stages already decoded (:func:`~fedmosaic.arrays.record_arrays`),
+accumulated in float32 as Flower's is. Sampling, configuration, the reply checks and the
+metrics are Flower's, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp import strategy as flower
+
+from fedmosaic.arrays import record_arrays
+from fedmosaic.strategies import kernels
+
+
+class SharedDecodeMean:
+    """``aggregate_train`` of the FedAvg family over the replies' shared decoded arrays."""
+
+    arrayrecord_key: str
+    weighted_by_key: str
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The example-weighted mean of the valid replies' arrays and of their metrics."""
+        valid, _ = self._check_and_log_replies(replies, is_train=True)  # type: ignore[attr-defined]
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key])
+                   for c in contents]
+        mean = kernels.weighted_average(
+            [record_arrays(c.array_records[self.arrayrecord_key]) for c in contents], weights)
+        metrics = self.train_metrics_aggr_fn(  # type: ignore[attr-defined]
+            contents, self.weighted_by_key)
+        return ArrayRecord({key: Array(value) for key, value in mean.items()}), metrics
+
+
+class FedAvg(SharedDecodeMean, flower.FedAvg):
+    """Flower's ``FedAvg`` with :class:`SharedDecodeMean`'s aggregation."""
+
+
+class FedProx(SharedDecodeMean, flower.FedProx):
+    """Flower's ``FedProx`` (it sends ``proximal-mu``) with :class:`SharedDecodeMean`'s."""
