@@ -2,11 +2,7 @@ import itertools
 import math
 
 import pytest
-from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideFixedClipping,
-    FedAvg,
-    FedMedian,
-)
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedMedian
 
 from fedmosaic.config import RunConfig
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
@@ -20,6 +16,7 @@ from fedmosaic.server.privacy_ledger import CentralDPAccounting, PrivacyLedgerSt
 from fedmosaic.server.risk_stage import RiskStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.validation import ValidatingStrategy
+from fedmosaic.strategies.fedavg import FedAvg
 from fedmosaic.task import cached_dataset
 
 

@@ -5,8 +5,6 @@ import pytest
 from flwr.serverapp.strategy import (
     Bulyan,
     FedAdam,
-    FedAvg,
-    FedProx,
     FedTrimmedAvg,
     Krum,
     MultiKrum,
@@ -15,6 +13,7 @@ from flwr.serverapp.strategy import (
 
 from fedmosaic.config import RunConfig
 from fedmosaic.simulation.inprocess import run_in_process
+from fedmosaic.strategies.fedavg import FedAvg, FedProx
 from fedmosaic.strategies.moe_fusion import MoEFusion
 from fedmosaic.strategies.registry import STRATEGIES, build_aggregator
 from fedmosaic.strategies.trimmed_mean import TrimmedMean
