@@ -21,10 +21,14 @@ Method:
 Figures and targets:
     ``rss_gib_10k`` <= 4 (ours, N = 10,000), ``round_time_ratio_10k`` (ours / baseline median
     round) <= 1.2, ``completed_100k`` true; per population the same figures in ``populations``.
-    ``--quick``: N = 100 and 1,000 with 10 sampled, 2 rounds (CI; indicative only). The script
+    ``--quick``: N = 100 and 1,000 with 10 sampled, 2 rounds (CI; indicative only). With
+    ``--repeats K`` each side runs K times per population, ours and the baseline alternating
+    (so a slow spell of the machine falls on both); seconds are the median over the K runs,
+    memory the largest peak, and ``round_time_ratios`` lists each pair's ratio. The script
     measures and reports; it asserts nothing.
 
-Run: ``python benchmarks/scale.py [--quick] [--rounds R] [--samples K] [--out FILE]``.
+Run: ``python benchmarks/scale.py [--quick] [--rounds R] [--samples K] [--repeats K]
+[--populations N:S,...] [--out FILE]``.
 """
 
 from __future__ import annotations
@@ -72,26 +76,52 @@ def figures_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measure(population: int, sampled: int, rounds: int, samples: int, seed: int,
-            runs_dir: Any) -> dict[str, Any]:
-    """Ours and the baseline at one population."""
+            runs_dir: Any, repeats: int = 1) -> dict[str, Any]:
+    """Ours and the baseline at one population, ``repeats`` times, the two sides alternating."""
     config = population_config(population, sampled, rounds, samples, seed)
     row: dict[str, Any] = {"population": population, "sampled": sampled}
-    for side, run in (("ours", run_ours), ("baseline", run_baseline)):
-        print(f"{population:,} devices, {sampled} sampled: {side} ...", flush=True)
-        try:
-            result = run(config, runs_dir / f"{side}-{population}")
-            result["completed"] = True
-        except Exception as error:  # a population that does not fit is a result, not a crash
-            result = {"completed": False, "error": f"{type(error).__name__}: {error}"[-2000:]}
-        row[side] = result
-        print(f"  {result.get('startup_seconds')} s start-up, "
-              f"{result.get('median_round_seconds')} s/round, "
-              f"{result.get('peak_rss_gib')} GiB", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {"ours": [], "baseline": []}
+    for repeat in range(repeats):
+        for side, run in (("ours", run_ours), ("baseline", run_baseline)):
+            label = f"{side}-{population}" + (f"-{repeat + 1}" if repeats > 1 else "")
+            print(f"{population:,} devices, {sampled} sampled: {label} ...", flush=True)
+            try:
+                result = run(config, runs_dir / label)
+                result["completed"] = True
+            except Exception as error:  # a population that does not fit is a result
+                result = {"completed": False,
+                          "error": f"{type(error).__name__}: {error}"[-2000:]}
+            runs[side].append(result)
+            print(f"  {result.get('startup_seconds')} s start-up, "
+                  f"{result.get('median_round_seconds')} s/round, "
+                  f"{result.get('peak_rss_gib')} GiB", flush=True)
+    for side, results in runs.items():
+        row[side] = combined(results)
     row["round_time_ratio"] = common.ratio(row["ours"].get("median_round_seconds"),
                                            row["baseline"].get("median_round_seconds"))
+    row["round_time_ratios"] = [common.ratio(o.get("median_round_seconds"),
+                                             b.get("median_round_seconds"))
+                                for o, b in zip(runs["ours"], runs["baseline"], strict=True)]
     row["rss_ratio"] = common.ratio(row["ours"].get("peak_rss_gib"),
                                     row["baseline"].get("peak_rss_gib"))
     return row
+
+
+def combined(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's repeats as one result: median seconds, largest peak memory, each run kept.
+
+    One run is returned as it is. A side completes when every repeat did.
+    """
+    if len(results) == 1:
+        return results[0]
+    done = [r for r in results if r["completed"]]
+    return {
+        "completed": len(done) == len(results),
+        "median_round_seconds": common.median([r["median_round_seconds"] for r in done]),
+        "startup_seconds": common.median([r["startup_seconds"] for r in done]),
+        "peak_rss_gib": max((r["peak_rss_gib"] for r in done), default=None),
+        "repeats": results,
+    }
 
 
 def main() -> None:
@@ -101,6 +131,9 @@ def main() -> None:
                         help="training samples per synthetic device (default %(default)s)")
     parser.add_argument("--populations", default=None,
                         help="N:S,... (default 100:100,1000:100,10000:100,100000:10)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="runs of each side per population, alternating; seconds are the "
+                             "median over them (default %(default)s)")
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 3)
     if rounds < 2:
@@ -111,7 +144,10 @@ def main() -> None:
     seed = args.seed if args.seed is not None else 0
     runs_dir = common.run_folder(NAME, args.runs_dir)
 
-    results = [measure(n, s, rounds, args.samples, seed, runs_dir) for n, s in populations]
+    if args.repeats < 1:
+        parser.error(f"need --repeats >= 1, got {args.repeats}")
+    results = [measure(n, s, rounds, args.samples, seed, runs_dir, args.repeats)
+               for n, s in populations]
     figures = figures_of(results)
     path = common.write_result(
         args.out, NAME, args.quick, figures,
@@ -119,6 +155,7 @@ def main() -> None:
                           " with the same population, sample, model, data and training loop",
                   "per_population": {r["population"]: r["baseline"] for r in results}},
         config={"rounds": rounds, "samples_per_client": args.samples, "seed": seed,
+                "repeats": args.repeats,
                 "populations": [list(p) for p in populations], "local_epochs": 1,
                 "timed_rounds": f"2..{rounds}"},
         populations=results)

@@ -50,3 +50,17 @@ def test_a_small_population_runs_both_apps_and_measures_them(tmp_path):
         assert result["median_round_seconds"] > 0 and result["startup_seconds"] is not None
     assert row["round_time_ratio"] == pytest.approx(
         row["ours"]["median_round_seconds"] / row["baseline"]["median_round_seconds"])
+
+
+def test_repeats_combine_into_medians_of_seconds_and_the_largest_peak():
+    runs = [{"completed": True, "median_round_seconds": s, "startup_seconds": 10.0 + s,
+             "peak_rss_gib": g} for s, g in ((3.0, 2.0), (5.0, 2.5), (4.0, 2.2))]
+
+    side = scale.combined(runs)
+
+    assert side["median_round_seconds"] == 4.0 and side["startup_seconds"] == 14.0
+    assert side["peak_rss_gib"] == 2.5 and side["completed"] is True
+    assert side["repeats"] == runs
+    assert scale.combined(runs[:1]) is runs[0]
+    failed = scale.combined([runs[0], {"completed": False, "error": "MemoryError"}])
+    assert failed["completed"] is False and failed["median_round_seconds"] == 3.0
