@@ -58,7 +58,7 @@ def npy_view(data: bytes) -> np.ndarray:
     if data[:6] != _NPY_MAGIC or len(data) < 12:
         raise ValueError(f"expected a .npy image (magic {_NPY_MAGIC!r}), got {data[:8]!r}")
     major = data[6]
-    if major not in (1, 2):
+    if major not in (1, 2) or data[7] != 0:
         raise ValueError(f"expected a .npy image of format 1.0 or 2.0, got {major}.{data[7]}")
     start = 10 if major == 1 else 12
     end = start + int.from_bytes(data[8:start], "little")
@@ -72,6 +72,8 @@ def npy_view(data: bytes) -> np.ndarray:
         shape, fortran_order, dtype = reader(stream)
         if dtype.hasobject:
             raise ValueError(f"expected numeric .npy data, got dtype {dtype} (Python objects)")
+        if any(n < 0 for n in shape):
+            raise ValueError(f"expected a shape of dimensions >= 0, got {shape}")
         if len(_npy_headers) >= NPY_HEADER_CACHE_ENTRIES:
             _npy_headers.clear()
         parsed = _npy_headers[header] = (shape, fortran_order, dtype)

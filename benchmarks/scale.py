@@ -66,7 +66,8 @@ def figures_of(results: list[dict[str, Any]]) -> dict[str, Any]:
         figures["round_time_ratio_10k"] = ten_k["round_time_ratio"]
         for name, target in TARGETS.items():
             figures[f"{name}_target"] = target
-            figures[f"{name}_target_met"] = (figures[name] is not None
+            figures[f"{name}_target_met"] = (ten_k["ours"]["completed"]  # every repeat
+                                             and figures[name] is not None
                                              and figures[name] <= target)
     if 100_000 in by_population:
         figures["completed_100k"] = by_population[100_000]["ours"]["completed"]

@@ -8,14 +8,16 @@ with :math:`n_i` a reply's ``num-examples``. Flower's ``FedAvg`` decodes every a
 reply again (``Array.numpy()``, a ``numpy.load`` each) after the risk stage and validation
 have decoded them; here the mean is :func:`~fedmosaic.strategies.kernels.weighted_average`
 over the arrays those stages already decoded (:func:`~fedmosaic.arrays.record_arrays`),
-accumulated in float32 as Flower's is. Sampling, configuration, the reply checks and the
-metrics are Flower's, unchanged.
+accumulated in float32 as Flower's is. Replies holding any array other than float32 (integer
+buffers, float64), or a weight <= 0, are averaged by Flower's own code, whose result types
+differ there. Sampling, configuration, the reply checks and the metrics are Flower's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp import strategy as flower
 
@@ -26,7 +28,6 @@ from fedmosaic.strategies import kernels
 class SharedDecodeMean:
     """``aggregate_train`` of the FedAvg family over the replies' shared decoded arrays."""
 
-    arrayrecord_key: str
     weighted_by_key: str
 
     def aggregate_train(
@@ -39,8 +40,12 @@ class SharedDecodeMean:
         contents = [m.content for m in valid]
         weights = [float(next(iter(c.metric_records.values()))[self.weighted_by_key])
                    for c in contents]
-        mean = kernels.weighted_average(
-            [record_arrays(c.array_records[self.arrayrecord_key]) for c in contents], weights)
+        # Flower's checks left one ArrayRecord per reply
+        updates = [record_arrays(next(iter(c.array_records.values()))) for c in contents]
+        if min(weights) <= 0 or any(
+                v.dtype != np.float32 for update in updates for v in update.values()):
+            return super().aggregate_train(server_round, valid)  # type: ignore[misc]
+        mean = kernels.weighted_average(updates, weights)
         metrics = self.train_metrics_aggr_fn(  # type: ignore[attr-defined]
             contents, self.weighted_by_key)
         return ArrayRecord({key: Array(value) for key, value in mean.items()}), metrics

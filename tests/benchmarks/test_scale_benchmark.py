@@ -64,3 +64,9 @@ def test_repeats_combine_into_medians_of_seconds_and_the_largest_peak():
     assert scale.combined(runs[:1]) is runs[0]
     failed = scale.combined([runs[0], {"completed": False, "error": "MemoryError"}])
     assert failed["completed"] is False and failed["median_round_seconds"] == 3.0
+
+
+def test_a_failed_repeat_fails_the_targets_whatever_the_others_measured():
+    row = run_row(10_000, 1.0, 1.0, 2.0, completed=False)
+    assert scale.figures_of([row])["rss_gib_10k_target_met"] is False
+    assert scale.figures_of([row])["round_time_ratio_10k_target_met"] is False

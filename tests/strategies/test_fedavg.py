@@ -53,3 +53,14 @@ def test_the_registry_builds_these_and_fedprox_still_sends_mu():
     assert isinstance(strategy, FedProx)
     assert isinstance(build_aggregator(RunConfig.from_mapping({})), FedAvg)
     assert strategy.proximal_mu == 0.5
+
+
+def test_integer_buffers_and_float64_arrays_are_averaged_by_flowers_own_code():
+    replies = [reply(node, {"w": np.full(3, node, np.float32),
+                            "steps": np.array(1000 + node, np.int64)}, node)
+               for node in (1, 2, 3)]
+    arrays, _ = FedAvg().aggregate_train(1, replies)
+    expected, _ = flower.FedAvg().aggregate_train(1, replies)
+    for key in expected:
+        assert arrays[key].numpy().dtype == expected[key].numpy().dtype
+        np.testing.assert_array_equal(arrays[key].numpy(), expected[key].numpy())
