@@ -60,13 +60,9 @@ def _deflated(kind: type, children: int, body: int) -> int:
 
 def _record_dict(records: RecordDict, sizes: dict[Hashable, int]) -> Hashable:
     """Add ``records``' objects to ``sizes``; its identity."""
-    parts = tuple((name, _array_record(record, sizes) if isinstance(record, ArrayRecord)
-                   else _leaf(record, sizes)) for name, record in records.items())
-    key = (type(records), parts)
-    if key not in sizes:
-        sizes[key] = _deflated(type(records), len({part for _, part in parts}),
-                               _references_length(name for name, _ in parts))
-    return key
+    return _references(records, tuple(
+        (name, _array_record(record, sizes) if isinstance(record, ArrayRecord)
+         else _leaf(record, sizes)) for name, record in records.items()), sizes)
 
 
 def _leaf(record: object, sizes: dict[Hashable, int]) -> Hashable:
@@ -78,10 +74,19 @@ def _leaf(record: object, sizes: dict[Hashable, int]) -> Hashable:
 
 def _array_record(record: ArrayRecord, sizes: dict[Hashable, int]) -> Hashable:
     """Add an ``ArrayRecord``'s objects to ``sizes``; its identity."""
-    parts = tuple((name, _array(array, sizes)) for name, array in record.items())
-    key = (type(record), parts)
+    return _references(record, tuple(
+        (name, _array(array, sizes)) for name, array in record.items()), sizes)
+
+
+def _references(container: object, parts: tuple[tuple[str, Hashable], ...],
+                sizes: dict[Hashable, int]) -> Hashable:
+    """Add a record dict or array record, whose body is JSON ``{name: child id}``; its identity.
+
+    ``parts`` are its ``(name, child identity)`` pairs, in order.
+    """
+    key = (type(container), parts)
     if key not in sizes:
-        sizes[key] = _deflated(type(record), len({part for _, part in parts}),
+        sizes[key] = _deflated(type(container), len({part for _, part in parts}),
                                _references_length(name for name, _ in parts))
     return key
 
