@@ -52,8 +52,8 @@ def npy_view(data: bytes) -> np.ndarray:
     a round has the same arrays); the data is then a ``numpy.frombuffer`` view.
 
     Raises:
-        ValueError: If ``data`` is not a ``.npy`` image, holds Python objects, or is shorter
-            than its header says.
+        ValueError: If ``data`` is not a ``.npy`` image of format 1.0 or 2.0, holds Python
+            objects, has a negative dimension, or is shorter than its header says.
     """
     if data[:6] != _NPY_MAGIC or len(data) < 12:
         raise ValueError(f"expected a .npy image (magic {_NPY_MAGIC!r}), got {data[:8]!r}")
