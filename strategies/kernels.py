@@ -18,8 +18,9 @@ Every rule here works on one ``(n, P)`` stack, the updates flattened into rows
 The order statistics need each coordinate's ``n`` values side by side. The stack is cut into
 blocks of :data:`BLOCK_COLUMNS` coordinates; a block is transposed into a cache-resident
 ``(columns, n)`` buffer and sorted along its contiguous axis (NumPy's SIMD sort), and the
-blocks are spread over threads (NumPy releases the GIL while it sorts and sums). Equal values
-are kept or cut in the order of their rows (a stable sort), which only matters when weighted.
+blocks are spread over threads (NumPy and BLAS release the GIL while they sort and sum).
+Equal values are kept or cut in the order of their rows (a stable sort), which only matters
+when weighted.
 """
 
 from __future__ import annotations
@@ -188,8 +189,10 @@ def trimmed_mean(stack: np.ndarray, beta: float,
         workers: Threads (``None``: one per CPU).
 
     Returns:
-        The ``stack.shape[1:]`` result in ``stack``'s dtype (trimmed sums accumulated in
-        float64; with nothing trimmed, the mean in the stack's precision, as FedAvg's).
+        The ``stack.shape[1:]`` result in ``stack``'s dtype. Unweighted, each sorted block's
+        kept values are averaged by one BLAS matrix-vector product with the vector that holds
+        ``1 / (n - 2k)`` on the kept positions and 0 on the cut ones, in the stack's precision
+        as FedAvg's mean (weighted: accumulated in float64).
 
     Raises:
         ValueError: If ``beta`` is out of range, nothing would remain, or a weight is not > 0.
@@ -201,10 +204,12 @@ def trimmed_mean(stack: np.ndarray, beta: float,
         return (stack.mean(axis=0, dtype=np.float64).astype(stack.dtype) if checked is None
                 else weighted_mean(stack, checked))
     if checked is None:
+        middle = np.zeros(count, dtype=stack.dtype)  # 1 / (n - 2k) on the kept positions
+        middle[cut:count - cut] = 1 / (count - 2 * cut)
+
         def rule(block: np.ndarray, out: np.ndarray) -> None:
             block.sort(axis=1)
-            np.sum(block[:, cut:count - cut], axis=1, dtype=np.float64, out=out)
-            out /= count - 2 * cut
+            out[...] = block @ middle
     else:
         def rule(block: np.ndarray, out: np.ndarray) -> None:
             kept = _kept_in_stable_order(block, cut)
