@@ -758,7 +758,10 @@ def check_async(config: RunConfig) -> None:
         raise ValueError(f"concurrency ({config.async_concurrency}) must not exceed "
                          f"num-clients ({config.num_clients})")
     refused = {
-        "num-edges": (config.num_edges > 0, "the edge tier runs synchronous sub-rounds"),
+        "edge-role": (config.edge_role != "simulated", "a deployed edge serves one request "
+                      "per cloud round in order (`server/edge/edge_server.py`), and an "
+                      "asynchronous cloud sends an edge work at any version; simulated edges "
+                      "(edge-role=simulated) run asynchronously"),
         "central-dp": (config.central_dp != "none", "its accounting assumes m of N devices "
                        "sampled uniformly each round, which asynchronous selection (by device "
                        "speed) is not"),

@@ -232,7 +232,7 @@ def main(grid: Grid, context: Context) -> None:
     rounds_left = config.num_server_rounds - continued.rounds_done
     if staleness is not None:  # mode = async
         asynchronous = AsyncRounds(dataclasses.replace(config, num_server_rounds=rounds_left),
-                                   chain.strategy, staleness, clock)
+                                   chain.strategy, staleness, clock, edge_tier)
         final_arrays = asynchronous.run(grid, initial_arrays, evaluate_and_record)
     else:
         outcome = chain.strategy.start(

@@ -18,6 +18,13 @@ mean, ...), the update validation (norm bound against :math:`w_v`), the privacy 
 the traffic meter work unchanged. Version :math:`v + 1` is then round :math:`v + 1` of the
 run: centrally evaluated, recorded and checkpointed like a synchronous round.
 
+Under the edge tier (``num-edges``, simulated edges) device replies carry compressed deltas
+:math:`\Delta_i` instead of weights: the loop hands the tier the global model of each version
+and each stale reply's weight :math:`g(s_i)`, and the reply's edge averages
+:math:`g(s_i)\,\Delta_i` onto :math:`w_v` (``server/edge/hierarchy.py``), the same update as
+above. The staleness filter then sits outside the tier, which turns device replies into edge
+replies (no DP-SGD runs under an edge tier, so no device's spend goes unentered).
+
 Privacy: every reply goes through the ledger, stale ones too (a stale reply's device spent
 its budget all the same, so it is charged once per update it trained, whether used or not),
 and :class:`StalenessFilter`, inside the ledger, drops the stale ones. Work still in flight when
@@ -51,6 +58,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.grid_view import GridView
 from fedmosaic.server.latency import SimulatedClock
 from fedmosaic.server.node_loss import NoNodesError, attributed, timeout_reply
@@ -151,12 +159,14 @@ class AsyncRounds:
         strategy: The server chain's outermost stage.
         staleness: The chain's :class:`StalenessFilter`.
         clock: The chain's :class:`SimulatedClock` (``None``: real arrival order).
+        edges: The chain's edge tier (``None``: replies carry weights, rewritten here).
     """
 
     def __init__(self, config: RunConfig, strategy: Strategy, staleness: StalenessFilter,
-                 clock: SimulatedClock | None = None) -> None:
+                 clock: SimulatedClock | None = None,
+                 edges: HierarchicalStrategy | None = None) -> None:
         self.config = config
-        self.strategy, self.staleness, self.clock = strategy, staleness, clock
+        self.strategy, self.staleness, self.clock, self.edges = strategy, staleness, clock, edges
         self.rng = random.Random(config.seed)
         self.dispatched = 0
         self.stale_rejected = 0
@@ -187,6 +197,8 @@ class AsyncRounds:
         train_config = ConfigRecord({records.LEARNING_RATE: config.learning_rate})
         evaluate(0, initial)
         version, current = 0, initial
+        if self.edges is not None:
+            self.edges.remember_global(1, current)
         versions = {0: {k: a.numpy() for k, a in initial.items()}}
         in_flight: dict[str, Dispatch] = {}
         arrived: dict[str, Message] = {}
@@ -238,7 +250,9 @@ class AsyncRounds:
                 self.staleness.marked[id(reply)] = STALE
                 buffer.append(reply)
             else:
-                if staleness:
+                if staleness and self.edges is not None:  # a compressed delta: its edge scales
+                    self.edges.staleness_weights[id(reply)] = staleness_weight(staleness)
+                elif staleness:
                     rewritten(reply, versions[work.version], versions[version],
                               staleness_weight(staleness))
                 buffer.append(reply)
@@ -253,6 +267,8 @@ class AsyncRounds:
                 if arrays is not None:
                     current = arrays
                 versions[version] = {k: a.numpy() for k, a in current.items()}
+                if self.edges is not None:
+                    self.edges.remember_global(version + 1, current)
                 for old in [v for v in versions if v < version - config.max_staleness]:
                     versions.pop(old)
                 if self.clock is not None:

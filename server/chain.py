@@ -23,7 +23,8 @@ controller              between rounds: each device's spend share and knobs from
                         observation, audited (``controller``)
 edge tier               devices' compressed deltas → one reply per edge (``num-edges > 0``)
 privacy ledger          enters each DP-SGD reply's spend; drops refusals; sends budgets
-staleness filter        ``mode = async``: drops replies older than ``max-staleness``
+staleness filter        ``mode = async``: drops replies older than ``max-staleness`` (outside
+                        the edge tier when there is one, which has no DP-SGD to enter)
 colluding attacker      simulation only: crafts ALIE / IPM updates (``attack=alie|ipm``)
 secure aggregation      ``secure-aggregation``: SecAgg+ key exchange before training; unmasks
                         the sum of the masked replies and passes on one aggregate reply
@@ -194,11 +195,12 @@ def build_chain(config: RunConfig, ledger: PrivacyLedger, round_offset: int = 0,
             audit_path=run_dir / AUDIT_FILE, resumed=round_offset > 0,  # type: ignore[operator]
             rounds_done=rounds_done)
         if config.controller != "none" else None,
+        StalenessFilter if asynchronous and config.num_edges else None,  # sees device replies
         functools.partial(HierarchicalStrategy.from_config, config=config)
         if config.num_edges else None,
         functools.partial(PrivacyLedgerStrategy, ledger=ledger, round_offset=round_offset,
                           config=config),
-        StalenessFilter if asynchronous else None,
+        StalenessFilter if asynchronous and not config.num_edges else None,
         functools.partial(CollusionSimulation, attack=config.attack) if colluding else None,
         functools.partial(SecureAggregationStage, protocol=SecureAggregationServer(
             config.secure_aggregation_clip, config.secure_aggregation_max_weight,

@@ -46,12 +46,16 @@ class DeviceUpdate:
         payload: the codec's payload of ``w_device − w_global``.
         num_examples: training examples the update is based on (its weight).
         metrics: the device's other scalar metrics (``train-loss``, ...).
+        scale: what the decoded delta is multiplied by before it is averaged: FedBuff's
+            staleness weight ``g(s)`` of an asynchronous reply ``s`` versions old
+            (``server/async_rounds.py``); 1 in synchronous rounds.
     """
 
     device: str
     payload: bytes
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -160,20 +164,25 @@ class EdgeAggregator:
 
         Args:
             updates: the devices' replies.
-            reference: the global weights the devices trained from (``w_global``).
+            reference: the global weights the deltas apply to (``w_global``: the one the
+                devices trained from; in asynchronous rounds, the current version).
             server_round: the cloud's round (seeds the stochastic rounding).
         """
         accepted: list[DeviceUpdate] = []
         deltas: list[Arrays] = []
         for update in updates:
             try:
-                deltas.append(self.decode_valid(update, reference))
+                delta = self.decode_valid(update, reference)
             except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
                 self.rejections.add(server_round, rejection_reason(error))
                 log.warning("edge %d: rejected the update of device %s in round %d: %s: %s",
                             self.edge_id, update.device, server_round,
                             rejection_reason(error), error)
                 continue
+            if update.scale != 1.0:
+                delta = {k: (v * update.scale).astype(v.dtype, copy=False)
+                         for k, v in delta.items()}
+            deltas.append(delta)
             accepted.append(update)
         rejected = len(updates) - len(accepted)
         if not accepted:

@@ -9,6 +9,13 @@ counts its serialized bytes, decodes it, and hands the cloud strategy one reply 
 Flower strategy aggregates edges exactly as it would aggregate devices. Evaluation passes
 through unchanged.
 
+Asynchronous rounds (``mode = async``, ``server/async_rounds.py``): the loop gives the tier
+the global model of each version (:meth:`HierarchicalStrategy.remember_global`) and FedBuff's
+staleness weight of each stale device reply (:attr:`HierarchicalStrategy.staleness_weights`);
+an edge applies a device's delta, trained on an older version, to the current one, times that
+weight, so the cloud gets ``w_v + Σ_i n_i g(s_i) Δ_i / Σ_i n_i`` over a buffer, as in a flat
+asynchronous run.
+
 Bytes per hop (from serialized messages, :func:`fedmosaic.server.message_size.message_bytes`):
 ``device→edge`` sums the devices' training replies, ``edge→cloud`` the edges' aggregate
 messages.
@@ -89,6 +96,9 @@ class HierarchicalStrategy(StrategyWrapper):
         self.intake = Rejections()
         self.declared: dict[int, int] = {}
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
+        self.staleness_weights: dict[int, float] = {}
+        """``id(reply)`` → FedBuff weight of a stale device reply of the buffer being
+        aggregated (``mode = async``; set by the loop, cleared by each aggregation)."""
         self._global: dict[int, Arrays] = {}
 
     @classmethod
@@ -127,11 +137,19 @@ class HierarchicalStrategy(StrategyWrapper):
         Under secure aggregation the edges also remember what the messages told each device
         (its index in the cohort, the word type) to check their masked replies against.
         """
-        self._global = {server_round: arrays_of(arrays)}
+        if server_round not in self._global:  # asynchronous rounds configure one device a time
+            self.remember_global(server_round, arrays)
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         if self.secure:
             self._plans[server_round] = RelayPlan.of(messages)
         return messages
+
+    def remember_global(self, server_round: int, arrays: ArrayRecord) -> None:
+        """Take ``arrays`` as the global model the deltas of ``server_round`` apply to.
+
+        Earlier rounds' models are forgotten.
+        """
+        self._global = {server_round: arrays_of(arrays)}
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -143,11 +161,12 @@ class HierarchicalStrategy(StrategyWrapper):
         reference = self._global.pop(server_round)
         traffic = self.hops[server_round]
         replies = [r for r in replies if not r.has_error()]
+        scales, self.staleness_weights = self.staleness_weights, {}
         if self.secure:
             return self._relay_masked(server_round, replies, reference)
         sent = replies if self.deployed else []
         received = receive_device_replies([] if self.deployed else replies, self.contract,
-                                          server_round, self.declared)
+                                          server_round, self.declared, scales)
         for reason, count in received.rejected.items():
             self.intake.add(server_round, reason, count)
         traffic.rejected_updates += sum(received.rejected.values())

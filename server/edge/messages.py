@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flwr.app import Message, Metadata, MetricRecord, RecordDict
@@ -31,8 +31,11 @@ log = logging.getLogger("fedmosaic")
 
 
 def device_update_from_reply(reply: Message, contract: ReplyContract,
-                             declared: int | None = None) -> tuple[int, DeviceUpdate]:
+                             declared: int | None = None,
+                             scale: float = 1.0) -> tuple[int, DeviceUpdate]:
     """The edge ID a device reports and its update, once the reply fits ``contract``.
+
+    ``scale`` becomes the update's :attr:`~fedmosaic.server.edge.aggregation.DeviceUpdate.scale`.
 
     Raises:
         RejectedUpdate: if the reply lacks the payload record or its metrics break the
@@ -48,6 +51,7 @@ def device_update_from_reply(reply: Message, contract: ReplyContract,
         payload=payload_from_record(content[records.COMPRESSED_DELTA]),
         num_examples=int(metrics[records.NUM_EXAMPLES]),  # type: ignore[arg-type]
         metrics={k: float(metrics[k]) for k in records.EDGE_AGGREGATE_METRICS},  # type: ignore[arg-type]
+        scale=scale,
     )
     return int(metrics[records.EDGE_ID]), update  # type: ignore[arg-type]
 
@@ -71,14 +75,16 @@ class ReceivedUpdates:
 
 def receive_device_replies(replies: Iterable[Message], contract: ReplyContract,
                            server_round: int,
-                           declared: dict[int, int] | None = None) -> ReceivedUpdates:
+                           declared: dict[int, int] | None = None,
+                           scales: Mapping[int, float] | None = None) -> ReceivedUpdates:
     """Parse device replies; log and count the malformed ones (error replies are skipped).
 
     Nothing a device sends escapes as an exception: a reply that breaks the contract, carries
     no codec payload, or fails in any other way is rejected with its reason (``payload`` for a
     payload record that is not one) and the other replies go on. ``declared`` (kept by the
     caller across rounds) pins each node's first accepted ``dataset-size``, which bounds its
-    ``num-examples`` from then on, as at the cloud.
+    ``num-examples`` from then on, as at the cloud. ``scales`` maps ``id(reply)`` to the
+    :attr:`~fedmosaic.server.edge.aggregation.DeviceUpdate.scale` of that reply (default 1).
     """
     declared = {} if declared is None else declared
     received = ReceivedUpdates()
@@ -86,8 +92,9 @@ def receive_device_replies(replies: Iterable[Message], contract: ReplyContract,
         if reply.has_error():
             continue
         try:
-            edge_id, update = device_update_from_reply(reply, contract,
-                                                       dataset_size_bound(declared, reply))
+            edge_id, update = device_update_from_reply(
+                reply, contract, dataset_size_bound(declared, reply),
+                scales.get(id(reply), 1.0) if scales else 1.0)
         except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
             reason = rejection_reason(error)
             log.warning("round %d: rejected the reply of device %s: %s: %s", server_round,

@@ -78,6 +78,22 @@ def test_a_reply_older_than_max_staleness_is_rejected_and_still_charged(tmp_path
     assert trained == run["dispatched"] - run["failures"]  # every training charged, once
 
 
+def test_under_the_edge_tier_a_stale_reply_is_rejected_before_it_reaches_an_edge(tmp_path):
+    config = run_in_process({**TINY, "num-server-rounds": 3, "concurrency": 4, "buffer-size": 1,
+                             "max-staleness": 0, "num-edges": 2, "out-dir": str(tmp_path),
+                             "run-name": "stale-edges"})
+
+    result = summary(config)
+    stale = [r["rejected_reasons"].get("stale", 0) for r in result["history"]]
+    assert sum(stale) > 0 and sum(stale) == result["async"]["stale_rejected"]
+    for record in result["history"]:
+        dropped = record["rejected_reasons"].get("stale", 0) + record["rejected_reasons"].get(
+            "unused", 0)
+        # the meter counted every reply; the edges received only those the filter kept
+        assert (record["bytes_device_to_edge"] < record["bytes_up"]) == (dropped > 0)
+        assert record["edge_rejected_updates"] == 0
+
+
 def test_async_runs_to_the_end_faster_on_the_simulated_clock_than_sync(tmp_path):
     common = {**TINY, "num-server-rounds": 4, "straggler-fraction": 0.34, "latency-sigma": 0.0,
               "fraction-train": 1.0, "out-dir": str(tmp_path)}
@@ -97,7 +113,7 @@ def test_async_runs_to_the_end_faster_on_the_simulated_clock_than_sync(tmp_path)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"num-edges": 2}, "mode=async does not combine with num-edges"),
+    ({"num-edges": 2, "edge-role": "cloud"}, "mode=async does not combine with edge-role"),
     ({"central-dp": "server"}, "mode=async does not combine with central-dp"),
     ({"concurrency": 3, "buffer-size": 4}, r"buffer-size \(4\) must not exceed concurrency"),
     ({"concurrency": 9}, r"concurrency \(9\) must not exceed num-clients \(6\)"),

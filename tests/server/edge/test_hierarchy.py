@@ -185,3 +185,44 @@ def test_with_compression_off_the_hierarchy_equals_flat_fedavg(tmp_path):
     assert history[0]["edge_rejected_updates"] == 0
     flat_history = json.loads((flat.run_dir() / "summary.json").read_text())["history"]
     assert flat_history[0]["bytes_device_to_edge"] is None
+
+
+def test_a_stale_device_delta_is_scaled_onto_the_global_model_the_async_loop_remembered():
+    cloud = Recording()
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(1), CONTRACT)
+    current = {"w": np.array([2.0, 0.0, 0.0], np.float32)}
+    hierarchy.remember_global(3, arrays_record(current))
+    # a device configured later in the same version does not replace the remembered model
+    hierarchy.configure_train(3, arrays_record(GLOBAL), ConfigRecord(), grid=None)
+    stale = reply({"w": np.array([4.0, 0.0, 0.0], np.float32)}, 1, 0)
+    fresh = reply({"w": np.array([0.0, 2.0, 0.0], np.float32)}, 1, 0)
+    hierarchy.staleness_weights[id(stale)] = 0.5
+
+    hierarchy.aggregate_train(3, [stale, fresh])
+
+    (edge,) = cloud.replies
+    # w_v + (0.5 * [4, 0, 0] + [0, 2, 0]) / 2
+    np.testing.assert_allclose(arrays_of(edge.content[records.ARRAYS])["w"], [3.0, 1.0, 0.0])
+    assert hierarchy.staleness_weights == {}  # the weights belonged to that buffer
+
+
+def test_with_compression_off_async_through_the_edge_tier_equals_flat_async(tmp_path):
+    run = {"dataset": "synthetic", "num-clients": 6, "local-epochs": 1, "samples-per-client": 24,
+           "fraction-evaluate": 0.0, "mode": "async", "latency-sigma": 0.5, "concurrency": 4,
+           "buffer-size": 2, "num-server-rounds": 2, "out-dir": str(tmp_path)}
+    flat = run_in_process({**run, "run-name": "flat"})
+    tiered = run_in_process({**run, "run-name": "tiered", "num-edges": 2})
+
+    # version 1 is made of the first two replies; three of the four devices then training got
+    # version 0 (two from the start, one sent after the first reply), so at least one of the
+    # two replies of version 2 is one version stale and enters scaled by 1/sqrt(2)
+    weights = [torch.load(config.run_dir() / "checkpoints" / "round-002.pt")["model_state"]
+               for config in (flat, tiered)]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6)
+    summaries = [json.loads((c.run_dir() / "summary.json").read_text()) for c in (flat, tiered)]
+    assert summaries[0]["async"] == summaries[1]["async"]
+    assert summaries[1]["async"]["stale_rejected"] == 0
+    history = summaries[1]["history"]
+    assert [r["round"] for r in history] == [1, 2]
+    assert all(0 < r["bytes_edge_to_cloud"] for r in history)
