@@ -381,8 +381,8 @@ class RunConfig:
         choices=MODES,
     )
     concurrency: int = setting(
-        "async: devices training at once, a new one starting as soon as one replies (0: as "
-        "many as `fraction-train` samples)"
+        "async: devices (deployed edges, with `edge-role=cloud`) training at once, a new one "
+        "starting as soon as one replies (0: as many as `fraction-train` samples)"
     )
     buffer_size: int = setting(
         "async: replies aggregated into each new global model, FedBuff's K (0: half the "
@@ -568,8 +568,19 @@ class RunConfig:
 
     @property
     def async_concurrency(self) -> int:
-        """Devices training at once in ``mode = async`` (``concurrency``, 0: ``train_nodes``)."""
-        return self.concurrency or self.train_nodes
+        """Nodes training at once in ``mode = async`` (``concurrency``).
+
+        0: as many as ``fraction-train`` samples of :attr:`async_nodes`.
+        """
+        return self.concurrency or sampled_nodes(self.fraction_train, self.async_nodes)
+
+    @property
+    def async_nodes(self) -> int:
+        """How many nodes an asynchronous cloud sends work to.
+
+        ``num-edges`` deployed edges (``edge-role = cloud``), else ``num-clients`` devices.
+        """
+        return self.num_edges if self.edge_role == "cloud" else self.num_clients
 
     @property
     def async_buffer(self) -> int:
@@ -754,14 +765,11 @@ def check_async(config: RunConfig) -> None:
     if config.async_buffer > config.async_concurrency:
         raise ValueError(f"buffer-size ({config.async_buffer}) must not exceed concurrency "
                          f"({config.async_concurrency}): the buffer would never fill")
-    if config.async_concurrency > config.num_clients:
+    if config.async_concurrency > config.async_nodes:
+        nodes = "num-edges" if config.edge_role == "cloud" else "num-clients"
         raise ValueError(f"concurrency ({config.async_concurrency}) must not exceed "
-                         f"num-clients ({config.num_clients})")
+                         f"{nodes} ({config.async_nodes})")
     refused = {
-        "edge-role": (config.edge_role != "simulated", "a deployed edge serves one request "
-                      "per cloud round in order (`server/edge/edge_server.py`), and an "
-                      "asynchronous cloud sends an edge work at any version; simulated edges "
-                      "(edge-role=simulated) run asynchronously"),
         "central-dp": (config.central_dp != "none", "its accounting assumes m of N devices "
                        "sampled uniformly each round, which asynchronous selection (by device "
                        "speed) is not"),

@@ -2,7 +2,8 @@
 
 An edge machine joins the cloud federation as a SuperNode with node config
 ``edge-id=E edge-spool=DIR``. When the cloud sends it a training message, :func:`forward_to_edge`
-writes the global weights and train config to the spool, waits for the edge's sub-round server
+writes the global weights and train config to the spool (under the cloud's round, or the
+message's ``edge-request`` number from an asynchronous cloud), waits for the edge's sub-round server
 (``server/edge/edge_server.py``) to aggregate its devices, and replies to the cloud with the
 edge's compressed aggregate, exactly the reply the simulated edge tier builds.
 """
@@ -38,13 +39,15 @@ def forward_to_edge(msg: Message, context: Context) -> Message:
                          f"{sorted(config)}")
     edge_id = int(context.node_config[records.EDGE_ID])
     server_round = int(config[records.SERVER_ROUND])
+    number = int(config.get(records.EDGE_REQUEST, server_round))  # type: ignore[arg-type]
     spool = EdgeSpool(str(context.node_config[records.EDGE_SPOOL]))
     spool.put_request(EdgeRequest(edge_id, server_round, arrays_of(msg.content[records.ARRAYS]),
-                                  config))
+                                  config, number))
     # the edge answers within half the cloud's round-timeout; wait as long as the cloud does
-    reply = spool.take_reply(server_round, RunConfig.from_mapping(context.run_config).round_timeout)
+    reply = spool.take_reply(number, RunConfig.from_mapping(context.run_config).round_timeout)
     if not reply.payload:
-        raise RuntimeError(f"edge {edge_id} accepted no device update in round {server_round}")
+        raise RuntimeError(f"edge {edge_id} accepted no device update in round {server_round} "
+                           f"(request {number})")
     content = RecordDict({records.COMPRESSED_DELTA: payload_to_record(reply.payload),
                           records.METRICS: MetricRecord(reply.metrics)})
     return Message(content=content, reply_to=msg)

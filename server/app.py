@@ -42,6 +42,7 @@ from fedmosaic.server.async_rounds import AsyncRounds, StalenessFilter
 from fedmosaic.server.chain import build_chain
 from fedmosaic.server.continuation import Continuation
 from fedmosaic.server.controller_stage import ControllerStage, controller_scalars
+from fedmosaic.server.edge.configured import cloud_config
 from fedmosaic.server.edge.edge_server import serve_edge
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.latency import SimulatedClock
@@ -231,7 +232,9 @@ def main(grid: Grid, context: Context) -> None:
     asynchronous = None
     rounds_left = config.num_server_rounds - continued.rounds_done
     if staleness is not None:  # mode = async
-        asynchronous = AsyncRounds(dataclasses.replace(config, num_server_rounds=rounds_left),
+        # the cloud's nodes: the devices, or the deployed edges (edge-role = cloud)
+        asynchronous = AsyncRounds(dataclasses.replace(cloud_config(config),
+                                                       num_server_rounds=rounds_left),
                                    chain.strategy, staleness, clock, edge_tier)
         final_arrays = asynchronous.run(grid, initial_arrays, evaluate_and_record)
     else:

@@ -18,12 +18,15 @@ mean, ...), the update validation (norm bound against :math:`w_v`), the privacy 
 the traffic meter work unchanged. Version :math:`v + 1` is then round :math:`v + 1` of the
 run: centrally evaluated, recorded and checkpointed like a synchronous round.
 
-Under the edge tier (``num-edges``, simulated edges) device replies carry compressed deltas
-:math:`\Delta_i` instead of weights: the loop hands the tier the global model of each version
-and each stale reply's weight :math:`g(s_i)`, and the reply's edge averages
-:math:`g(s_i)\,\Delta_i` onto :math:`w_v` (``server/edge/hierarchy.py``), the same update as
-above. The staleness filter then sits outside the tier, which turns device replies into edge
-replies (no DP-SGD runs under an edge tier, so no device's spend goes unentered).
+Each message numbers the work its node took (``edge-request``: 1, 2, ...): a deployed edge
+(``edge-role = cloud``, where the edges are the cloud's nodes) files requests by it, since it
+may get several in one version. Under the edge tier device (or deployed edge) replies carry
+compressed deltas :math:`\Delta_i` instead of weights: the loop hands the tier the global
+model of each version and each stale reply's weight :math:`g(s_i)`, and the reply's edge
+averages :math:`g(s_i)\,\Delta_i` onto :math:`w_v` (``server/edge/hierarchy.py``; a deployed
+edge's aggregate is scaled by the cloud), the same update as above. The staleness filter then
+sits outside the tier, which turns device replies into edge replies (no DP-SGD runs under an
+edge tier, so no device's spend goes unentered).
 
 Privacy: every reply goes through the ledger, stale ones too (a stale reply's device spent
 its budget all the same, so it is charged once per update it trained, whether used or not),
@@ -48,6 +51,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -177,6 +181,8 @@ class AsyncRounds:
         """Work timed out whose reply may still come (its device counts as busy)."""
         self._late_replies: list[Message] = []
         """Replies that came after their time-out, for the next aggregation (marked unused)."""
+        self._requests: Counter[int] = Counter()
+        """Training messages each node took (their ``edge-request`` numbers)."""
 
     def summary(self) -> dict[str, int]:
         """What the loop did: trainings sent, stale replies, failed replies, time-outs.
@@ -194,7 +200,6 @@ class AsyncRounds:
         config = self.config
         nodes = self._wait_for_nodes(grid)
         latency = self.clock.latency(grid) if self.clock is not None else None
-        train_config = ConfigRecord({records.LEARNING_RATE: config.learning_rate})
         evaluate(0, initial)
         version, current = 0, initial
         if self.edges is not None:
@@ -212,13 +217,17 @@ class AsyncRounds:
             busy = {d.node for d in [*in_flight.values(), *self._late.values()]}
             idle = [n for n in nodes if n not in busy]
             for node in self.rng.sample(idle, min(count, len(idle))):
+                train_config = ConfigRecord({records.LEARNING_RATE: config.learning_rate,
+                                             records.EDGE_REQUEST: self._requests[node] + 1})
                 messages = list(self.strategy.configure_train(
                     version + 1, current, train_config, GridView(grid, [node], nodes)))
                 accepted = {i for i in grid.push_messages(messages) if i}
                 for message in messages:  # the grids name each pushed message in place
                     self.dispatched += 1
                     message_id = message.metadata.message_id
-                    if not message_id or message_id not in accepted:  # refused or too large
+                    if message_id and message_id in accepted:
+                        self._requests[node] += 1
+                    else:  # refused or too large
                         message_id = f"undelivered-{self.dispatched}"
                         arrived[message_id] = Message(Error(UNDELIVERED_CODE, "undelivered: "
                                                             "the SuperLink did not take it"),

@@ -19,6 +19,13 @@ aggregation): the devices send masked vectors, the edge unmasks only their weigh
 update, compresses that as its aggregate and sends it up. So the edge learns the mean of its
 surviving devices' updates (at least 2 of them), never one device's; the cloud learns each
 edge's aggregate. The key exchange's three steps each wait at most ``round-timeout / 16``.
+
+Under an asynchronous cloud (``mode = async``) the edge is one of the cloud's nodes: it may
+get several requests in one version or none, numbered by the cloud (``edge-request``), and
+serves them in order, each a sub-round like the above; the cloud scales the edge's aggregate
+by its staleness (``server/async_rounds.py``). The cloud cannot say which request is its
+last, so the edge serves until none comes within :func:`request_timeout` and then ends (in
+``deploy-local`` the run's end stops it first).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from flwr.serverapp import Grid
 
 from fedmosaic import records
 from fedmosaic.compression import CompressionSpec, arrays_record, compress
-from fedmosaic.compression.spool import EdgeReply, EdgeSpool
+from fedmosaic.compression.spool import EdgeReply, EdgeSpool, SpoolTimeoutError
 from fedmosaic.compression.topology import edge_of
 from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import Arrays, DeviceUpdate, EdgeAggregator
@@ -89,7 +96,14 @@ def wait_for_devices(grid: Grid, count: int, patience: float, timeout: float,
 
 
 def serve_edge(grid: Grid, config: RunConfig) -> None:
-    """Serve ``num-server-rounds`` cloud rounds from the spool ``config.edge_spool``."""
+    """Serve the cloud's requests from the spool ``config.edge_spool`` (module docstring).
+
+    Synchronous: ``num-server-rounds`` of them. Asynchronous: until none comes in time.
+
+    Raises:
+        SpoolTimeoutError: if a synchronous cloud's request, or an asynchronous cloud's first,
+            does not come within :func:`request_timeout`.
+    """
     spool = EdgeSpool(config.edge_spool)
     aggregator: EdgeAggregator | None = None
     declared: dict[int, int] = {}  # each device's first dataset-size, across rounds
@@ -97,8 +111,18 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
         config.secure_aggregation_clip, config.secure_aggregation_max_weight,
         config.device_bits, config.round_timeout / 16, device_contract(config)
     ) if config.secure_aggregation else None
-    for server_round in range(1, config.num_server_rounds + 1):
-        request = spool.take_request(server_round, request_timeout(config))
+    asynchronous = config.mode == "async"
+    served = number = 0
+    while asynchronous or served < config.num_server_rounds:
+        try:
+            request = spool.take_next_request(number, request_timeout(config))
+        except SpoolTimeoutError:
+            if not (asynchronous and served):
+                raise
+            log.info("edge: no request from the cloud within %.0f s after %d; the cloud's run "
+                     "has ended", request_timeout(config), served)
+            return
+        number, served = request.number, served + 1
         if aggregator is None:
             aggregator = edge_aggregator(config, request.edge_id)
         # the whole sub-round fits in half the cloud's round-timeout, so the edge answers the
@@ -107,41 +131,42 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
         started, budget = time.monotonic(), config.round_timeout / 2
         devices = wait_for_devices(
             grid, expected_devices(request.edge_id, config.num_clients, config.num_edges),
-            patience=budget / 2 if server_round == 1 else min(config.node_wait, budget / 2),
+            patience=budget / 2 if served == 1 else min(config.node_wait, budget / 2),
             timeout=budget / 2)
         content = RecordDict({records.ARRAYS: arrays_record(request.arrays),
                               records.CONFIG: ConfigRecord(request.config)})
         messages = [Message(content, dst_node_id=node, message_type=MessageType.TRAIN,
-                            group_id=str(server_round)) for node in devices]
+                            group_id=str(number)) for node in devices]
         if secure is not None:
-            messages = secure.open(server_round, request.arrays, grid, messages)
+            messages = secure.open(number, request.arrays, grid, messages)
         replies = grid.send_and_receive(messages, timeout=budget - (
             time.monotonic() - started) - (secure.timeout if secure is not None else 0.0))
         by_id = {m.metadata.message_id: m for m in messages}
         replies = [attributed(r, by_id[r.metadata.reply_to_message_id])
                    if r.metadata.reply_to_message_id in by_id else r for r in replies]
         if secure is not None:
-            updates, averaged = unmasked_update(secure.close(server_round, replies),
+            updates, averaged = unmasked_update(secure.close(number, replies),
                                                 request.arrays)
-            malformed = secure.rejections.count(server_round)
+            malformed = secure.rejections.count(number)
             bytes_in = sum(message_bytes(r) for r in replies)
         else:
-            received = receive_device_replies(replies, device_contract(config), server_round,
+            received = receive_device_replies(replies, device_contract(config), number,
                                               declared)
             updates = received.by_edge.get(request.edge_id, [])
             malformed = sum(received.rejected.values())
             bytes_in = sum(received.bytes_by_edge.values())
-        aggregate = aggregator.aggregate(updates, request.arrays, server_round)
+        aggregate = aggregator.aggregate(updates, request.arrays, number)
         if aggregate is None:
-            spool.put_reply(server_round, EdgeReply(b"", {}))
+            spool.put_reply(number, EdgeReply(b"", {}))
             continue
         if secure is not None:  # one unmasked mean stands for its devices
             aggregate = dataclasses.replace(aggregate, accepted=averaged)
         sent = edge_aggregate_content(aggregate, bytes_in, malformed=malformed)
-        spool.put_reply(server_round, EdgeReply(aggregate.payload,
-                                                dict(sent[records.METRICS])))  # type: ignore[arg-type]
-        log.info("edge %d, round %d: %d devices averaged, %d rejected", request.edge_id,
-                 server_round, aggregate.accepted, aggregate.rejected + malformed)
+        spool.put_reply(number, EdgeReply(aggregate.payload,
+                                          dict(sent[records.METRICS])))  # type: ignore[arg-type]
+        log.info("edge %d, round %d (request %d): %d devices averaged, %d rejected",
+                 request.edge_id, request.server_round, number, aggregate.accepted,
+                 aggregate.rejected + malformed)
 
 
 def unmasked_update(aggregate: Message | None, reference: Arrays

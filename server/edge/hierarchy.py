@@ -97,8 +97,9 @@ class HierarchicalStrategy(StrategyWrapper):
         self.declared: dict[int, int] = {}
         self.hops: dict[int, HopTraffic] = defaultdict(HopTraffic)
         self.staleness_weights: dict[int, float] = {}
-        """``id(reply)`` → FedBuff weight of a stale device reply of the buffer being
-        aggregated (``mode = async``; set by the loop, cleared by each aggregation)."""
+        """``id(reply)`` → FedBuff weight of a stale reply (a device's, or a deployed edge's)
+        of the buffer being aggregated (``mode = async``; set by the loop, cleared by each
+        aggregation)."""
         self._global: dict[int, Arrays] = {}
 
     @classmethod
@@ -164,7 +165,7 @@ class HierarchicalStrategy(StrategyWrapper):
         scales, self.staleness_weights = self.staleness_weights, {}
         if self.secure:
             return self._relay_masked(server_round, replies, reference)
-        sent = replies if self.deployed else []
+        sent = [(reply, scales.get(id(reply), 1.0)) for reply in replies] if self.deployed else []
         received = receive_device_replies([] if self.deployed else replies, self.contract,
                                           server_round, self.declared, scales)
         for reason, count in received.rejected.items():
@@ -179,13 +180,13 @@ class HierarchicalStrategy(StrategyWrapper):
                 continue
             # what the edge sends up: a reply to the cloud's train instruction
             content = edge_aggregate_content(aggregate, received.bytes_by_edge[edge_id])
-            sent.append(Message(content, metadata=copy.copy(received.metadata[edge_id])))
+            sent.append((Message(content, metadata=copy.copy(received.metadata[edge_id])), 1.0))
         cloud_replies = []
-        for reply in sent:
+        for reply, scale in sent:
             traffic.bytes_edge_to_cloud += message_bytes(reply)
             try:
                 counters = edge_counters(reply)
-                cloud_replies.append(as_weights(reply, reference))
+                cloud_replies.append(as_weights(reply, reference, scale))
             except Exception as error:  # noqa: BLE001 - an edge's bytes must not end the round
                 log.warning("round %d: rejected an edge aggregate: %s", server_round, error)
                 self.intake.add(server_round, rejection_reason(error))
@@ -232,8 +233,10 @@ def edge_counters(sent: Message) -> dict[str, int]:
     return {key: int(metrics[key]) for key in records.EDGE_TIER_METRICS}  # type: ignore[arg-type]
 
 
-def as_weights(sent: Message, reference: Arrays) -> Message:
-    """What the cloud strategy gets from an edge's reply: weights ``w_global + Δ_edge``.
+def as_weights(sent: Message, reference: Arrays, scale: float = 1.0) -> Message:
+    """What the cloud strategy gets from an edge's reply: weights ``w_global + scale Δ_edge``.
+
+    ``scale`` is FedBuff's staleness weight of a deployed edge's asynchronous reply (1 else).
 
     The edge-tier counters are removed from the metrics; ``num-examples`` stays the weight.
 
@@ -243,7 +246,7 @@ def as_weights(sent: Message, reference: Arrays) -> Message:
     """
     delta = decode(payload_from_record(sent.content[records.COMPRESSED_DELTA]),
                    expected=reference)
-    weights = {name: reference[name] + delta[name] for name in reference}
+    weights = {name: reference[name] + scale * delta[name] for name in reference}
     metrics = MetricRecord({k: v for k, v in sent.content[records.METRICS].items()
                             if k not in records.EDGE_TIER_METRICS})
     content = RecordDict({records.ARRAYS: arrays_record(weights), records.METRICS: metrics})

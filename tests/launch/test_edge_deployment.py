@@ -46,8 +46,8 @@ def test_two_edges_with_two_devices_each_complete_two_rounds(tmp_path, leftover_
     for edge_id in (0, 1):
         spool = run_dir / "edges" / f"edge-{edge_id}" / "spool"
         assert sorted(p.name for p in (spool / "replies").iterdir()) == [
-            "round-0001", "round-0002"]
-        reply = json.loads((spool / "replies" / "round-0002" / "reply.json").read_text())
+            "request-0001", "request-0002"]
+        reply = json.loads((spool / "replies" / "request-0002" / "reply.json").read_text())
         assert reply["metrics"]["edge-accepted"] == 2
     assert leftover_processes(run_dir) == []
 
@@ -66,11 +66,38 @@ def test_deployed_edges_run_secure_aggregation_among_their_own_devices(tmp_path,
         assert entry["edge_rejected_updates"] == 0
     for edge_id in (0, 1):
         spool = run_dir / "edges" / f"edge-{edge_id}" / "spool"
-        reply = json.loads((spool / "replies" / "round-0002" / "reply.json").read_text())
+        reply = json.loads((spool / "replies" / "request-0002" / "reply.json").read_text())
         assert reply["metrics"]["edge-accepted"] == 2  # both devices' masked updates unmasked
     for device in range(4):  # every device took part in every stage of both rounds
         log = (run_dir / "logs" / f"edge-{device // 2}-device-{device}.log").read_text()
         for action in ("secagg_keys", "secagg_share", "secagg_unmask"):
             assert log.count(f"Receiving: query.{action} message") == 2
     assert summary["history"][-1]["accuracy"] > summary["initial_accuracy"]
+    assert leftover_processes(run_dir) == []
+
+
+def test_an_async_cloud_runs_over_two_deployed_edges(tmp_path, leftover_processes):
+    run_dir = tmp_path / "async-edges"
+
+    # one edge reply makes a version: the other edge, still training, replies one version late
+    summary = deploy_locally({"num-server-rounds": 3, "local-epochs": 1, "mode": "async",
+                              "concurrency": 2, "buffer-size": 1}, supernodes=4, edges=2,
+                             out=run_dir, show_progress=False)
+
+    assert summary["rounds"] == 3
+    run = summary["async"]
+    assert run["failures"] == 0 and run["stale_rejected"] == 0
+    handled = sum(r["replies"] + r["failed_replies"] for r in summary["history"])
+    assert run["dispatched"] == handled
+    numbered = []
+    for edge_id in (0, 1):
+        spool = run_dir / "edges" / f"edge-{edge_id}" / "spool"
+        names = sorted(p.name for p in (spool / "replies").iterdir())
+        # each edge's requests are numbered 1, 2, ... whatever version they were sent at
+        assert names == [f"request-{n:04d}" for n in range(1, len(names) + 1)]
+        numbered += names
+        for name in names:
+            reply = json.loads((spool / "replies" / name / "reply.json").read_text())
+            assert reply["metrics"]["edge-accepted"] == 2
+    assert len(numbered) == run["dispatched"]
     assert leftover_processes(run_dir) == []

@@ -113,7 +113,8 @@ def test_async_runs_to_the_end_faster_on_the_simulated_clock_than_sync(tmp_path)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"num-edges": 2, "edge-role": "cloud"}, "mode=async does not combine with edge-role"),
+    ({"num-edges": 2, "edge-role": "cloud", "concurrency": 3},
+     r"concurrency \(3\) must not exceed num-edges \(2\)"),
     ({"central-dp": "server"}, "mode=async does not combine with central-dp"),
     ({"concurrency": 3, "buffer-size": 4}, r"buffer-size \(4\) must not exceed concurrency"),
     ({"concurrency": 9}, r"concurrency \(9\) must not exceed num-clients \(6\)"),

@@ -83,7 +83,9 @@ def test_each_device_gets_its_share_in_its_own_copy_and_every_decision_is_audite
     entry = json.loads((tmp_path / AUDIT_FILE).read_text().splitlines()[0])
     assert entry["round"] == 1 and entry["cap_check"]["cap"] == config_budget()
     assert entry["policy_hash"] == build_policy("static").fingerprint()
-    assert str(NODES[0]) not in entry["device"]  # a keyed pseudonym, not the node id
+    # a keyed pseudonym (16 hex digits), not the node id
+    assert entry["device"] == controller._pseudonym(NODES[0]) != str(NODES[0])
+    assert len(entry["device"]) == 16 and int(entry["device"], 16) >= 0
 
 
 def reply(sent, weights):

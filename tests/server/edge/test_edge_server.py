@@ -9,6 +9,7 @@ from fedmosaic.clients.app import app as client_app
 from fedmosaic.clients.edge_forward import forward_to_edge
 from fedmosaic.compression import arrays_record, decode, payload_from_record
 from fedmosaic.config import RunConfig, default_run_config
+from fedmosaic.server.edge import edge_server
 from fedmosaic.server.edge.edge_server import expected_devices, serve_edge, wait_for_devices
 from fedmosaic.simulation.inprocess import InProcessGrid
 from fedmosaic.task import build_model, cached_dataset
@@ -19,11 +20,15 @@ def test_devices_per_edge_follow_the_topology():
     assert [expected_devices(e, 7, 3) for e in range(3)] == [3, 2, 2]
 
 
-def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_edge_serves_the_clouds_requests_through_its_spool(tmp_path, monkeypatch, mode):
     spool = tmp_path / "spool"
     config = RunConfig.from_mapping({"num-clients": 4, "num-edges": 2, "num-server-rounds": 2,
                                      "local-epochs": 1, "edge-role": "edge",
-                                     "edge-spool": str(spool)})
+                                     "edge-spool": str(spool), "mode": mode})
+    # an asynchronous cloud cannot say which request is its last: the edge ends when none
+    # comes in time
+    monkeypatch.setattr(edge_server, "request_timeout", lambda config: 2.0)
     run_config = {**default_run_config(), **config.to_mapping()}
     devices = [{"partition-id": p, "num-partitions": 4, records.EDGE_ID: 0} for p in (0, 1)]
     grid = InProcessGrid(client_app, devices, run_config)
@@ -36,9 +41,12 @@ def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
     examples = sum(len(dataset.partition(p)[0]) for p in (0, 1))
 
     replies = []
-    for server_round in (1, 2):
+    for number in (1, 2):
+        # asynchronous: the cloud numbers its requests, here two in one version
+        numbered = ({records.SERVER_ROUND: 1, records.EDGE_REQUEST: number} if mode == "async"
+                    else {records.SERVER_ROUND: number})
         content = RecordDict({records.ARRAYS: arrays_record(global_arrays),
-                              records.CONFIG: ConfigRecord({records.SERVER_ROUND: server_round,
+                              records.CONFIG: ConfigRecord({**numbered,
                                                             records.LEARNING_RATE: 0.003})})
         instruction = Message(content, dst_node_id=99, message_type="train")
         replies.append(forward_to_edge(instruction, edge_context))
@@ -53,6 +61,8 @@ def test_an_edge_serves_the_clouds_rounds_through_its_spool(tmp_path):
         assert list(delta) == list(global_arrays)
         assert any(np.abs(d).max() > 0 for d in delta.values())
     assert all(records.DEVICE_RESIDUAL in c.state for c in grid.contexts.values())
+    assert sorted(p.name for p in (spool / "replies").iterdir()) == ["request-0001",
+                                                                     "request-0002"]
 
 
 class Devices:

@@ -161,6 +161,20 @@ def test_replies_of_deployed_edges_are_taken_as_sent():
     assert hops.bytes_edge_to_cloud == message_bytes(from_edge)
 
 
+def test_a_stale_deployed_edge_aggregate_is_scaled_by_its_weight():
+    cloud = Recording()
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2), CONTRACT, deployed=True)
+    payload, _ = compress({"w": np.array([2.0, 0.0, 0.0], np.float32)}, LOSSLESS, None,
+                          np.random.default_rng(0))
+    from_edge = as_reply(edge_aggregate_content(EdgeAggregate(0, payload, 5, {}, 2, 0), 10))
+    hierarchy.staleness_weights[id(from_edge)] = 0.5
+
+    run_round(hierarchy, [from_edge])
+
+    (seen,) = cloud.replies  # w_global + 0.5 [2, 0, 0]
+    np.testing.assert_allclose(arrays_of(seen.content[records.ARRAYS])["w"], [2.0, -1.0, 0.5])
+
+
 RUN = {"num-clients": 4, "num-server-rounds": 1, "local-epochs": 1, "fraction-evaluate": 0.0,
        "dataset": "smartwatch"}
 
