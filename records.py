@@ -107,9 +107,9 @@ EDGE_ID = "edge-id"
 """Node-config key of a device below an edge (its edge) or of an edge SuperNode (its own ID);
 in a device's training reply below an edge: the edge that aggregates it."""
 EDGE_REQUEST = "edge-request"
-"""Train-config key of an asynchronous training message: the how-many-th training message the
-run's server sent that node (1, 2, ...). A deployed edge's spool files the request under it (a
-synchronous cloud's edges use the round)."""
+"""Train-config key of an asynchronous training message: its number among all the training
+messages the run sent (1, 2, ...). A deployed edge's spool files the request under it (a
+synchronous cloud's edges use the round), and serves its requests in that order."""
 EDGE_SPOOL = "edge-spool"
 """Node-config key of an edge SuperNode: the spool directory it shares with its edge's run
 (also the run-config key of that run)."""

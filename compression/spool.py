@@ -6,9 +6,10 @@ edge's own SuperLink, which the edge's devices are connected to). For each train
 of the cloud the ClientApp writes ``requests/request-n/`` (the global arrays and the cloud's
 train config); the edge ServerApp runs one sub-round on its devices and writes
 ``replies/request-n/`` (the aggregate's payload and metrics). ``n`` is the cloud's round in
-synchronous rounds, and the how-many-th message to this edge under an asynchronous cloud
+synchronous rounds, and the message's number in the run under an asynchronous cloud
 (``edge-request``), which may send an edge several in one version or none; the edge serves
-them in order (:meth:`EdgeSpool.take_next_request`). Each entry is written into a temporary
+them in increasing order, skipping the numbers that went to other edges
+(:meth:`EdgeSpool.take_next_request`). Each entry is written into a temporary
 directory and then renamed into place (``os.rename`` is atomic within a file system), so a
 reader never sees a half-written entry. Both sides poll; nothing but the two processes on the
 edge touches the directory.
@@ -100,7 +101,8 @@ class EdgeSpool:
     def take_next_request(self, after: int, timeout: float) -> EdgeRequest:
         """Wait for, read and return the lowest-numbered request above ``after``.
 
-        A number the cloud used but never wrote (its message lost on the way) is skipped.
+        Numbers that never come here (other edges' messages, or one lost on the way) are
+        skipped.
         """
         deadline = time.monotonic() + timeout
         while not (numbers := [n for n in self._numbers("requests") if n > after]):

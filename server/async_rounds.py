@@ -18,15 +18,18 @@ mean, ...), the update validation (norm bound against :math:`w_v`), the privacy 
 the traffic meter work unchanged. Version :math:`v + 1` is then round :math:`v + 1` of the
 run: centrally evaluated, recorded and checkpointed like a synchronous round.
 
-Each message numbers the work its node took (``edge-request``: 1, 2, ...): a deployed edge
-(``edge-role = cloud``, where the edges are the cloud's nodes) files requests by it, since it
-may get several in one version. Under the edge tier device (or deployed edge) replies carry
-compressed deltas :math:`\Delta_i` instead of weights: the loop hands the tier the global
-model of each version and each stale reply's weight :math:`g(s_i)`, and the reply's edge
-averages :math:`g(s_i)\,\Delta_i` onto :math:`w_v` (``server/edge/hierarchy.py``; a deployed
-edge's aggregate is scaled by the cloud), the same update as above. The staleness filter then
-sits outside the tier, which turns device replies into edge replies (no DP-SGD runs under an
-edge tier, so no device's spend goes unentered).
+Each training message carries its number in the run (``edge-request``: 1, 2, ... over all
+nodes): a deployed edge (``edge-role = cloud``, where the edges are the cloud's nodes) files
+requests by it, since it may get several in one version; the numbers only grow, also for an
+edge that reconnects under a new node id.
+
+Under the edge tier device (or deployed edge) replies carry compressed deltas
+:math:`\Delta_i` instead of weights: the loop hands the tier the global model of each version
+and each stale reply's weight :math:`g(s_i)`, and the reply's edge averages
+:math:`g(s_i)\,\Delta_i` onto :math:`w_v` (``server/edge/hierarchy.py``; a deployed edge's
+aggregate is scaled by the cloud), the same update as above. The staleness filter then sits
+outside the tier, which turns device replies into edge replies (no DP-SGD runs under an edge
+tier, so no device's spend goes unentered).
 
 Privacy: every reply goes through the ledger, stale ones too (a stale reply's device spent
 its budget all the same, so it is charged once per update it trained, whether used or not),
@@ -51,7 +54,6 @@ import logging
 import math
 import random
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -181,8 +183,6 @@ class AsyncRounds:
         """Work timed out whose reply may still come (its device counts as busy)."""
         self._late_replies: list[Message] = []
         """Replies that came after their time-out, for the next aggregation (marked unused)."""
-        self._requests: Counter[int] = Counter()
-        """Training messages each node took (their ``edge-request`` numbers)."""
 
     def summary(self) -> dict[str, int]:
         """What the loop did: trainings sent, stale replies, failed replies, time-outs.
@@ -218,16 +218,14 @@ class AsyncRounds:
             idle = [n for n in nodes if n not in busy]
             for node in self.rng.sample(idle, min(count, len(idle))):
                 train_config = ConfigRecord({records.LEARNING_RATE: config.learning_rate,
-                                             records.EDGE_REQUEST: self._requests[node] + 1})
+                                             records.EDGE_REQUEST: self.dispatched + 1})
                 messages = list(self.strategy.configure_train(
                     version + 1, current, train_config, GridView(grid, [node], nodes)))
                 accepted = {i for i in grid.push_messages(messages) if i}
                 for message in messages:  # the grids name each pushed message in place
                     self.dispatched += 1
                     message_id = message.metadata.message_id
-                    if message_id and message_id in accepted:
-                        self._requests[node] += 1
-                    else:  # refused or too large
+                    if not message_id or message_id not in accepted:  # refused or too large
                         message_id = f"undelivered-{self.dispatched}"
                         arrived[message_id] = Message(Error(UNDELIVERED_CODE, "undelivered: "
                                                             "the SuperLink did not take it"),

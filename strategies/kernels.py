@@ -204,7 +204,9 @@ def trimmed_mean(stack: np.ndarray, beta: float,
         return (stack.mean(axis=0, dtype=np.float64).astype(stack.dtype) if checked is None
                 else weighted_mean(stack, checked))
     if checked is None:
-        middle = np.zeros(count, dtype=stack.dtype)  # 1 / (n - 2k) on the kept positions
+        # 1 / (n - 2k) on the kept positions (float64 for a stack of integers)
+        middle = np.zeros(count, dtype=stack.dtype if np.issubdtype(stack.dtype, np.floating)
+                          else np.float64)
         middle[cut:count - cut] = 1 / (count - 2 * cut)
 
         def rule(block: np.ndarray, out: np.ndarray) -> None:

@@ -98,6 +98,21 @@ def weighted_average(deltas: Sequence[Arrays], weights: Sequence[int]) -> Arrays
     return kernels.weighted_average(deltas, weights, dtype=np.float64)
 
 
+def staleness_scaled(delta: Arrays, scale: float) -> Arrays:
+    """``delta`` times FedBuff's staleness weight ``scale``, each array in its own dtype.
+
+    Floating arrays are multiplied; any other array (a counter such as BatchNorm's
+    ``num_batches_tracked``) of a stale update (``scale != 1``) becomes 0, so it follows the
+    current model, as in flat asynchronous rounds (``server/async_rounds.py``'s
+    ``rewritten``). ``scale == 1`` returns ``delta`` itself.
+    """
+    if scale == 1.0:
+        return delta
+    return {name: (value * scale).astype(value.dtype, copy=False)
+            if np.issubdtype(value.dtype, np.floating) else np.zeros_like(value)
+            for name, value in delta.items()}
+
+
 def rejection_reason(error: BaseException) -> str:
     """The reason a rejected update is counted under.
 
@@ -146,14 +161,18 @@ class EdgeAggregator:
         self.rejections = Rejections()
 
     def decode_valid(self, update: DeviceUpdate, reference: Arrays) -> Arrays:
-        """The delta ``update`` carries, if its payload decodes and the update is valid.
+        """The delta ``update`` carries, times its ``scale``, if the update is valid.
+
+        Valid: the payload decodes, and the scaled delta on ``reference`` (what the cloud
+        would aggregate) passes the validator.
 
         Raises:
             ValueError: (``WireFormatError`` included) saying why the update is rejected.
         """
         if update.num_examples <= 0:
             raise ValueError(f"num-examples must be > 0, got {update.num_examples}")
-        delta = decode(update.payload, expected=reference)  # layout checked before allocating
+        # the layout is checked before anything is allocated
+        delta = staleness_scaled(decode(update.payload, expected=reference), update.scale)
         self.validate({k: reference[k] + delta[k] for k in reference}, reference,
                       update.num_examples)
         return delta
@@ -179,9 +198,6 @@ class EdgeAggregator:
                             self.edge_id, update.device, server_round,
                             rejection_reason(error), error)
                 continue
-            if update.scale != 1.0:
-                delta = {k: (v * update.scale).astype(v.dtype, copy=False)
-                         for k, v in delta.items()}
             deltas.append(delta)
             accepted.append(update)
         rejected = len(updates) - len(accepted)

@@ -2,16 +2,17 @@
 
 In deployment each edge machine runs a SuperLink for its devices. The app is submitted there
 once with ``edge-role=edge`` and ``edge-spool=DIR``; :func:`serve_edge` then, for each of the
-``num-server-rounds`` cloud rounds: waits for the cloud's request in the spool (written by the
-cloud run's ClientApp on the edge's SuperNode, see ``clients/edge_forward.py``), waits for the
-edge's devices (all of them, or after ``node-wait`` seconds those connected), sends them the
-global weights and the cloud's train config, aggregates their compressed deltas (the whole
-sub-round fits in half the cloud's ``round-timeout``, so the edge answers before the cloud gives
-up on it; a dead device's error is logged under that device) with
-:class:`~fedmosaic.server.edge.aggregation.EdgeAggregator` (the same code the simulation
-runs) and writes the compressed aggregate back to the spool. Because the run lives as long as
-the federation, the devices' Contexts (error-feedback residuals) and the edge's own residual
-persist across rounds. No device update ever leaves the edge.
+``num-server-rounds`` cloud rounds (asynchronous: each request, below): waits for the cloud's
+request in the spool (written by the cloud run's ClientApp on the edge's SuperNode, see
+``clients/edge_forward.py``), waits for the edge's devices (all of them, or after
+``node-wait`` seconds those connected), sends them the global weights and the cloud's train
+config, aggregates their compressed deltas (the whole sub-round fits in half the cloud's
+``round-timeout``, so the edge answers before the cloud gives up on it; a dead device's error
+is logged under that device) with :class:`~fedmosaic.server.edge.aggregation.EdgeAggregator`
+(the same code the simulation runs) and writes the compressed aggregate back to the spool.
+Because the run lives as long as the federation, the devices' Contexts (error-feedback
+residuals) and the edge's own residual persist across rounds. No device update ever leaves the
+edge.
 
 With ``secure-aggregation`` each edge runs SecAgg+ among its own devices
 (:class:`~fedmosaic.server.secure_aggregation.SecureAggregationServer`, per-edge secure
@@ -21,17 +22,18 @@ surviving devices' updates (at least 2 of them), never one device's; the cloud l
 edge's aggregate. The key exchange's three steps each wait at most ``round-timeout / 16``.
 
 Under an asynchronous cloud (``mode = async``) the edge is one of the cloud's nodes: it may
-get several requests in one version or none, numbered by the cloud (``edge-request``), and
-serves them in order, each a sub-round like the above; the cloud scales the edge's aggregate
-by its staleness (``server/async_rounds.py``). The cloud cannot say which request is its
-last, so the edge serves until none comes within :func:`request_timeout` and then ends (in
-``deploy-local`` the run's end stops it first).
+get several requests in one version or none for a long while, numbered by the cloud
+(``edge-request``), and serves them in order, each a sub-round like the above; the cloud
+scales the edge's aggregate by its staleness (``server/async_rounds.py``). The cloud cannot
+say which request is its last, so the edge serves until its run is stopped (``deploy-local``
+stops it with the cloud's; on real machines, ``flwr stop`` on the edge's SuperLink).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -41,7 +43,7 @@ from flwr.serverapp import Grid
 
 from fedmosaic import records
 from fedmosaic.compression import CompressionSpec, arrays_record, compress
-from fedmosaic.compression.spool import EdgeReply, EdgeSpool, SpoolTimeoutError
+from fedmosaic.compression.spool import EdgeReply, EdgeSpool
 from fedmosaic.compression.topology import edge_of
 from fedmosaic.config import RunConfig
 from fedmosaic.server.edge.aggregation import Arrays, DeviceUpdate, EdgeAggregator
@@ -55,6 +57,8 @@ from fedmosaic.server.node_loss import attributed
 from fedmosaic.server.secure_aggregation import SecureAggregationServer
 
 log = logging.getLogger("fedmosaic")
+ASYNC_REQUEST_WAIT = math.inf
+"""Seconds an edge under an asynchronous cloud waits for its next request: no limit."""
 
 
 def request_timeout(config: RunConfig) -> float:
@@ -98,11 +102,12 @@ def wait_for_devices(grid: Grid, count: int, patience: float, timeout: float,
 def serve_edge(grid: Grid, config: RunConfig) -> None:
     """Serve the cloud's requests from the spool ``config.edge_spool`` (module docstring).
 
-    Synchronous: ``num-server-rounds`` of them. Asynchronous: until none comes in time.
+    Synchronous: ``num-server-rounds`` of them. Asynchronous (``mode = async``, or a request
+    numbered by the cloud, ``edge-request``): until the run is stopped.
 
     Raises:
-        SpoolTimeoutError: if a synchronous cloud's request, or an asynchronous cloud's first,
-            does not come within :func:`request_timeout`.
+        SpoolTimeoutError: if a synchronous cloud's request does not come within
+            :func:`request_timeout`.
     """
     spool = EdgeSpool(config.edge_spool)
     aggregator: EdgeAggregator | None = None
@@ -114,15 +119,12 @@ def serve_edge(grid: Grid, config: RunConfig) -> None:
     asynchronous = config.mode == "async"
     served = number = 0
     while asynchronous or served < config.num_server_rounds:
-        try:
-            request = spool.take_next_request(number, request_timeout(config))
-        except SpoolTimeoutError:
-            if not (asynchronous and served):
-                raise
-            log.info("edge: no request from the cloud within %.0f s after %d; the cloud's run "
-                     "has ended", request_timeout(config), served)
-            return
+        # an asynchronous cloud may leave an edge idle for any time, and never says which
+        # request is its last: the edge waits for the next one until its run is stopped
+        request = spool.take_next_request(
+            number, ASYNC_REQUEST_WAIT if asynchronous else request_timeout(config))
         number, served = request.number, served + 1
+        asynchronous = asynchronous or records.EDGE_REQUEST in request.config
         if aggregator is None:
             aggregator = edge_aggregator(config, request.edge_id)
         # the whole sub-round fits in half the cloud's round-timeout, so the edge answers the

@@ -41,7 +41,12 @@ from fedmosaic.compression import (
     payload_from_record,
 )
 from fedmosaic.config import RunConfig
-from fedmosaic.server.edge.aggregation import Arrays, EdgeAggregator, rejection_reason
+from fedmosaic.server.edge.aggregation import (
+    Arrays,
+    EdgeAggregator,
+    rejection_reason,
+    staleness_scaled,
+)
 from fedmosaic.server.edge.configured import device_contract, edge_aggregator
 from fedmosaic.server.edge.messages import (
     edge_aggregate_content,
@@ -244,9 +249,9 @@ def as_weights(sent: Message, reference: Arrays, scale: float = 1.0) -> Message:
         ValueError: (``WireFormatError`` included) if the payload does not decode to a delta
             of the global arrays.
     """
-    delta = decode(payload_from_record(sent.content[records.COMPRESSED_DELTA]),
-                   expected=reference)
-    weights = {name: reference[name] + scale * delta[name] for name in reference}
+    delta = staleness_scaled(decode(payload_from_record(sent.content[records.COMPRESSED_DELTA]),
+                                    expected=reference), scale)
+    weights = {name: reference[name] + delta[name] for name in reference}
     metrics = MetricRecord({k: v for k, v in sent.content[records.METRICS].items()
                             if k not in records.EDGE_TIER_METRICS})
     content = RecordDict({records.ARRAYS: arrays_record(weights), records.METRICS: metrics})

@@ -22,6 +22,8 @@ def test_hand_computed_trimmed_mean_drops_the_extremes():
     assert kernels.trimmed_mean(stack, 0.2)[0] == pytest.approx(2.0)
     # weights 1, 1, 2 on the kept values 1, 2, 3: (1 + 2 + 6) / 4
     assert kernels.trimmed_mean(stack, 0.2, np.array([1, 1, 2, 9, 9]))[0] == pytest.approx(2.25)
+    # a stack of integers: averaged in float64, cut back to the stack's dtype
+    assert kernels.trimmed_mean((stack * 2).astype(np.int64), 0.2).tolist() == [4]
 
 
 def test_unweighted_equals_scipy_on_any_shape():

@@ -8,6 +8,7 @@ from fedmosaic import records
 from fedmosaic.clients.app import app as client_app
 from fedmosaic.clients.edge_forward import forward_to_edge
 from fedmosaic.compression import arrays_record, decode, payload_from_record
+from fedmosaic.compression.spool import SpoolTimeoutError
 from fedmosaic.config import RunConfig, default_run_config
 from fedmosaic.server.edge import edge_server
 from fedmosaic.server.edge.edge_server import expected_devices, serve_edge, wait_for_devices
@@ -20,15 +21,22 @@ def test_devices_per_edge_follow_the_topology():
     assert [expected_devices(e, 7, 3) for e in range(3)] == [3, 2, 2]
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-def test_an_edge_serves_the_clouds_requests_through_its_spool(tmp_path, monkeypatch, mode):
+@pytest.mark.parametrize(("mode", "numbers"), [("sync", (1, 2)), ("async", (2, 5, 6))])
+def test_an_edge_serves_the_clouds_requests_through_its_spool(tmp_path, monkeypatch, mode,
+                                                              numbers):
     spool = tmp_path / "spool"
     config = RunConfig.from_mapping({"num-clients": 4, "num-edges": 2, "num-server-rounds": 2,
                                      "local-epochs": 1, "edge-role": "edge",
                                      "edge-spool": str(spool), "mode": mode})
-    # an asynchronous cloud cannot say which request is its last: the edge ends when none
-    # comes in time
-    monkeypatch.setattr(edge_server, "request_timeout", lambda config: 2.0)
+    # asynchronous: the edge serves until its run is stopped; here, until 3 s without a request
+    monkeypatch.setattr(edge_server, "ASYNC_REQUEST_WAIT", 3.0)
+    waited = []
+
+    def serve():
+        try:
+            serve_edge(grid, config)
+        except SpoolTimeoutError as error:
+            waited.append(error)
     run_config = {**default_run_config(), **config.to_mapping()}
     devices = [{"partition-id": p, "num-partitions": 4, records.EDGE_ID: 0} for p in (0, 1)]
     grid = InProcessGrid(client_app, devices, run_config)
@@ -36,13 +44,14 @@ def test_an_edge_serves_the_clouds_requests_through_its_spool(tmp_path, monkeypa
                            node_config={records.EDGE_ID: 0, records.EDGE_SPOOL: str(spool)})
     dataset = cached_dataset(config)
     global_arrays = {k: v.numpy() for k, v in build_model(config, dataset).state_dict().items()}
-    served = threading.Thread(target=serve_edge, args=(grid, config), daemon=True)
+    served = threading.Thread(target=serve, daemon=True)
     served.start()
     examples = sum(len(dataset.partition(p)[0]) for p in (0, 1))
 
     replies = []
-    for number in (1, 2):
-        # asynchronous: the cloud numbers its requests, here two in one version
+    for number in numbers:
+        # asynchronous: numbered in the run (the others went to other edges), three requests
+        # in one version, more than num-server-rounds
         numbered = ({records.SERVER_ROUND: 1, records.EDGE_REQUEST: number} if mode == "async"
                     else {records.SERVER_ROUND: number})
         content = RecordDict({records.ARRAYS: arrays_record(global_arrays),
@@ -61,8 +70,9 @@ def test_an_edge_serves_the_clouds_requests_through_its_spool(tmp_path, monkeypa
         assert list(delta) == list(global_arrays)
         assert any(np.abs(d).max() > 0 for d in delta.values())
     assert all(records.DEVICE_RESIDUAL in c.state for c in grid.contexts.values())
-    assert sorted(p.name for p in (spool / "replies").iterdir()) == ["request-0001",
-                                                                     "request-0002"]
+    assert sorted(p.name for p in (spool / "replies").iterdir()) == [
+        f"request-{n:04d}" for n in numbers]
+    assert len(waited) == (mode == "async")  # it was still waiting for the next request
 
 
 class Devices:

@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import json
 
@@ -16,7 +17,7 @@ from fedmosaic.compression import (
     payload_to_record,
 )
 from fedmosaic.config import RunConfig
-from fedmosaic.server.edge.aggregation import EdgeAggregate, EdgeAggregator
+from fedmosaic.server.edge.aggregation import DeviceUpdate, EdgeAggregate, EdgeAggregator
 from fedmosaic.server.edge.hierarchy import HierarchicalStrategy
 from fedmosaic.server.edge.messages import edge_aggregate_content
 from fedmosaic.server.message_size import message_bytes
@@ -159,6 +160,45 @@ def test_replies_of_deployed_edges_are_taken_as_sent():
     assert (hops.bytes_device_to_edge, hops.accepted_updates, hops.rejected_updates) == (
         1234, 2, 1)
     assert hops.bytes_edge_to_cloud == message_bytes(from_edge)
+
+
+def test_a_stale_update_scales_its_floats_its_counters_follow_the_current_model():
+    counted = {"w": np.array([1.0, -1.0, 0.5], np.float32), "steps": np.array([5], np.int64)}
+    cloud = Recording()
+    hierarchy = HierarchicalStrategy(cloud, lossless_edges(2), CONTRACT, deployed=True)
+    replies = []
+    for edge_id in (0, 1):
+        payload, _ = compress({"w": np.array([2.0, 0.0, 0.0], np.float32),
+                               "steps": np.array([3], np.int64)}, LOSSLESS, None,
+                              np.random.default_rng(0))
+        replies.append(as_reply(edge_aggregate_content(
+            EdgeAggregate(edge_id, payload, 5, {}, 2, 0), 10)))
+    hierarchy.staleness_weights[id(replies[1])] = 0.5
+
+    hierarchy.configure_train(1, arrays_record(counted), ConfigRecord(), grid=None)
+    hierarchy.aggregate_train(1, replies)
+
+    fresh, stale = (arrays_of(r.content[records.ARRAYS]) for r in cloud.replies)
+    np.testing.assert_allclose(fresh["w"], [3.0, -1.0, 0.5])
+    np.testing.assert_allclose(stale["w"], [2.0, -1.0, 0.5])
+    assert (fresh["steps"].tolist(), stale["steps"].tolist()) == ([8], [5])
+    assert fresh["steps"].dtype == stale["steps"].dtype == np.int64
+
+
+def test_an_edge_checks_the_norm_of_a_stale_update_after_scaling_it():
+    def at_most_one(update, reference, num_examples):
+        norm = float(np.linalg.norm(update["w"] - reference["w"]))
+        if norm > 1.0:
+            raise ValueError(f"update norm {norm} > 1")
+
+    edge = EdgeAggregator(0, LOSSLESS, at_most_one)
+    payload, _ = compress({"w": np.array([1.5, 0.0, 0.0], np.float32)}, LOSSLESS, None,
+                          np.random.default_rng(0))
+    update = DeviceUpdate("7", payload, 4)
+
+    assert edge.aggregate([update], GLOBAL, 1) is None  # norm 1.5: rejected
+    aggregate = edge.aggregate([dataclasses.replace(update, scale=0.5)], GLOBAL, 2)
+    assert aggregate is not None and aggregate.accepted == 1  # 0.75 as the cloud sees it
 
 
 def test_a_stale_deployed_edge_aggregate_is_scaled_by_its_weight():
