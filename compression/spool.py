@@ -94,10 +94,6 @@ class EdgeSpool:
                 "edge_id": request.edge_id, "round": request.server_round,
                 "number": request.number, "config": request.config}))
 
-    def take_request(self, number: int, timeout: float) -> EdgeRequest:
-        """Wait for, read and return request ``number``."""
-        return self._read_request(self._wait("requests", number, timeout))
-
     def take_next_request(self, after: int, timeout: float) -> EdgeRequest:
         """Wait for, read and return the lowest-numbered request above ``after``.
 

@@ -87,14 +87,14 @@ def receive_device_replies(replies: Iterable[Message], contract: ReplyContract,
     :attr:`~fedmosaic.server.edge.aggregation.DeviceUpdate.scale` of that reply (default 1).
     """
     declared = {} if declared is None else declared
+    scales = scales or {}
     received = ReceivedUpdates()
     for reply in replies:
         if reply.has_error():
             continue
         try:
             edge_id, update = device_update_from_reply(
-                reply, contract, dataset_size_bound(declared, reply),
-                scales.get(id(reply), 1.0) if scales else 1.0)
+                reply, contract, dataset_size_bound(declared, reply), scales.get(id(reply), 1.0))
         except Exception as error:  # noqa: BLE001 - a device's bytes must not end the round
             reason = rejection_reason(error)
             log.warning("round %d: rejected the reply of device %s: %s: %s", server_round,

@@ -15,7 +15,7 @@ def test_a_request_round_trips_with_its_array_order(tmp_path):
               "a.bias": np.array([-1.5], np.float32)}
 
     spool.put_request(EdgeRequest(1, 3, arrays, {"lr": 0.01, "server-round": 3}, 5))
-    request = spool.take_request(5, timeout=1.0)
+    request = spool.take_next_request(0, timeout=1.0)
 
     assert (request.edge_id, request.server_round, request.number) == (1, 3, 5)
     assert list(request.arrays) == ["z.weight", "a.bias"]
