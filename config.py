@@ -136,6 +136,12 @@ class RunConfig:
         "`moe-fusion-trim`, every Flower built-in) or `package.module:Class`"
     )
     proximal_mu: float = setting("FedProx's μ; sent to clients by `fedprox` only")
+    server_learning_rate: float = setting(
+        "`fedavgm`'s server step η on the averaged update Δ (w ← w + η Δ, or its momentum)"
+    )
+    server_momentum: float = setting(
+        "`fedavgm`'s server momentum β in [0, 1) (Hsu et al. 2019: v ← β v + Δ, w ← w + η v)"
+    )
     trim_fraction: float = setting(
         "β of `trimmed-mean`, `moe-fusion-trim` and Flower's `fedtrimmedavg`: share cut at each "
         "end, in [0, 0.5)"
@@ -460,6 +466,11 @@ class RunConfig:
                 raise ValueError(f"{_key(name)} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning-rate must be > 0, got {self.learning_rate}")
+        if self.server_learning_rate <= 0:
+            raise ValueError(
+                f"server-learning-rate must be > 0, got {self.server_learning_rate}")
+        if not 0.0 <= self.server_momentum < 1.0:
+            raise ValueError(f"server-momentum must lie in [0, 1), got {self.server_momentum}")
         if self.dirichlet_alpha <= 0:
             raise ValueError(f"dirichlet-alpha must be > 0, got {self.dirichlet_alpha}")
         if not 0.0 <= self.local_test_fraction < 1.0:

@@ -65,6 +65,11 @@ def warn_pointless_settings(config: RunConfig) -> None:
     if config.proximal_mu > 0 and config.strategy != "fedprox":
         log.warning("proximal-mu=%s has no effect with strategy=%s (only fedprox sends it)",
                     config.proximal_mu, config.strategy)
+    server_optimizer = (config.server_learning_rate != 1.0, config.server_momentum != 0.0)
+    if any(server_optimizer) and config.strategy != "fedavgm":
+        log.warning("server-learning-rate=%s and server-momentum=%s have no effect with "
+                    "strategy=%s (only fedavgm takes them)", config.server_learning_rate,
+                    config.server_momentum, config.strategy)
     if config.partitioner != "iid" and not is_file_dataset(config.dataset):
         log.warning("partitioner=%s has no effect with dataset=%s (it splits data files "
                     "without a device column)", config.partitioner, config.dataset)

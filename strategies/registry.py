@@ -74,6 +74,8 @@ def build_aggregator(config: RunConfig) -> Strategy:
         "num_malicious_nodes": config.num_malicious_nodes,
         "num_nodes_to_select": max(1, config.train_nodes - config.num_malicious_nodes),
         "client_learning_rate": config.learning_rate,
+        "server_learning_rate": config.server_learning_rate,
+        "server_momentum": config.server_momentum,
     }
     if config.mode == "async":  # the asynchronous loop picks each device; take all it shows
         candidates.update(fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)

@@ -53,6 +53,8 @@ def test_round_trip():
         ({"fraction-train": 0.0}, "fraction-train must be > 0"),
         ({"learning-rate": 0.0}, "learning-rate must be > 0"),
         ({"proximal-mu": -1.0}, "proximal-mu must be >= 0"),
+        ({"server-learning-rate": 0.0}, "server-learning-rate must be > 0, got 0.0"),
+        ({"server-momentum": 1.0}, r"server-momentum must lie in \[0, 1\), got 1.0"),
         ({"missing-modality-prob": 1.0}, "missing-modality-prob"),
         ({"dirichlet-alpha": 0.0}, "dirichlet-alpha"),
         ({"num-clients": "ten"}, "expects int, got str"),

@@ -2,9 +2,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from flwr.serverapp.strategy import (
     Bulyan,
     FedAdam,
+    FedAvgM,
     FedTrimmedAvg,
     Krum,
     MultiKrum,
@@ -17,6 +19,7 @@ from fedmosaic.strategies.fedavg import FedAvg, FedProx
 from fedmosaic.strategies.moe_fusion import MoEFusion
 from fedmosaic.strategies.registry import STRATEGIES, build_aggregator
 from fedmosaic.strategies.trimmed_mean import TrimmedMean
+from fedmosaic.task import build_model, cached_dataset
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -108,3 +111,31 @@ def test_readme_example_runs_a_round_by_module_path(tmp_path):
     assert summary["history"][0]["replies"] == 3
     assert summary["history"][0]["rejected"] == 0
     assert summary["final_accuracy"] != summary["initial_accuracy"]  # the model was updated
+
+
+def test_fedavgm_gets_its_server_step_and_momentum():
+    strategy = build_aggregator(RunConfig.from_mapping(
+        {"strategy": "fedavgm", "server-learning-rate": 0.5, "server-momentum": 0.8}))
+
+    assert isinstance(strategy, FedAvgM)
+    assert (strategy.server_learning_rate, strategy.server_momentum) == (0.5, 0.8)
+
+
+def test_fedavgm_server_step_scales_the_averaged_update_behind_the_server_chain(tmp_path):
+    """One round: w = w0 + η (FedAvg's w − w0), through validation and the other stages."""
+    base = {"num-clients": 3, "num-server-rounds": 1, "local-epochs": 1,
+            "fraction-evaluate": 0.0, "out-dir": str(tmp_path)}
+    averaged = run_in_process({**base, "run-name": "fedavg"})
+    stepped = run_in_process({**base, "run-name": "half", "strategy": "fedavgm",
+                              "server-learning-rate": 0.5})
+    initial = build_model(averaged, cached_dataset(averaged)).state_dict()
+
+    def model_after_round_one(config: RunConfig) -> dict[str, torch.Tensor]:
+        checkpoint = torch.load(config.run_dir() / "checkpoints" / "round-001.pt")
+        return checkpoint["model_state"]
+
+    full, half = model_after_round_one(averaged), model_after_round_one(stepped)
+    assert any(not torch.equal(full[k], initial[k]) for k in initial)
+    for key, start in initial.items():
+        torch.testing.assert_close(half[key], start + 0.5 * (full[key] - start),
+                                   rtol=1e-5, atol=1e-6)
