@@ -1,6 +1,6 @@
 """The ``fedmosaic`` command line.
 
-``run``, ``deploy-local``, ``credentials``, ``privacy-report``, ``audit``.
+``run``, ``deploy-local``, ``credentials``, ``privacy-report``, ``tune-dp``, ``audit``.
 """
 
 from __future__ import annotations
@@ -182,6 +182,43 @@ def privacy_report(
     if decisions is not None:
         console.print(decisions)
         console.print(f"budget and risk per device over rounds: {controller_figure(run_dir)}")
+
+
+@app.command("tune-dp")
+def tune_dp(
+    run_config: ConfigPairs = None, config: ConfigFile = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the scores as JSON here.")] = None,
+) -> None:
+    """Choose DP-SGD's local epochs, learning rate and clipping bound on public donors' data.
+
+    For the run's ε (dp-epsilon-budget), each setting is scored leave-one-donor-out on the
+    public-devices' data (>= 2 donors, pretrain-epochs >= 1); no device's data is read, so no
+    device spends ε. Prints every setting's accuracy and the -c overrides to run with.
+    """
+    from rich.table import Table
+
+    from fedmosaic.config import RunConfig
+    from fedmosaic.server.dp_tuning import as_report, candidates, tune_on_public_devices
+    from fedmosaic.task import cached_dataset
+
+    try:
+        settings = RunConfig.from_mapping(_overrides(run_config, config))
+        console.print(f"scoring {len(candidates())} DP-SGD settings at ε = "
+                      f"{settings.dp_epsilon_budget:g} on {settings.public_devices} donors ...")
+        scored = tune_on_public_devices(settings, cached_dataset(settings))
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(2) from err
+    table = Table("local-epochs", "learning-rate", "max-grad-norm", "accuracy (mean of folds)",
+                  title=f"DP-SGD at ε = {settings.dp_epsilon_budget:g}, left-out donors")
+    for entry in scored:
+        table.add_row(*(str(v) for v in entry.candidate.overrides().values()),
+                      f"{entry.accuracy:.4f}")
+    console.print(table)
+    report = as_report(scored)
+    if out is not None:
+        out.write_text(json.dumps(report, indent=2) + "\n")
+    console.print("run with: " + " ".join(f"-c {k}={v}" for k, v in report["best"].items()))
 
 
 audit_app = typer.Typer(no_args_is_help=True, help="Check the controller's audit log.")

@@ -50,7 +50,7 @@ MODES = ("sync", "async")
 """Synchronous rounds (Flower's), or buffered asynchronous ones (``server/async_rounds.py``)."""
 DEVICE_STATES = ("auto", "memory", "disk")
 """Where a device keeps its state between rounds (``clients/state_store.py``)."""
-FINE_TUNES = ("all", "top")
+FINE_TUNES = ("all", "top", "head")
 """What devices train: every parameter, or all but the encoders."""
 DATA_POISONING_ATTACKS = ("label-flip",)
 """Attacks a malicious device makes on its own data (``clients/poisoning.py``)."""
@@ -216,8 +216,9 @@ class RunConfig:
         "epochs of the server's plain training on the `public-devices`' data (0: none)"
     )
     fine_tune: str = setting(
-        "what devices train: `all` parameters, or the `top` only (probabilistic heads, fusion, "
-        "classifier; the encoders stay as the server sent them, e.g. pretrained on public data)",
+        "what devices train: `all` parameters, the `top` only (probabilistic heads, fusion, "
+        "classifier; the encoders stay as the server sent them, e.g. pretrained on public data), "
+        "or the classifier `head` only (the fewest parameters for DP-SGD to noise)",
         choices=FINE_TUNES,
     )
     kl_weight: float = setting("weight of the KL term of the probabilistic embeddings")
@@ -741,9 +742,13 @@ def _check_learning(config: RunConfig) -> None:
         raise ValueError("personalization=ditto trains each device's personal model without DP "
                          "and reports its evaluation; with dp=true use fedrep, fedbn or "
                          "local-gate, whose personal parameters DP-SGD trains")
-    if config.personalization == "fedbn" and config.fine_tune == "top":
+    if config.personalization == "fedbn" and config.fine_tune != "all":
         raise ValueError("personalization=fedbn keeps the encoders' normalisation layers, which "
-                         "fine-tune=top never trains: use fine-tune=all")
+                         f"fine-tune={config.fine_tune} never trains: use fine-tune=all")
+    if config.personalization in ("fedrep", "local-gate") and config.fine_tune == "head":
+        raise ValueError(f"personalization={config.personalization} with fine-tune=head: "
+                         "fedrep keeps the classifier head, the only part devices would train, "
+                         "and local-gate's gates would never train; use fine-tune=top or all")
     check_async(config)
     if config.pretrain_epochs and not config.public_devices:
         raise ValueError(f"pretrain-epochs={config.pretrain_epochs} pretrains on the public "

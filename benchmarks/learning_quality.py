@@ -67,6 +67,7 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.models.training import evaluate, make_loader, train
+from fedmosaic.server.dp_tuning import as_report, tune_on_public_devices
 from fedmosaic.server.unseen_devices import evaluate_unseen_devices
 from fedmosaic.simulation.inprocess import run_in_process
 from fedmosaic.task import build_model, cached_dataset, loss_weights
@@ -80,8 +81,15 @@ PATHS: dict[str, dict[str, Any]] = {
     "features": {"sensor-encoder": "features"},
     "public": {"unseen-devices": 0, "public-devices": 2, "pretrain-epochs": PRETRAIN_EPOCHS,
                "fine-tune": "top"},
+    "public-tuned": {"unseen-devices": 0, "public-devices": 2, "pretrain-epochs": PRETRAIN_EPOCHS,
+                     "fine-tune": "top"},
 }
-"""The DP paths: run-config overrides over the base (``scratch`` is the base itself)."""
+"""The DP paths: run-config overrides over the base (``scratch`` is the base itself).
+
+``public-tuned`` is ``public`` with DP-SGD's local epochs, learning rate and clipping bound
+chosen per ε on the donors' data (``server/dp_tuning.py``) before its DP run; its reference is
+the better of ``public`` without DP and the same tuned settings without DP."""
+TUNED = "public-tuned"
 CENTRALIZED_REFERENCE = 0.937
 DP_TARGETS = {8.0: 3.0, 3.0: 6.0}
 DP_TIME_TARGET = 1.5
@@ -122,11 +130,11 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float]) -> l
     dp: list[dict] = []
     if "dp" in parts:
         dp = [{"part": "dp", "variant": f"{path}-nodp", "seed": seeds[0], "overrides": extra}
-              for path, extra in PATHS.items() if extra]  # scratch: FedAvg's own cell
+              for path, extra in PATHS.items() if extra and path != TUNED]  # scratch: FedAvg's
         dp += [{"part": "dp", "variant": f"{path}-eps{eps:g}", "seed": seeds[0],
                 "overrides": {**extra, "dp": True, "dp-epsilon-budget": eps}}
                for eps in epsilons for path, extra in PATHS.items()]
-    early = len(PATHS) - 1 + 2 * len(PATHS)  # the non-DP runs and the first two ε
+    early = len(PATHS) - 2 + 2 * len(PATHS)  # the non-DP runs and the first two ε
     return [*per_seed[0], *dp[:early], *(c for cells in per_seed[1:] for c in cells),
             *dp[early:]]
 
@@ -138,19 +146,43 @@ def run_cell(cell: dict[str, Any], base: dict[str, Any], runs_dir: str) -> dict[
     started, cpu_started = time.perf_counter(), time.process_time()
     if cell["variant"] in ("local-only", "centralized"):
         figures = baseline(RunConfig.from_mapping(overrides), cell["variant"])
+    elif cell["variant"].startswith(f"{TUNED}-eps"):
+        figures = tuned_cell(cell, overrides, runs_dir)
     else:
-        name = f"{cell['part']}-{cell['variant']}-seed{cell['seed']}"
-        config = run_in_process({**overrides, "run-name": name, "out-dir": runs_dir})
-        summary = json.loads((config.run_dir() / "summary.json").read_text())
-        figures = {key: summary.get(key) for key in (
-            "final_accuracy", "final_device_accuracy", "unseen_subject_accuracy",
-            "unseen_subject_accuracy_head_fitted", "unseen_devices",
-            "missing_modality_drop_points", "missing_modality", "wall_seconds")}
-        figures["epsilon_spent_max"] = max(
-            (d["epsilon_spent"] for d in summary["privacy"].get("devices", {}).values()),
-            default=None) if isinstance(summary.get("privacy"), dict) else None
+        figures = federated(overrides, f"{cell['part']}-{cell['variant']}-seed{cell['seed']}",
+                            runs_dir)
     return {**cell, **figures, "base": base, "cell_seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu_started}
+
+
+def federated(overrides: dict[str, Any], name: str, runs_dir: str) -> dict[str, Any]:
+    """One in-process run: its summary's figures, CPU seconds included."""
+    cpu_started = time.process_time()
+    config = run_in_process({**overrides, "run-name": name, "out-dir": runs_dir})
+    summary = json.loads((config.run_dir() / "summary.json").read_text())
+    figures = {key: summary.get(key) for key in (
+        "final_accuracy", "final_device_accuracy", "unseen_subject_accuracy",
+        "unseen_subject_accuracy_head_fitted", "unseen_devices",
+        "missing_modality_drop_points", "missing_modality", "wall_seconds")}
+    figures["epsilon_spent_max"] = max(
+        (d["epsilon_spent"] for d in summary["privacy"].get("devices", {}).values()),
+        default=None) if isinstance(summary.get("privacy"), dict) else None
+    return {**figures, "run_cpu_seconds": time.process_time() - cpu_started}
+
+
+def tuned_cell(cell: dict[str, Any], overrides: dict[str, Any], runs_dir: str) -> dict[str, Any]:
+    """Tune DP-SGD on the donors at the cell's ε, then the DP run and its non-DP twin."""
+    config = RunConfig.from_mapping(overrides)
+    started = time.process_time()
+    tuning = as_report(tune_on_public_devices(config, cached_dataset(config)))
+    tuning_seconds = time.process_time() - started
+    tuned = {**overrides, **tuning["best"]}
+    name = f"{cell['part']}-{cell['variant']}-seed{cell['seed']}"
+    private = federated(tuned, name, runs_dir)
+    plain = federated({**tuned, "dp": False}, f"{name}-nodp", runs_dir)
+    return {**private, "tuning": tuning, "tuning_cpu_seconds": tuning_seconds,
+            "reference_accuracy": plain["final_accuracy"],
+            "reference_cpu_seconds": plain["run_cpu_seconds"]}
 
 
 def baseline(config: RunConfig, variant: str) -> dict[str, Any]:
@@ -252,7 +284,7 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
     """``dp_accuracy_loss_points_eps*`` and ``dp_time_ratio`` per path, with their targets."""
-    no_dp = {path: ("dp", f"{path}-nodp") for path in PATHS}
+    no_dp = {path: ("dp", f"{path}-nodp") for path in PATHS if path != TUNED}
     no_dp["scratch"] = ("personalization", "none")
     seed = min((c["seed"] for c in cells if c["part"] == "dp"), default=None)
     if seed is None:
@@ -267,8 +299,14 @@ def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
     for eps in EPSILONS:
         losses = {}
         for path in PATHS:
-            plain, private = one(*no_dp[path], "final_accuracy"), one(
-                "dp", f"{path}-eps{eps:g}", "final_accuracy")
+            private = one("dp", f"{path}-eps{eps:g}", "final_accuracy")
+            if path == TUNED:  # the better of public's and the tuned settings' non-DP runs
+                found = [one("dp", f"{path}-eps{eps:g}", "reference_accuracy"),
+                         one(*no_dp["public"], "final_accuracy")]
+                found = [a for a in found if a is not None]
+                plain = max(found) if found else None
+            else:
+                plain = one(*no_dp[path], "final_accuracy")
             if plain is not None and private is not None:
                 losses[path] = 100.0 * (plain - private)
         if losses:
@@ -281,6 +319,14 @@ def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
     timed = all(c.get("cpu_seconds") is not None for c in cells if c["part"] == "dp")
     clock = "cpu_seconds" if timed else "wall_seconds"  # CPU time: immune to the other worker
     for path in PATHS:
+        if path == TUNED:  # each DP run against its non-DP twin (same settings), CPU time
+            pairs = [(one("dp", f"{path}-eps{eps:g}", "run_cpu_seconds"),
+                      one("dp", f"{path}-eps{eps:g}", "reference_cpu_seconds"))
+                     for eps in EPSILONS]
+            pairs = [(p, q) for p, q in pairs if p and q]
+            if pairs:
+                ratios[path] = float(np.mean([p / q for p, q in pairs]))
+            continue
         plain = one(*no_dp[path], clock)
         private = [one("dp", f"{path}-eps{eps:g}", clock) for eps in EPSILONS]
         private = [p for p in private if p is not None]

@@ -61,6 +61,7 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.data.modality import ModalityKind, MultimodalArrays
+from fedmosaic.models.fine_tuning import fine_tuned_parameters
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.personalization import personal_keys, training_only
 from fedmosaic.models.training import TrainResult, make_loader, train
@@ -239,15 +240,14 @@ def train_model(state: DeviceRound) -> None:
     """Local training from the global weights: plain, or DP-SGD with ``dp=true``.
 
     Under ``fedrep`` without DP only the shared parameters train (the head stays as its first
-    phase fitted it); with ``fine-tune=top`` the encoders do not train. FedProx's
+    phase fitted it); ``fine-tune`` names what trains (``models/fine_tuning.py``). FedProx's
     ``proximal-mu`` and the learning rate come from the training config. A device whose DP-SGD
     round would exceed its budget refuses: it replies with the global weights,
     ``num-examples = 0`` and its DP metrics.
     """
     config, specs, model = state.config, state.dataset.specs, state.model
     head_fitted = config.personalization == "fedrep" and not config.dp
-    shared = frozenset(name for name, _ in model.named_parameters()
-                       if config.fine_tune == "all" or not name.startswith("encoders.")) - (
+    shared = fine_tuned_parameters(model, config.fine_tune) - (
         state.personal if head_fitted else frozenset())
     proximal_mu = float(state.received.get(records.PROXIMAL_MU, 0.0))
     reference = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None

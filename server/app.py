@@ -81,9 +81,9 @@ def warn_pointless_settings(config: RunConfig) -> None:
         log.warning("resume-from with personalization=%s: devices without a state-dir start "
                     "their personal parameters again from the global ones (simulation keeps "
                     "them in memory only)", config.personalization)
-    if config.fine_tune == "top" and not (config.pretrain_epochs or config.resume_from):
-        log.warning("fine-tune=top without pretrain-epochs or resume-from: the encoders stay at "
-                    "their random initialisation for the whole run")
+    if config.fine_tune != "all" and not (config.pretrain_epochs or config.resume_from):
+        log.warning("fine-tune=%s without pretrain-epochs or resume-from: the encoders stay at "
+                    "their random initialisation for the whole run", config.fine_tune)
     if config.public_devices and not config.pretrain_epochs:
         log.warning("public-devices=%d with pretrain-epochs=0: the donors' data is not used",
                     config.public_devices)

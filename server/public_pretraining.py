@@ -14,6 +14,7 @@ no device's ε: no device's data is touched.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fedmosaic.config import RunConfig
@@ -25,8 +26,11 @@ from fedmosaic.task import loss_weights
 
 
 def pretrain_on_public_devices(config: RunConfig, dataset: FederatedDataset,
-                               model: MultimodalClassifier) -> dict[str, Any]:
+                               model: MultimodalClassifier,
+                               partitions: Sequence[int] | None = None) -> dict[str, Any]:
     """Train ``model`` in place on the public devices' training data (module docstring).
+
+    ``partitions`` picks some of the donors (default: all of ``config.public_partitions``).
 
     Returns:
         What was done: ``partitions``, ``samples``, ``epochs`` and the last epoch's ``loss``.
@@ -35,7 +39,7 @@ def pretrain_on_public_devices(config: RunConfig, dataset: FederatedDataset,
         ValueError: If the public devices hold no training data.
 
     """
-    partitions = list(config.public_partitions)
+    partitions = list(config.public_partitions if partitions is None else partitions)
     public = MultimodalArrays.concatenate([dataset.partition(p)[0] for p in partitions])
     if not len(public):
         raise ValueError(f"public-devices {partitions} hold no training samples to pretrain on")

@@ -45,6 +45,20 @@ def test_dp_loss_is_against_the_same_path_without_dp(learning_quality):
     assert "dp_accuracy_loss_points_eps3" not in figures  # not run: not reported
 
 
+def test_tuned_dp_is_against_the_better_of_the_two_runs_without_dp(learning_quality):
+    cells = [cell("dp", "public-nodp", final_accuracy=0.75, cpu_seconds=50.0),
+             cell("dp", "public-tuned-eps8", final_accuracy=0.74, reference_accuracy=0.78,
+                  run_cpu_seconds=12.0, reference_cpu_seconds=10.0, cpu_seconds=200.0),
+             cell("dp", "public-tuned-eps3", final_accuracy=0.70, reference_accuracy=0.72,
+                  run_cpu_seconds=14.0, reference_cpu_seconds=10.0, cpu_seconds=200.0)]
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["dp_accuracy_loss_points_eps8"]["public-tuned"] == pytest.approx(4.0)
+    assert figures["dp_accuracy_loss_points_eps3"]["public-tuned"] == pytest.approx(5.0)
+    assert figures["dp_time_ratio"]["public-tuned"] == pytest.approx((1.2 + 1.4) / 2)
+
+
 def test_missing_modality_target_needs_both_the_bound_and_the_baseline(learning_quality):
     cells = [cell("missing", "ours", missing_modality_drop_points=2.0, final_accuracy=0.8),
              cell("missing", "concat", missing_modality_drop_points=1.0, final_accuracy=0.8)]
@@ -60,9 +74,9 @@ def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
 
     order = [(c["part"], c["variant"], c["seed"]) for c in cells]
     assert order.index(("dp", "scratch-eps3", 0)) < order.index(("personalization", "none", 1))
-    assert order[-3:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
-                          ("dp", "public-eps1", 0)]
-    assert len(order) == len(set(order)) == 2 * 10 + 2 + 3 * 3
+    assert order[-4:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
+                          ("dp", "public-eps1", 0), ("dp", "public-tuned-eps1", 0)]
+    assert len(order) == len(set(order)) == 2 * 10 + 2 + 3 * 4
 
 
 def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
@@ -81,7 +95,13 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
         "none", "fedbn", "fedrep", "ditto", "local-gate", "local-only", "centralized"}
     assert set(figures["unseen_subject_accuracy"]) == {
         "none", "fedbn", "fedrep", "ditto", "local-gate", "centralized"}
-    assert set(figures["dp_accuracy_loss_points_eps8"]) == {"scratch", "features", "public"}
+    assert set(figures["dp_accuracy_loss_points_eps8"]) == {
+        "scratch", "features", "public", "public-tuned"}
+    (tuned,) = [c for c in result["cells"] if c["variant"] == "public-tuned-eps8"]
+    for run in ("dp-public-tuned-eps8-seed0", "dp-public-tuned-eps8-seed0-nodp"):
+        ran = json.loads((tmp_path / "runs" / run / "summary.json").read_text())["config"]
+        assert {k: ran[k] for k in tuned["tuning"]["best"]} == tuned["tuning"]["best"]
+        assert ran["dp"] == run.endswith("seed0")  # the DP run and its non-DP twin
     assert figures["missing_modality_drop_points"]["concat_baseline"] is not None
     assert figures["missing_modality_drop_points_half_devices_lacking"]["ours"] is not None
-    assert len(result["cells"]) == 17
+    assert len(result["cells"]) == 18

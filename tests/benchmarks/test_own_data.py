@@ -47,5 +47,14 @@ def test_quick_mode_writes_the_figures(tmp_path):
     assert figures["iid_gap_points"] == pytest.approx(
         100 * (run["centralized"]["accuracy"] - run["iid"]["accuracy"]))
     assert figures["wine_iid_accuracy"] == run["iid"]["accuracy"]
+    assert figures["fedavg_iid_gap_points"] == pytest.approx(
+        100 * (run["centralized"]["accuracy"] - run["fedavg_iid"]["accuracy"]))
+    def run_config(folder: str) -> dict:
+        return json.loads((tmp_path / "runs" / folder / "summary.json").read_text())["config"]
+
+    for folder in ("wine-iid-0", "wine-dirichlet-0"):  # server momentum 1 - 1/K, K = 3
+        assert run_config(folder)["strategy"] == "fedavgm"
+        assert run_config(folder)["server-momentum"] == pytest.approx(2 / 3)
+    assert run_config("wine-fedavg-iid-0")["strategy"] == "fedavg"
     assert figures["iid_target_met"] == (figures["iid_gap_points"] <= 2.0)
     assert wine["partition_warnings"] == []

@@ -172,12 +172,14 @@ def test_below_an_edge_the_compressed_delta_of_personal_keys_is_zero():
 
 
 @pytest.mark.parametrize("dp", [False, True])
-def test_fine_tuning_the_top_leaves_the_encoders_as_sent(dp):
-    config = run_config("none", dp=dp, **{"fine-tune": "top"})
+@pytest.mark.parametrize(("fine_tune", "frozen"), [
+    ("top", ("encoders.",)), ("head", ("encoders.", "heads.", "fusion."))])
+def test_fine_tuning_leaves_the_frozen_parts_as_sent(dp, fine_tune, frozen):
+    config = run_config("none", dp=dp, **{"fine-tune": fine_tune})
     context, sent = device(config), global_state(config)
 
     reply = train_locally(train_message(sent), context)
 
     got = reply.content[records.ARRAYS].to_torch_state_dict()
-    assert all(torch.equal(got[k], sent[k]) for k in sent if k.startswith("encoders."))
+    assert all(torch.equal(got[k], sent[k]) for k in sent if k.startswith(frozen))
     assert any(not torch.equal(got[k], sent[k]) for k in sent if k.startswith("classifier."))

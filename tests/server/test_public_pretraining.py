@@ -84,6 +84,9 @@ def test_pretrain_epochs_without_public_devices_is_refused():
 @pytest.mark.parametrize(("settings", "message"), [
     ({"personalization": "local-gate", "fusion": "concat"}, "fusion=concat has none"),
     ({"personalization": "fedbn", "fine-tune": "top"}, "fine-tune=top never trains"),
+    ({"personalization": "fedbn", "fine-tune": "head"}, "fine-tune=head never trains"),
+    ({"personalization": "fedrep", "fine-tune": "head"}, "the only part devices would train"),
+    ({"personalization": "local-gate", "fine-tune": "head"}, "gates would never train"),
     ({"modality-dropout": 1.0}, r"modality-dropout must lie in \[0, 1\)"),
     ({"unseen-devices": -1}, "unseen-devices must be >= 0"),
 ])
