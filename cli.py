@@ -210,10 +210,12 @@ def tune_dp(
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
     table = Table("local-epochs", "learning-rate", "max-grad-norm", "accuracy (mean of folds)",
+                  "per left-out donor",
                   title=f"DP-SGD at ε = {settings.dp_epsilon_budget:g}, left-out donors")
     for entry in scored:
         table.add_row(*(str(v) for v in entry.candidate.overrides().values()),
-                      f"{entry.accuracy:.4f}")
+                      f"{entry.accuracy:.4f}",
+                      " ".join(f"{a:.3f}" for a in entry.fold_accuracies))
     console.print(table)
     report = as_report(scored)
     if out is not None:

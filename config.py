@@ -51,7 +51,7 @@ MODES = ("sync", "async")
 DEVICE_STATES = ("auto", "memory", "disk")
 """Where a device keeps its state between rounds (``clients/state_store.py``)."""
 FINE_TUNES = ("all", "top", "head")
-"""What devices train: every parameter, or all but the encoders."""
+"""What devices train: every parameter, all but the encoders, or the classifier alone."""
 DATA_POISONING_ATTACKS = ("label-flip",)
 """Attacks a malicious device makes on its own data (``clients/poisoning.py``)."""
 MODEL_POISONING_ATTACKS = ("sign-flip", "gaussian", "scale-10", "scale-100", "nan")
@@ -467,9 +467,9 @@ class RunConfig:
                 raise ValueError(f"{_key(name)} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning-rate must be > 0, got {self.learning_rate}")
-        if self.server_learning_rate <= 0:
-            raise ValueError(
-                f"server-learning-rate must be > 0, got {self.server_learning_rate}")
+        if not 0 < self.server_learning_rate < math.inf:
+            raise ValueError(f"server-learning-rate must be finite and > 0, got "
+                             f"{self.server_learning_rate}")
         if not 0.0 <= self.server_momentum < 1.0:
             raise ValueError(f"server-momentum must lie in [0, 1), got {self.server_momentum}")
         if self.dirichlet_alpha <= 0:
@@ -503,6 +503,14 @@ class RunConfig:
                 f"attack={self.attack!r} needs num-edges=0, got num-edges={self.num_edges}: the "
                 "colluding attacker is simulated at the cloud, which sees only edge aggregates"
             )
+        if self.central_dp != "none" and self.strategy == "fedavgm" and (
+                self.server_learning_rate != 1.0 or self.server_momentum != 0.0):
+            raise ValueError(
+                f"central-dp={self.central_dp!r} with fedavgm's server-learning-rate="
+                f"{self.server_learning_rate} / server-momentum={self.server_momentum}: central "
+                "DP noises the strategy's output, calibrated to a plain mean; a scaled step or "
+                "momentum (which carries earlier un-noised aggregates) is not covered; use 1 and "
+                "0, or another strategy")
         if self.num_edges and (self.dp or self.central_dp != "none"):
             raise ValueError(
                 f"dp={self.dp} / central-dp={self.central_dp!r} need num-edges=0, got "
@@ -745,10 +753,13 @@ def _check_learning(config: RunConfig) -> None:
     if config.personalization == "fedbn" and config.fine_tune != "all":
         raise ValueError("personalization=fedbn keeps the encoders' normalisation layers, which "
                          f"fine-tune={config.fine_tune} never trains: use fine-tune=all")
-    if config.personalization in ("fedrep", "local-gate") and config.fine_tune == "head":
-        raise ValueError(f"personalization={config.personalization} with fine-tune=head: "
-                         "fedrep keeps the classifier head, the only part devices would train, "
-                         "and local-gate's gates would never train; use fine-tune=top or all")
+    if config.personalization == "fedrep" and config.fine_tune == "head":
+        raise ValueError("personalization=fedrep keeps the classifier head on the device, and "
+                         "fine-tune=head trains nothing else: no shared part would train; use "
+                         "fine-tune=top or all")
+    if config.personalization == "local-gate" and config.fine_tune == "head":
+        raise ValueError("personalization=local-gate keeps the fusion's gates, which "
+                         "fine-tune=head never trains: use fine-tune=top or all")
     check_async(config)
     if config.pretrain_epochs and not config.public_devices:
         raise ValueError(f"pretrain-epochs={config.pretrain_epochs} pretrains on the public "

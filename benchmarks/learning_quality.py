@@ -13,13 +13,16 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   (ours) and zero-filled concatenation (``fusion=concat``, FedMultimodal's baseline), each
   seed; FedAvg's ``none`` cell is the mixture without dropout; then both again with half the
   devices lacking a modality in all their data (``missing-modality-devices=0.5``);
-* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on three paths, each against the same path
+* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on four paths, each against the same path
   without DP: from scratch (``tcn`` encoders); fixed DP-friendly features
   (``sensor-encoder=features``: statistical and spectral window features, only a projection
   and the head trained); public pretraining (the last 2 subjects are consented donors,
   ``public-devices=2``: the server pretrains on their windows for 20 epochs, the 8 devices
   DP-fine-tune the heads, fusion and classifier only, ``fine-tune=top``; the donors are in no
-  evaluation, so this path's central test has 8 subjects). DP cells run once (the first seed);
+  evaluation, so this path's central test has 8 subjects); public pretraining with DP-SGD's
+  local epochs, learning rate and clipping bound chosen per ε on the donors' data
+  (``public-tuned``, ``server/dp_tuning.py``), against the better of ``public`` without DP and
+  the same tuned settings without DP. DP cells run once (the first seed);
   ``dp_time_ratio`` compares the runs' CPU seconds (one torch thread each), which the other
   worker does not inflate.
 
@@ -44,7 +47,9 @@ Figures (beside their targets):
   the devices lacking a modality;
 * ``dp_accuracy_loss_points_eps{8,3,1}``: per path, central accuracy without DP minus with DP;
   targets ≤ 3 at ε = 8 and ≤ 6 at ε = 3 on the best path; ``dp_time_ratio`` per path: the DP
-  run's wall time over the same path's non-DP run (target ≤ 1.5 on the best path).
+  runs' mean CPU time over the same path's non-DP run (``public-tuned``: over its non-DP twins;
+  target ≤ 1.5 on the best path); ``dp_tuning_cpu_seconds``: the tuning's CPU time per ε, on
+  public data before training, not in the ratio.
 
 ``--workers`` runs cells in parallel processes (one torch thread each); every finished cell is
 kept in ``<out>.cells.json`` and ``--merge`` summarizes earlier cells instead of running.
@@ -325,7 +330,11 @@ def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
                      for eps in EPSILONS]
             pairs = [(p, q) for p, q in pairs if p and q]
             if pairs:
-                ratios[path] = float(np.mean([p / q for p, q in pairs]))
+                private, plain = zip(*pairs, strict=True)
+                ratios[path] = float(np.mean(private) / np.mean(plain))
+            tuning = [one("dp", f"{path}-eps{eps:g}", "tuning_cpu_seconds") for eps in EPSILONS]
+            if any(t is not None for t in tuning):  # once per ε, on public data, before training
+                figures["dp_tuning_cpu_seconds"] = float(np.mean([t for t in tuning if t]))
             continue
         plain = one(*no_dp[path], clock)
         private = [one("dp", f"{path}-eps{eps:g}", clock) for eps in EPSILONS]

@@ -100,7 +100,7 @@ def federated(overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 
 def server_momentum(devices: int) -> dict[str, Any]:
-    """FedAvgM with β = 1 − 1/K: a steady-state server step of K averaged device updates."""
+    """FedAvgM with β = 1 − 1/K for K devices a round: a steady-state step of K updates."""
     return {"strategy": "fedavgm", "server-momentum": 1.0 - 1.0 / devices}
 
 
@@ -109,7 +109,7 @@ def measure(name: str, path: Path, overrides: dict[str, Any], runs_dir: Path) ->
     overrides = {**overrides, "dataset": str(path)}
     central = common.centralized(RunConfig.from_mapping(overrides))
     seed = overrides.get("seed", 0)
-    momentum = server_momentum(overrides["num-clients"])
+    momentum = server_momentum(RunConfig.from_mapping(overrides).train_nodes)
     iid = federated({**overrides, **momentum, "partitioner": "iid"},
                     runs_dir / f"{name}-iid-{seed}")
     skewed = federated({**overrides, **momentum, "partitioner": "dirichlet"},
@@ -163,7 +163,8 @@ def main() -> None:
         args.out, NAME, args.quick, figures,
         baseline={name: [r["centralized"] for r in entry["runs"]]
                   for name, entry in per_dataset.items()},
-        config={**base, "seeds": seeds, "federated": server_momentum(args.clients)},
+        config={**base, "seeds": seeds,
+                "federated": server_momentum(RunConfig.from_mapping(base).train_nodes)},
         datasets=per_dataset)
     common.print_table(f"{NAME} ({'quick' if args.quick else 'full'})", list(figures.items()))
     print(f"wrote {path}")

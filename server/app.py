@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import strategy as flower
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
@@ -54,6 +55,7 @@ from fedmosaic.server.secure_aggregation import SecureAggregationStage
 from fedmosaic.server.traffic import MeteredStrategy
 from fedmosaic.server.unseen_devices import evaluate_unseen_devices
 from fedmosaic.server.validation import ValidatingStrategy
+from fedmosaic.strategies.registry import strategy_class
 from fedmosaic.task import build_model, cached_dataset
 
 log = logging.getLogger("fedmosaic")
@@ -66,10 +68,14 @@ def warn_pointless_settings(config: RunConfig) -> None:
         log.warning("proximal-mu=%s has no effect with strategy=%s (only fedprox sends it)",
                     config.proximal_mu, config.strategy)
     server_optimizer = (config.server_learning_rate != 1.0, config.server_momentum != 0.0)
-    if any(server_optimizer) and config.strategy != "fedavgm":
+    takes_server_step = issubclass(strategy_class(config.strategy), flower.FedAvgM)
+    if any(server_optimizer) and not takes_server_step:
         log.warning("server-learning-rate=%s and server-momentum=%s have no effect with "
                     "strategy=%s (only fedavgm takes them)", config.server_learning_rate,
                     config.server_momentum, config.strategy)
+    if config.server_momentum and takes_server_step and config.resume_from:
+        log.warning("resume-from with server-momentum=%s: the momentum is not checkpointed and "
+                    "starts again from zero", config.server_momentum)
     if config.partitioner != "iid" and not is_file_dataset(config.dataset):
         log.warning("partitioner=%s has no effect with dataset=%s (it splits data files "
                     "without a device column)", config.partitioner, config.dataset)
@@ -82,8 +88,9 @@ def warn_pointless_settings(config: RunConfig) -> None:
                     "their personal parameters again from the global ones (simulation keeps "
                     "them in memory only)", config.personalization)
     if config.fine_tune != "all" and not (config.pretrain_epochs or config.resume_from):
-        log.warning("fine-tune=%s without pretrain-epochs or resume-from: the encoders stay at "
-                    "their random initialisation for the whole run", config.fine_tune)
+        log.warning("fine-tune=%s without pretrain-epochs or resume-from: %s stay at their "
+                    "random initialisation for the whole run", config.fine_tune,
+                    "the encoders" if config.fine_tune == "top" else "all but the classifier")
     if config.public_devices and not config.pretrain_epochs:
         log.warning("public-devices=%d with pretrain-epochs=0: the donors' data is not used",
                     config.public_devices)

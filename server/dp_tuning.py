@@ -17,8 +17,12 @@ candidate (local epochs E, learning rate η, clipping bound C) is scored leave-o
 A candidate's score is its mean accuracy over the K folds; the best one's settings are the
 ``-c`` overrides to run with. The proxy is one device: in a federation FedAvg averages m
 devices' independently noised updates, so the federated model sees less noise than the proxy.
-The proxy ranks candidates; it does not predict the federated accuracy. No device's data is
-read, so the tuning spends no device's ε.
+The proxy ranks candidates; it does not predict the federated accuracy. Each candidate gets one
+draw of DP-SGD's noise and sampling per fold (Opacus draws them from the OS's entropy), so
+candidates a point or two apart are not told apart; the per-fold accuracies are reported. The
+proxy follows the run's even plan: per-device budgets, a controller's spend shares and
+``fraction-train`` < 1 change a device's σ, which the proxy does not model. No device's data
+is read, so the tuning spends no device's ε.
 """
 
 from __future__ import annotations
@@ -87,12 +91,16 @@ def tune_on_public_devices(config: RunConfig, dataset: FederatedDataset,
     """Score every candidate of ``grid`` (default :func:`candidates`) at the run's ε.
 
     ε is ``dp-epsilon-budget``; the run's ``num-server-rounds``, ``batch-size``, ``delta``,
-    ``fine-tune``, ``pretrain-epochs`` and ``seed`` are kept. Returns the candidates, best first.
+    ``fine-tune`` and ``pretrain-epochs`` are kept, and ``seed`` initialises the model.
+    Returns the candidates, best first.
 
     Raises:
-        ValueError: With fewer than 2 public devices (one to pretrain on, one to tune on), or
-            without ``pretrain-epochs``.
+        ValueError: Without ``dp``, with fewer than 2 public devices (one to pretrain on, one to
+            tune on), without ``pretrain-epochs``, or if a donor holds no held-out samples.
     """
+    if not config.dp:
+        raise ValueError("tune-dp chooses DP-SGD's settings: set dp=true (and the run's "
+                         "dp-epsilon-budget), got dp=false")
     donors = list(config.public_partitions)
     if len(donors) < 2:
         raise ValueError(f"tuning DP-SGD on public data needs public-devices >= 2 (pretrain on "
@@ -106,6 +114,10 @@ def tune_on_public_devices(config: RunConfig, dataset: FederatedDataset,
         pretrain_on_public_devices(config, dataset, pretrained,
                                    [d for d in donors if d != held_out])
         train, test = dataset.partition(held_out)
+        if not len(test):
+            raise ValueError(f"public device {held_out} holds no held-out samples to score "
+                             f"settings on: set local-test-fraction > 0, got "
+                             f"{config.local_test_fraction}")
         for candidate in grid:
             model = copy.deepcopy(pretrained)
             train_like_a_device(model, config, dataset, train, candidate)

@@ -1,4 +1,4 @@
-r"""FedAvg and FedProx whose weighted mean reads each reply's arrays decoded once.
+r"""FedAvg and FedProx whose weighted mean reads each reply's arrays decoded once; FedAvgM.
 
 McMahan et al. 2017 (arXiv:1602.05629); FedProx, Li et al. 2020 (arXiv:1812.06127):
 
@@ -11,6 +11,9 @@ over the arrays those stages already decoded (:func:`~fedmosaic.arrays.record_ar
 accumulated in float32 as Flower's is. Replies holding any array other than float32 (integer
 buffers, float64), or a weight <= 0, are averaged by Flower's own code, whose result types
 differ there. Sampling, configuration, the reply checks and the metrics are Flower's.
+
+FedAvgM (Hsu et al. 2019, arXiv:1909.06335) is Flower's, with server step η and momentum β:
+:math:`v \leftarrow \beta v + (w - \bar w)`, :math:`w \leftarrow w - \eta v`.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flower
 
 from fedmosaic.arrays import record_arrays
@@ -57,3 +61,19 @@ class FedAvg(SharedDecodeMean, flower.FedAvg):
 
 class FedProx(SharedDecodeMean, flower.FedProx):
     """Flower's ``FedProx`` (it sends ``proximal-mu``) with :class:`SharedDecodeMean`'s."""
+
+
+class FedAvgM(flower.FedAvgM):
+    """Flower's ``FedAvgM``, stepping from the model the server sends each round.
+
+    Flower's keeps its own last output as the model to step from; the server may send another
+    (a resumed run's checkpoint, the asynchronous loop's current version), so every
+    ``configure_train`` takes the model it is given.
+    """
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Flower's sampling, with ``arrays`` as the model the next step starts from."""
+        self.current_arrays = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+

@@ -3,7 +3,9 @@
 Names: ``fedavg`` (McMahan et al. 2017, arXiv:1602.05629), ``fedprox`` (Li et al. 2020,
 arXiv:1812.06127; sends ``proximal-mu``, which our ClientApp adds as ``mu/2 ||w - w_global||^2``;
 both are Flower's, averaging the arrays the server already decoded: ``strategies/fedavg.py``),
-every other Flower built-in (``fedavgm``, ``fedadam``, ``fedadagrad``, ``fedyogi``,
+``fedavgm`` (Flower's, stepping from the model the server sends, with ``server-learning-rate``
+and ``server-momentum``),
+every other Flower built-in (``fedadam``, ``fedadagrad``, ``fedyogi``,
 ``fedmedian``, ``fedtrimmedavg``, ``krum``, ``multikrum``, ``bulyan``, ``qfedavg``) and ours
 (``trimmed-mean``, ``moe-fusion``, ``moe-fusion-trim``). ``package.module:Class`` loads any
 ``flwr.serverapp.strategy.Strategy`` subclass.
@@ -24,7 +26,6 @@ from flwr.serverapp.strategy import (
     Bulyan,
     FedAdagrad,
     FedAdam,
-    FedAvgM,
     FedMedian,
     FedTrimmedAvg,
     FedYogi,
@@ -36,7 +37,7 @@ from flwr.serverapp.strategy import (
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
-from fedmosaic.strategies.fedavg import FedAvg, FedProx
+from fedmosaic.strategies.fedavg import FedAvg, FedAvgM, FedProx
 from fedmosaic.strategies.moe_fusion import MoEFusion
 from fedmosaic.strategies.trimmed_mean import TrimmedMean
 from fedmosaic.task import build_model, cached_dataset

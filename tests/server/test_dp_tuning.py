@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 from test_public_pretraining import Spy
@@ -82,3 +83,25 @@ def test_the_default_grid_covers_epochs_learning_rates_and_clipping():
 
     assert len(grid) == len(set(grid)) == 18
     assert {c.max_grad_norm for c in grid} == {0.1, 1.0}
+
+
+def test_tuning_without_dp_is_refused():
+    config = RunConfig.from_mapping({**TINY, "dp": False})
+
+    with pytest.raises(ValueError, match="set dp=true"):
+        tune_on_public_devices(config, cached_dataset(config), GRID)
+
+
+class NoHeldOut(Spy):
+    """A dataset whose partitions keep no held-out samples."""
+
+    def partition(self, partition_id):
+        train, _ = super().partition(partition_id)
+        return train, train.subset(np.arange(0))
+
+
+def test_a_donor_without_held_out_samples_is_a_clear_error():
+    config = RunConfig.from_mapping(TINY)
+
+    with pytest.raises(ValueError, match="public device 6 holds no held-out samples"):
+        tune_on_public_devices(config, NoHeldOut(cached_dataset(config)), GRID)

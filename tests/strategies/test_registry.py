@@ -1,12 +1,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import (
     Bulyan,
     FedAdam,
-    FedAvgM,
     FedTrimmedAvg,
     Krum,
     MultiKrum,
@@ -14,8 +15,9 @@ from flwr.serverapp.strategy import (
 )
 
 from fedmosaic.config import RunConfig
+from fedmosaic.server.app import warn_pointless_settings
 from fedmosaic.simulation.inprocess import run_in_process
-from fedmosaic.strategies.fedavg import FedAvg, FedProx
+from fedmosaic.strategies.fedavg import FedAvg, FedAvgM, FedProx
 from fedmosaic.strategies.moe_fusion import MoEFusion
 from fedmosaic.strategies.registry import STRATEGIES, build_aggregator
 from fedmosaic.strategies.trimmed_mean import TrimmedMean
@@ -139,3 +141,40 @@ def test_fedavgm_server_step_scales_the_averaged_update_behind_the_server_chain(
     for key, start in initial.items():
         torch.testing.assert_close(half[key], start + 0.5 * (full[key] - start),
                                    rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("settings", "warned"), [
+    ({"strategy": "fedavg", "server-momentum": 0.5}, "have no effect with strategy=fedavg"),
+    ({"strategy": "fedavgm", "server-momentum": 0.5}, None),
+    ({"strategy": "flwr.serverapp.strategy:FedAvgM", "server-learning-rate": 2.0}, None),
+])
+def test_server_step_settings_warn_only_where_no_strategy_takes_them(settings, warned, caplog):
+    warn_pointless_settings(RunConfig.from_mapping(settings))
+
+    if warned is None:
+        assert "server-momentum" not in caplog.text
+    else:
+        assert warned in caplog.text
+
+
+def test_central_dp_refuses_a_server_step_it_does_not_cover():
+    with pytest.raises(ValueError, match="central-dp='server' with fedavgm's server-learning"):
+        RunConfig.from_mapping({"strategy": "fedavgm", "server-momentum": 0.8,
+                                "central-dp": "server"})
+
+
+def test_fedavgm_steps_from_the_model_the_server_sends():
+    """The momentum step starts from the arrays of configure_train, not its own last output."""
+    strategy = build_aggregator(RunConfig.from_mapping(
+        {"strategy": "fedavgm", "server-momentum": 0.5, "num-clients": 2}))
+    sent = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+
+    class Nodes:
+        def get_node_ids(self):
+            return [1, 2]
+
+    strategy.configure_train(1, sent, ConfigRecord(), Nodes())
+    assert strategy.current_arrays is sent
+    elsewhere = ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))})
+    strategy.configure_train(2, elsewhere, ConfigRecord(), Nodes())
+    assert strategy.current_arrays is elsewhere
