@@ -85,8 +85,8 @@ def test_pretrain_epochs_without_public_devices_is_refused():
     ({"personalization": "local-gate", "fusion": "concat"}, "fusion=concat has none"),
     ({"personalization": "fedbn", "fine-tune": "top"}, "fine-tune=top never trains"),
     ({"personalization": "fedbn", "fine-tune": "head"}, "fine-tune=head never trains"),
-    ({"personalization": "fedrep", "fine-tune": "head"}, "the only part devices would train"),
-    ({"personalization": "local-gate", "fine-tune": "head"}, "gates would never train"),
+    ({"personalization": "fedrep", "fine-tune": "head"}, "no shared part would train"),
+    ({"personalization": "local-gate", "fine-tune": "head"}, "gates, which fine-tune=head"),
     ({"modality-dropout": 1.0}, r"modality-dropout must lie in \[0, 1\)"),
     ({"unseen-devices": -1}, "unseen-devices must be >= 0"),
 ])
