@@ -29,7 +29,7 @@ Figures:
     ``iid_gap_points``: the largest over the datasets of (centralized − federated IID
     accuracy) in points, target <= 2; per dataset the IID and Dirichlet accuracies and gaps;
     ``fedavg_iid_gap_points``: the same for plain FedAvg (no target).
-    Every figure is the mean over seeds 0..S-1 (``--seeds``, default 10: the central test sets
+    Every figure is the mean over seeds 0..S-1 (``--seeds``, default 20: the central test sets
     are small, one sample of ``wine``'s 36 is 2.8 points, and one seed's final accuracy moves
     by several points from round to round).
     Quick mode (wine only, 3 rounds, seed 0) checks that everything runs; its gap is not
@@ -124,7 +124,7 @@ def main() -> None:
     parser = common.make_parser(NAME, __doc__)
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default: 20; quick 3)")
     parser.add_argument("--clients", type=int, default=5, help="devices (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=10,
+    parser.add_argument("--seeds", type=int, default=20,
                         help="seeds 0..S-1; figures are means over them (default: %(default)s)")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 20)
