@@ -81,13 +81,13 @@ NAME = "learning_quality"
 PERSONALIZATIONS = ("none", "fedbn", "fedrep", "ditto", "local-gate")
 EPSILONS = (8.0, 3.0, 1.0)
 PRETRAIN_EPOCHS = 20
+PUBLIC = {"unseen-devices": 0, "public-devices": 2, "pretrain-epochs": PRETRAIN_EPOCHS,
+          "fine-tune": "top"}
 PATHS: dict[str, dict[str, Any]] = {
     "scratch": {},
     "features": {"sensor-encoder": "features"},
-    "public": {"unseen-devices": 0, "public-devices": 2, "pretrain-epochs": PRETRAIN_EPOCHS,
-               "fine-tune": "top"},
-    "public-tuned": {"unseen-devices": 0, "public-devices": 2, "pretrain-epochs": PRETRAIN_EPOCHS,
-                     "fine-tune": "top"},
+    "public": PUBLIC,
+    "public-tuned": PUBLIC,
 }
 """The DP paths: run-config overrides over the base (``scratch`` is the base itself).
 
@@ -334,7 +334,8 @@ def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
                 ratios[path] = float(np.mean(private) / np.mean(plain))
             tuning = [one("dp", f"{path}-eps{eps:g}", "tuning_cpu_seconds") for eps in EPSILONS]
             if any(t is not None for t in tuning):  # once per ε, on public data, before training
-                figures["dp_tuning_cpu_seconds"] = float(np.mean([t for t in tuning if t]))
+                figures["dp_tuning_cpu_seconds"] = float(np.mean(
+                    [t for t in tuning if t is not None]))
             continue
         plain = one(*no_dp[path], clock)
         private = [one("dp", f"{path}-eps{eps:g}", clock) for eps in EPSILONS]

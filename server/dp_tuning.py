@@ -110,19 +110,19 @@ def tune_on_public_devices(config: RunConfig, dataset: FederatedDataset,
     grid = candidates() if grid is None else grid
     accuracies: dict[Candidate, list[float]] = {c: [] for c in grid}
     for held_out in donors:
-        pretrained = build_model(config, dataset)
-        pretrain_on_public_devices(config, dataset, pretrained,
-                                   [d for d in donors if d != held_out])
         train, test = dataset.partition(held_out)
         if not len(test):
             raise ValueError(f"public device {held_out} holds no held-out samples to score "
                              f"settings on: set local-test-fraction > 0, got "
                              f"{config.local_test_fraction}")
+        pretrained = build_model(config, dataset)
+        pretrain_on_public_devices(config, dataset, pretrained,
+                                   [d for d in donors if d != held_out])
+        test_loader = make_loader(test, dataset.specs, 256, shuffle=False, seed=0)
         for candidate in grid:
             model = copy.deepcopy(pretrained)
             train_like_a_device(model, config, dataset, train, candidate)
-            loader = make_loader(test, dataset.specs, 256, shuffle=False, seed=0)
-            accuracies[candidate].append(evaluate(model, loader, dataset.specs).accuracy)
+            accuracies[candidate].append(evaluate(model, test_loader, dataset.specs).accuracy)
     scored = [Scored(c, tuple(accuracies[c])) for c in grid]
     return sorted(scored, key=lambda s: -s.accuracy)
 
