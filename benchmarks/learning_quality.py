@@ -103,8 +103,12 @@ BASE = {"dataset": "smartwatch", "num-clients": 8, "unseen-devices": 2,
         "fraction-evaluate": 1.0, "risk-perception": False}
 
 
-def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float]) -> list[dict]:
+def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float],
+                 dp_paths: list[str] | None = None) -> list[dict]:
     """The grid: one dict per cell (``part``, ``variant``, ``seed``, run-config ``overrides``).
+
+    ``dp_paths`` picks the DP paths (default: every one of :data:`PATHS`); ``public-tuned``
+    brings ``public``'s non-DP run, half of its reference.
 
     Ordered so that a cut-short invocation has whole figures: the first seed of every part,
     DP at its first two ε (one seed: each DP run is the slowest cell), the other seeds, then
@@ -134,12 +138,15 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float]) -> l
         per_seed.append(cells)
     dp: list[dict] = []
     if "dp" in parts:
+        paths = {path: PATHS[path] for path in dp_paths or PATHS}
+        referenced = {*paths, *(["public"] if TUNED in paths else [])}  # TUNED's reference
         dp = [{"part": "dp", "variant": f"{path}-nodp", "seed": seeds[0], "overrides": extra}
-              for path, extra in PATHS.items() if extra and path != TUNED]  # scratch: FedAvg's
+              for path, extra in PATHS.items()
+              if extra and path != TUNED and path in referenced]  # scratch: FedAvg's
         dp += [{"part": "dp", "variant": f"{path}-eps{eps:g}", "seed": seeds[0],
                 "overrides": {**extra, "dp": True, "dp-epsilon-budget": eps}}
-               for eps in epsilons for path, extra in PATHS.items()]
-    early = len(PATHS) - 2 + 2 * len(PATHS)  # the non-DP runs and the first two ε
+               for eps in epsilons for path, extra in paths.items()]
+    early = len(dp) - (len(epsilons) - 2) * len(paths) if dp else 0  # non-DP, first two ε
     return [*per_seed[0], *dp[:early], *(c for cells in per_seed[1:] for c in cells),
             *dp[early:]]
 
@@ -179,7 +186,7 @@ def tuned_cell(cell: dict[str, Any], overrides: dict[str, Any], runs_dir: str) -
     """Tune DP-SGD on the donors at the cell's ε, then the DP run and its non-DP twin."""
     config = RunConfig.from_mapping(overrides)
     started = time.process_time()
-    tuning = as_report(tune_on_public_devices(config, cached_dataset(config)))
+    tuning = as_report(tune_on_public_devices(config, cached_dataset(config)), config)
     tuning_seconds = time.process_time() - started
     tuned = {**overrides, **tuning["best"]}
     name = f"{cell['part']}-{cell['variant']}-seed{cell['seed']}"
@@ -360,6 +367,8 @@ def main() -> None:
                         default=["personalization", "missing", "missing-half", "dp"],
                         choices=["personalization", "missing", "missing-half", "dp"])
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
+    parser.add_argument("--dp-paths", nargs="+", default=list(PATHS), choices=list(PATHS),
+                        help="the DP paths to run (default: all)")
     parser.add_argument("--workers", type=int, default=2, help="cells run in parallel")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="start from the cells of earlier `.cells.json` files; only the "
@@ -375,7 +384,7 @@ def main() -> None:
     settings = json.dumps(base, sort_keys=True)  # merged cells count only under the same base
     cells = [c for c in cells if json.dumps(c.get("base"), sort_keys=True) == settings]
     done_keys = {(c["part"], c["variant"], c["seed"]) for c in cells}
-    todo = [c for c in cells_to_run(args.parts, seeds, args.epsilons)
+    todo = [c for c in cells_to_run(args.parts, seeds, args.epsilons, args.dp_paths)
             if (c["part"], c["variant"], c["seed"]) not in done_keys]
     if todo:
         print(f"{NAME}: {len(todo)} cells on {args.workers} workers; runs in {runs_dir}",
@@ -399,7 +408,8 @@ def main() -> None:
                                      "centralized training of the same model, same epochs",
                   "missing": "zero-filled concatenation (fusion=concat)",
                   "dp": "the same path without DP"},
-        config={"seeds": seeds, "parts": args.parts, "epsilons": args.epsilons, **base},
+        config={"seeds": seeds, "parts": args.parts, "epsilons": args.epsilons,
+                "dp_paths": args.dp_paths, **base},
         cells=cells)
     print(f"wrote {path}")
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from opacus.accountants import RDPAccountant
 from test_public_pretraining import Spy
 from typer.testing import CliRunner
@@ -12,7 +13,7 @@ from fedmosaic.cli import app
 from fedmosaic.config import RunConfig
 from fedmosaic.server import dp_tuning
 from fedmosaic.server.dp_tuning import Candidate, candidates, tune_on_public_devices
-from fedmosaic.task import cached_dataset
+from fedmosaic.task import build_model, cached_dataset
 
 TINY = {"num-clients": 6, "unseen-devices": 0, "public-devices": 2, "pretrain-epochs": 1,
         "num-server-rounds": 2, "fine-tune": "top", "dp": True, "dp-epsilon-budget": 3.0}
@@ -40,9 +41,12 @@ def test_each_simulated_device_spends_exactly_the_runs_epsilon(monkeypatch):
 
     tune_on_public_devices(config, dataset, [Candidate(2, 0.01, 0.1)])
 
-    assert len(calls) == 2 * config.num_server_rounds  # 2 folds x rounds
-    for donor, fold in zip((6, 7), (calls[:2], calls[2:]), strict=True):
+    devices = config.train_nodes  # 6 devices per round, all simulated
+    assert devices == 6 and len(calls) == 2 * config.num_server_rounds * devices  # 2 folds
+    per_fold = len(calls) // 2
+    for donor, fold in zip((6, 7), (calls[:per_fold], calls[per_fold:]), strict=True):
         batches, kwargs = fold[0]
+        assert all(call == fold[0] for call in fold)  # every device and round: the same plan
         assert kwargs["epochs"] == 2 and kwargs["max_grad_norm"] == 0.1
         assert kwargs["learning_rate"] == 0.01
         accountant = RDPAccountant()  # Opacus's accountant, apart from our calibration
@@ -50,6 +54,39 @@ def test_each_simulated_device_spends_exactly_the_runs_epsilon(monkeypatch):
                                2 * batches * config.num_server_rounds)]
         assert batches == -(-len(dataset.partition(donor)[0]) // config.batch_size)
         assert accountant.get_epsilon(config.delta) == pytest.approx(3.0, abs=0.011)
+
+
+def test_each_round_the_model_becomes_the_mean_of_the_simulated_devices(monkeypatch):
+    config = RunConfig.from_mapping({**TINY, "num-server-rounds": 1})
+    dataset = cached_dataset(config)
+    model = build_model(config, dataset)
+    head = dict(model.named_parameters())["classifier.2.weight"]
+    encoder = next(p for n, p in model.named_parameters() if n.startswith("encoders."))
+    start, encoder_start = head.detach().clone(), encoder.detach().clone()
+    steps = iter(range(1, 100))
+
+    def shift_trained_parameters(device, loader, specs, **kw):
+        step = next(steps)  # device k adds k to what it trains
+        with torch.no_grad():
+            for param in device.parameters():
+                if param.requires_grad:
+                    param.add_(step)
+
+    monkeypatch.setattr(dp_tuning, "train_private", shift_trained_parameters)
+    dp_tuning.train_like_a_federation(model, config, dataset, dataset.partition(6)[0],
+                                      Candidate(1, 0.01, 1.0))
+
+    assert torch.allclose(head, start + np.mean(range(1, 7)))  # mean of 1..6
+    assert torch.allclose(encoder, encoder_start, atol=1e-6)  # fine-tune=top: encoders stay
+    assert encoder.requires_grad  # and are unfrozen again afterwards
+
+
+def test_the_simulated_devices_are_the_runs_devices_per_round_up_to_a_cap():
+    assert dp_tuning.simulated_devices(RunConfig.from_mapping(TINY)) == 6
+    assert dp_tuning.simulated_devices(RunConfig.from_mapping(
+        {**TINY, "fraction-train": 0.5})) == 3
+    assert dp_tuning.simulated_devices(RunConfig.from_mapping(
+        {**TINY, "num-clients": 50})) == dp_tuning.MAX_SIMULATED_DEVICES
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
