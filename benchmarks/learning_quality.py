@@ -382,7 +382,9 @@ def main() -> None:
     partial = args.out.with_suffix(".cells.json")
     cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
     settings = json.dumps(base, sort_keys=True)  # merged cells count only under the same base
-    cells = [c for c in cells if json.dumps(c.get("base"), sort_keys=True) == settings]
+    cells = [c for c in cells if json.dumps(c.get("base"), sort_keys=True) == settings
+             and not (c["variant"].startswith(f"{TUNED}-eps")  # tuned by one device: re-run
+                      and "simulated_devices" not in c.get("tuning", {}))]
     done_keys = {(c["part"], c["variant"], c["seed"]) for c in cells}
     todo = [c for c in cells_to_run(args.parts, seeds, args.epsilons, args.dp_paths)
             if (c["part"], c["variant"], c["seed"]) not in done_keys]

@@ -28,9 +28,12 @@ predict the federated accuracy.
 A candidate's score is its mean accuracy over the K folds; the best one's settings are the
 ``-c`` overrides to run with. Each candidate gets one draw of DP-SGD's noise and sampling per
 fold (Opacus draws them from the OS's entropy), so candidates a point or two apart are not
-told apart; the per-fold accuracies are reported. The proxy follows the run's even plan:
-per-device budgets, a controller's spend shares and uneven device sizes change a device's σ,
-which the proxy does not model. No device's data is read, so the tuning spends no device's ε.
+told apart; the per-fold accuracies are reported. The proxy follows FedAvg's plain mean and
+the run's even plan; it does not model what changes them: per-device budgets, a controller's
+spend shares, uneven device sizes and ``fraction-train`` < 1 (a device first sampled in a
+later round spends its ε over fewer rounds) change a device's σ, and personal parameters
+(``personalization``), a server step or momentum (``fedavgm``) and FedProx's μ change the
+aggregate. No device's data is read, so the tuning spends no device's ε.
 """
 
 from __future__ import annotations
@@ -150,8 +153,8 @@ def train_like_a_federation(model: MultimodalClassifier, config: RunConfig,
     """The run's DP-SGD rounds on ``train`` under ``candidate`` (module docstring, step 2).
 
     Each of :func:`simulated_devices` devices spends exactly the run's ε over its rounds; after
-    every round ``model`` becomes the mean of their models (their weights are equal: they hold
-    the same samples).
+    every round the parameters they train become the mean of theirs (their weights are equal:
+    they hold the same samples).
     """
     loader = make_loader(train, dataset.specs, config.batch_size, shuffle=True,
                          seed=config.seed)
@@ -161,7 +164,7 @@ def train_like_a_federation(model: MultimodalClassifier, config: RunConfig,
                                        planned, accountant=config.accountant)
     trained = fine_tuned_parameters(model, config.fine_tune)
     for _ in range(config.num_server_rounds):
-        states = []
+        devices = []
         for _ in range(simulated_devices(config)):
             device = copy.deepcopy(model)
             with training_only(device, trained):
@@ -170,10 +173,11 @@ def train_like_a_federation(model: MultimodalClassifier, config: RunConfig,
                               weights=loss_weights(config), noise_multiplier=sigma,
                               max_grad_norm=candidate.max_grad_norm,
                               grad_sample_mode=config.grad_sample_mode)
-            states.append(device.state_dict())
-        model.load_state_dict({key: torch.stack([state[key] for state in states]).mean(dim=0)
-                               if value.is_floating_point() else value
-                               for key, value in states[0].items()})
+            devices.append(dict(device.named_parameters()))
+        with torch.no_grad():  # what no device trains stays exactly as it was
+            for name, param in model.named_parameters():
+                if name in trained:
+                    param.copy_(torch.stack([d[name] for d in devices]).mean(dim=0))
 
 
 def as_report(scored: list[Scored], config: RunConfig) -> dict[str, object]:
