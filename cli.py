@@ -192,26 +192,19 @@ def tune_dp(
     """Choose DP-SGD's local epochs, learning rate and clipping bound on public donors' data.
 
     For the run's ε (dp-epsilon-budget), each setting is scored leave-one-donor-out on the
-    public-devices' data (>= 2 donors, pretrain-epochs >= 1), by a federation of simulated
-    devices that all hold the left-out donor's data; no device's data is read, so no device
-    spends ε. Prints every setting's accuracy and the -c overrides to run with.
+    public-devices' data (>= 2 donors, pretrain-epochs >= 1); no device's data is read, so no
+    device spends ε. Prints every setting's accuracy and the -c overrides to run with.
     """
     from rich.table import Table
 
     from fedmosaic.config import RunConfig
-    from fedmosaic.server.dp_tuning import (
-        as_report,
-        candidates,
-        simulated_devices,
-        tune_on_public_devices,
-    )
+    from fedmosaic.server.dp_tuning import as_report, candidates, tune_on_public_devices
     from fedmosaic.task import cached_dataset
 
     try:
         settings = RunConfig.from_mapping(_overrides(run_config, config))
         console.print(f"scoring {len(candidates())} DP-SGD settings at ε = "
-                      f"{settings.dp_epsilon_budget:g} on {settings.public_devices} donors, "
-                      f"{simulated_devices(settings)} simulated devices a round ...")
+                      f"{settings.dp_epsilon_budget:g} on {settings.public_devices} donors ...")
         scored = tune_on_public_devices(settings, cached_dataset(settings))
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
@@ -224,7 +217,7 @@ def tune_dp(
                       f"{entry.accuracy:.4f}",
                       " ".join(f"{a:.3f}" for a in entry.fold_accuracies))
     console.print(table)
-    report = as_report(scored, settings)
+    report = as_report(scored)
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
     console.print("run with: " + " ".join(f"-c {k}={v}" for k, v in report["best"].items()))

@@ -186,7 +186,7 @@ def tuned_cell(cell: dict[str, Any], overrides: dict[str, Any], runs_dir: str) -
     """Tune DP-SGD on the donors at the cell's ε, then the DP run and its non-DP twin."""
     config = RunConfig.from_mapping(overrides)
     started = time.process_time()
-    tuning = as_report(tune_on_public_devices(config, cached_dataset(config)), config)
+    tuning = as_report(tune_on_public_devices(config, cached_dataset(config)))
     tuning_seconds = time.process_time() - started
     tuned = {**overrides, **tuning["best"]}
     name = f"{cell['part']}-{cell['variant']}-seed{cell['seed']}"
@@ -382,9 +382,7 @@ def main() -> None:
     partial = args.out.with_suffix(".cells.json")
     cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
     settings = json.dumps(base, sort_keys=True)  # merged cells count only under the same base
-    cells = [c for c in cells if json.dumps(c.get("base"), sort_keys=True) == settings
-             and not (c["variant"].startswith(f"{TUNED}-eps")  # tuned by one device: re-run
-                      and "simulated_devices" not in c.get("tuning", {}))]
+    cells = [c for c in cells if json.dumps(c.get("base"), sort_keys=True) == settings]
     done_keys = {(c["part"], c["variant"], c["seed"]) for c in cells}
     todo = [c for c in cells_to_run(args.parts, seeds, args.epsilons, args.dp_paths)
             if (c["part"], c["variant"], c["seed"]) not in done_keys]

@@ -8,32 +8,25 @@ candidate (local epochs E, learning rate η, clipping bound C) is scored leave-o
 
 1. the model is pretrained, plainly, on the other donors' training data for ``pretrain-epochs``
    (as the server pretrains on all donors before a run);
-2. m simulated devices, all holding the left-out donor's training split, run the run's DP-SGD
-   regime and FedAvg averages them after every round: ``num-server-rounds`` rounds of E
-   Poisson epochs at ``batch-size``, a fresh Adam per device and round, training what
-   ``fine-tune`` names, with each device's noise multiplier σ calibrated so that all its
-   rounds together spend exactly ε at ``delta``;
-3. the donor's held-out split scores the averaged model.
-
-m is the run's devices per round (``fraction-train`` of ``num-clients``), at most
-:data:`MAX_SIMULATED_DEVICES`. The averaging is what makes the proxy's noise the federation's:
-the mean of m independently noised updates carries 1/√m of one device's noise, and the
-settings that win change with it (scored on one device alone, 1 local epoch won at ε = 3,
-where 5 did better in the federated run). Scaling one device's σ by 1/√m instead would not
-do: Adam divides each step by the gradient's running magnitude, so a less noisy device takes
-larger steps than the average of noisier ones. All simulated devices hold the same donor's
-data, so the proxy leaves out the devices' heterogeneity; it ranks candidates, it does not
-predict the federated accuracy.
+2. one simulated device holding the left-out donor's training split runs the run's DP-SGD
+   regime: ``num-server-rounds`` rounds of E Poisson epochs at ``batch-size``, a fresh Adam
+   each round, training what ``fine-tune`` names, with the noise multiplier σ calibrated so
+   that all its rounds together spend exactly ε at ``delta``;
+3. the donor's held-out split scores it.
 
 A candidate's score is its mean accuracy over the K folds; the best one's settings are the
-``-c`` overrides to run with. Each candidate gets one draw of DP-SGD's noise and sampling per
-fold (Opacus draws them from the OS's entropy), so candidates a point or two apart are not
-told apart; the per-fold accuracies are reported. The proxy follows FedAvg's plain mean and
-the run's even plan; it does not model what changes them: per-device budgets, a controller's
-spend shares, uneven device sizes and ``fraction-train`` < 1 (a device first sampled in a
-later round spends its ε over fewer rounds) change a device's σ, and personal parameters
-(``personalization``), a server step or momentum (``fedavgm``) and FedProx's μ change the
-aggregate. No device's data is read, so the tuning spends no device's ε.
+``-c`` overrides to run with. The proxy is one device: in a federation FedAvg averages m
+devices' independently noised updates, so the federated model sees less noise than the proxy.
+The proxy ranks candidates; it does not predict the federated accuracy. Averaging m simulated
+devices that all hold the left-out donor's data removes the first bias but adds a worse one:
+they cannot drift apart as different subjects do, so large learning rates win that make the
+real federation collapse (README, "DP-SGD settings per ε"). Each candidate gets one draw of
+DP-SGD's noise and sampling per fold (Opacus draws them from the OS's entropy), so candidates a
+point or two apart are not told apart; the per-fold accuracies are reported. The proxy follows
+the run's even plan: per-device budgets, a controller's spend shares and ``fraction-train`` < 1
+change a device's σ, which the proxy does not model, nor personal parameters
+(``personalization``), a server step or momentum (``fedavgm``) or FedProx's μ. No device's data
+is read, so the tuning spends no device's ε.
 """
 
 from __future__ import annotations
@@ -41,8 +34,6 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass
-
-import torch
 
 from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset
@@ -59,8 +50,6 @@ from fedmosaic.task import build_model, loss_weights
 LOCAL_EPOCHS = (1, 2, 5)
 LEARNING_RATES = (0.003, 0.01, 0.03)
 CLIPPING_BOUNDS = (0.1, 1.0)
-MAX_SIMULATED_DEVICES = 8
-"""At most this many devices are simulated per round (the proxy's cost grows with them)."""
 
 
 @dataclass(frozen=True)
@@ -136,54 +125,33 @@ def tune_on_public_devices(config: RunConfig, dataset: FederatedDataset,
         test_loader = make_loader(test, dataset.specs, 256, shuffle=False, seed=0)
         for candidate in grid:
             model = copy.deepcopy(pretrained)
-            train_like_a_federation(model, config, dataset, train, candidate)
+            train_like_a_device(model, config, dataset, train, candidate)
             accuracies[candidate].append(evaluate(model, test_loader, dataset.specs).accuracy)
     scored = [Scored(c, tuple(accuracies[c])) for c in grid]
     return sorted(scored, key=lambda s: -s.accuracy)
 
 
-def simulated_devices(config: RunConfig) -> int:
-    """m: the run's devices per round, at most :data:`MAX_SIMULATED_DEVICES`."""
-    return min(config.train_nodes, MAX_SIMULATED_DEVICES)
-
-
-def train_like_a_federation(model: MultimodalClassifier, config: RunConfig,
-                            dataset: FederatedDataset, train: MultimodalArrays,
-                            candidate: Candidate) -> None:
-    """The run's DP-SGD rounds on ``train`` under ``candidate`` (module docstring, step 2).
-
-    Each of :func:`simulated_devices` devices spends exactly the run's ε over its rounds; after
-    every round the parameters they train become the mean of theirs (their weights are equal:
-    they hold the same samples).
-    """
+def train_like_a_device(model: MultimodalClassifier, config: RunConfig,
+                        dataset: FederatedDataset, train: MultimodalArrays,
+                        candidate: Candidate) -> None:
+    """The run's DP-SGD rounds on ``train`` under ``candidate``, spending exactly the run's ε."""
     loader = make_loader(train, dataset.specs, config.batch_size, shuffle=True,
                          seed=config.seed)
     sample_rate, steps, planned = poisson_plan(len(train), config.batch_size,
                                                candidate.local_epochs, config.num_server_rounds)
     sigma = calibrate_noise_multiplier(config.dp_epsilon_budget, config.delta, sample_rate,
                                        planned, accountant=config.accountant)
-    trained = fine_tuned_parameters(model, config.fine_tune)
-    for _ in range(config.num_server_rounds):
-        devices = []
-        for _ in range(simulated_devices(config)):
-            device = copy.deepcopy(model)
-            with training_only(device, trained):
-                train_private(device, loader, dataset.specs, epochs=candidate.local_epochs,
-                              learning_rate=candidate.learning_rate,
-                              weights=loss_weights(config), noise_multiplier=sigma,
-                              max_grad_norm=candidate.max_grad_norm,
-                              grad_sample_mode=config.grad_sample_mode)
-            devices.append(dict(device.named_parameters()))
-        with torch.no_grad():  # what no device trains stays exactly as it was
-            for name, param in model.named_parameters():
-                if name in trained:
-                    param.copy_(torch.stack([d[name] for d in devices]).mean(dim=0))
+    with training_only(model, fine_tuned_parameters(model, config.fine_tune)):
+        for _ in range(config.num_server_rounds):
+            train_private(model, loader, dataset.specs, epochs=candidate.local_epochs,
+                          learning_rate=candidate.learning_rate, weights=loss_weights(config),
+                          noise_multiplier=sigma, max_grad_norm=candidate.max_grad_norm,
+                          grad_sample_mode=config.grad_sample_mode)
 
 
-def as_report(scored: list[Scored], config: RunConfig) -> dict[str, object]:
-    """JSON-ready result: the best overrides, every candidate's scores (best first), and m."""
+def as_report(scored: list[Scored]) -> dict[str, object]:
+    """JSON-ready result: the best overrides and every candidate's scores, best first."""
     return {"best": scored[0].candidate.overrides(), "best_accuracy": scored[0].accuracy,
             "candidates": [s.to_dict() for s in scored],
-            "simulated_devices": simulated_devices(config),
             "grid": {"local_epochs": LOCAL_EPOCHS, "learning_rates": LEARNING_RATES,
                      "clipping_bounds": CLIPPING_BOUNDS}}

@@ -88,51 +88,6 @@ def test_a_subset_of_dp_paths_brings_the_references_it_is_measured_against(learn
     assert [c["variant"] for c in scratch] == ["scratch-eps1"]  # its reference is FedAvg's
 
 
-def test_merging_re_runs_cells_tuned_by_the_one_device_proxy(learning_quality, tmp_path,
-                                                             monkeypatch):
-    base = {**learning_quality.BASE}
-    old = cell("dp", "public-tuned-eps8", final_accuracy=0.7, base=base,
-               tuning={"best": {}})
-    new = cell("dp", "public-tuned-eps3", final_accuracy=0.7, base=base,
-               tuning={"best": {}, "simulated_devices": 8})
-    nodp = cell("dp", "public-nodp", final_accuracy=0.8, base=base)
-    earlier = tmp_path / "earlier.cells.json"
-    earlier.write_text(json.dumps({"cells": [old, new, nodp]}))
-    ran = []
-    monkeypatch.setattr(learning_quality, "run_cell",
-                        lambda c, b, d: ran.append(c["variant"]) or {
-                            **c, "final_accuracy": 0.7, "cell_seconds": 0.0})
-    monkeypatch.setattr(learning_quality.multiprocessing, "get_context",
-                        lambda _: InlinePoolContext())
-    monkeypatch.setattr(sys, "argv", [
-        "learning_quality.py", "--parts", "dp", "--dp-paths", "public-tuned", "--epsilons",
-        "8", "3", "--merge", str(earlier), "--out", str(tmp_path / "lq.json"),
-        "--runs-dir", str(tmp_path / "runs")])
-
-    learning_quality.main()
-
-    assert ran == ["public-tuned-eps8"]
-
-
-class InlinePoolContext:
-    """A ``multiprocessing`` context whose pool runs each task at once, in this process."""
-
-    def Pool(self, *args, **kwargs):  # noqa: N802 (multiprocessing's name)
-        return InlinePool()
-
-
-class InlinePool:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def apply_async(self, function, args):
-        result = function(*args)
-        return type("Done", (), {"get": lambda self: result})()
-
-
 def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
     out = tmp_path / "learning_quality.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
