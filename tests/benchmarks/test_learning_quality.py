@@ -85,7 +85,7 @@ def test_a_subset_of_dp_paths_brings_the_references_it_is_measured_against(learn
     assert [c["variant"] for c in cells] == ["public-nodp", "public-tuned-eps8",
                                              "public-tuned-eps3"]
     scratch = learning_quality.cells_to_run(["dp"], [0], [1], ["scratch"])
-    assert [c["variant"] for c in scratch] == ["scratch-eps1"]  # its reference is FedAvg's
+    assert [c["variant"] for c in scratch] == ["scratch-eps1"]  # FedAvg's run: personalization
 
 
 def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
