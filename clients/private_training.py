@@ -200,7 +200,8 @@ def train_private_round(
                                noise_multiplier=account.noise_multiplier,
                                max_grad_norm=config.max_grad_norm,
                                grad_sample_mode=config.grad_sample_mode,
-                               proximal_mu=proximal_mu, reference_params=reference_params)
+                               proximal_mu=proximal_mu, reference_params=reference_params,
+                               iterate_averaging=config.iterate_averaging)
         account.history.append(segment)  # type: ignore[arg-type]
     save_account(account, context, path)
     return PrivateRound(result=result, metrics={
