@@ -173,11 +173,6 @@ class RunConfig:
     local_epochs: int = setting("epochs of local training per round")
     batch_size: int = setting("local batch size")
     learning_rate: float = setting("Adam step size on the clients")
-    iterate_averaging: float = setting(
-        "decay β of an exponential moving average of a device's local iterates, sent in place of "
-        "the last iterate (0: the last iterate; under DP-SGD it averages part of the noise at no "
-        "ε cost)"
-    )
     embed_dim: int = setting("size of each modality's probabilistic embedding")
     num_experts: int = setting("experts per modality in the first level of the mixture")
     hidden_dim: int = setting("size of each encoder's feature vector")
@@ -472,8 +467,6 @@ class RunConfig:
                 raise ValueError(f"{_key(name)} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning-rate must be > 0, got {self.learning_rate}")
-        if not 0.0 <= self.iterate_averaging < 1.0:
-            raise ValueError(f"iterate-averaging must lie in [0, 1), got {self.iterate_averaging}")
         if not 0 < self.server_learning_rate < math.inf:
             raise ValueError(f"server-learning-rate must be finite and > 0, got "
                              f"{self.server_learning_rate}")

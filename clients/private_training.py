@@ -200,8 +200,7 @@ def train_private_round(
                                noise_multiplier=account.noise_multiplier,
                                max_grad_norm=config.max_grad_norm,
                                grad_sample_mode=config.grad_sample_mode,
-                               proximal_mu=proximal_mu, reference_params=reference_params,
-                               iterate_averaging=config.iterate_averaging)
+                               proximal_mu=proximal_mu, reference_params=reference_params)
         account.history.append(segment)  # type: ignore[arg-type]
     save_account(account, context, path)
     return PrivateRound(result=result, metrics={

@@ -256,8 +256,7 @@ def train_model(state: DeviceRound) -> None:
             state.result = train(model, state.loader, specs, epochs=config.local_epochs,
                                  learning_rate=state.learning_rate,
                                  weights=loss_weights(config), proximal_mu=proximal_mu,
-                                 reference_params=reference,
-                                 iterate_averaging=config.iterate_averaging)
+                                 reference_params=reference)
         return
     if any(np.isnan(state.train_arrays.inputs[s.name]).any() for s in specs
            if s.kind == ModalityKind.SENSOR):

@@ -10,15 +10,6 @@ The local objective is
 
 where the last, proximal term is FedProx's (Li et al. 2020, "Federated Optimization in
 Heterogeneous Networks", MLSys, arXiv:1812.06127), minimised with Adam (Kingma & Ba 2015).
-
-With iterate averaging β > 0 the trained parameters end as an exponential moving average of
-the iterates, :math:`\bar w_t = \beta_t \bar w_{t-1} + (1 - \beta_t) w_t` from
-:math:`\bar w_0 = w_0`, with :math:`\beta_t = \min(\beta, (1 + t)/(10 + t))` so that the
-first steps are not drowned by the start (the warm-up of TensorFlow's
-``ExponentialMovingAverage``). Under DP-SGD the average is post-processing of the private
-iterates, so it costs no ε, and it averages the injected noise of the last
-:math:`\approx 1/(1-\beta)` steps (De et al. 2022, "Unlocking High-Accuracy Differentially
-Private Image Classification through Scale", arXiv:2204.13650, §3).
 """
 
 from __future__ import annotations
@@ -171,7 +162,6 @@ def train(
     proximal_mu: float = 0.0,
     reference_params: list[torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
-    iterate_averaging: float = 0.0,
 ) -> TrainResult:
     r"""Train ``model`` in place with Adam on the local objective (module docstring).
 
@@ -189,8 +179,6 @@ def train(
             entry in order; required when ``proximal_mu > 0``.
         optimizer: The optimiser to step (e.g. Opacus's DP wrapper around Adam); by default
             Adam over ``model.parameters()`` at ``learning_rate``.
-        iterate_averaging: β in [0, 1): the trained parameters end as the moving average of
-            the iterates (module docstring); 0 keeps the last iterate.
 
     Returns:
         The :class:`TrainResult`.
@@ -206,8 +194,6 @@ def train(
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     if not proximal_mu >= 0.0:
         raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu}")
-    if not 0.0 <= iterate_averaging < 1.0:
-        raise ValueError(f"iterate_averaging must lie in [0, 1), got {iterate_averaging}")
     params = list(model.parameters())
     if proximal_mu > 0.0:
         if reference_params is None:
@@ -224,8 +210,6 @@ def train(
     reference = [r.detach() for r in reference_params] if proximal_mu > 0.0 else []
     if optimizer is None:
         optimizer = torch.optim.Adam(params, lr=learning_rate)
-    trained = [p for p in params if p.requires_grad] if iterate_averaging > 0.0 else []
-    averaged = [p.detach().clone() for p in trained]
     model.train()
     steps = 0
     for _ in range(epochs):
@@ -248,20 +232,12 @@ def train(
             loss.backward()
             optimizer.step()
             steps += 1
-            if averaged:
-                decay = min(iterate_averaging, (1 + steps) / (10 + steps))
-                with torch.no_grad():
-                    for mean, param in zip(averaged, trained, strict=True):
-                        mean.lerp_(param, 1.0 - decay)
             loss_sum += float(loss.detach()) * labels.shape[0]
             seen += labels.shape[0]
             with torch.no_grad():
                 variances = output.logvars.exp().mean(dim=-1)
                 variance_sum += float(variances[mask].sum())
                 variance_count += int(mask.sum())
-    with torch.no_grad():
-        for mean, param in zip(averaged, trained, strict=True):
-            param.copy_(mean)
     return TrainResult(
         loss=loss_sum / max(seen, 1),
         num_examples=len(loader.dataset),

@@ -57,7 +57,6 @@ def train_private(
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     proximal_mu: float = 0.0,
     reference_params: list[torch.Tensor] | None = None,
-    iterate_averaging: float = 0.0,
 ) -> TrainResult:
     r"""Train ``model`` in place with DP-SGD (module docstring) for ``epochs`` Poisson epochs.
 
@@ -78,8 +77,6 @@ def train_private(
             privatized gradient before each Adam step (post-processing, no privacy cost).
         reference_params: FedProx's reference weights, one per ``model.parameters()``
             entry; required when ``proximal_mu > 0``.
-        iterate_averaging: β of the moving average of the iterates that the model ends as
-            (:func:`~fedmosaic.models.training.train`); post-processing, no privacy cost.
 
     Returns:
         The :class:`~fedmosaic.models.training.TrainResult`.
@@ -140,7 +137,6 @@ def train_private(
                 learning_rate=learning_rate,
                 weights=dataclasses.replace(weights, balance=0.0),
                 optimizer=private_optimizer,
-                iterate_averaging=iterate_averaging,
             )
     finally:
         private_model._close()

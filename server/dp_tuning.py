@@ -146,8 +146,7 @@ def train_like_a_device(model: MultimodalClassifier, config: RunConfig,
             train_private(model, loader, dataset.specs, epochs=candidate.local_epochs,
                           learning_rate=candidate.learning_rate, weights=loss_weights(config),
                           noise_multiplier=sigma, max_grad_norm=candidate.max_grad_norm,
-                          grad_sample_mode=config.grad_sample_mode,
-                          iterate_averaging=config.iterate_averaging)
+                          grad_sample_mode=config.grad_sample_mode)
 
 
 def as_report(scored: list[Scored]) -> dict[str, object]:

@@ -17,51 +17,6 @@ def leftover_processes():
 
 
 @pytest.fixture
-def moving_average():
-    """Callable: the warmed-up moving average of a list of iterates (lists of tensors), β.
-
-    :math:`\bar w_t = \beta_t \bar w_{t-1} + (1 - \beta_t) w_t`,
-    :math:`\beta_t = \min(\beta, (1 + t)/(10 + t))`, from :math:`\bar w_0` = the first entry.
-    """
-    def average(iterates, beta):
-        mean = [w.clone() for w in iterates[0]]
-        for step, current in enumerate(iterates[1:], start=1):
-            decay = min(beta, (1 + step) / (10 + step))
-            mean = [decay * m + (1 - decay) * w for m, w in zip(mean, current, strict=True)]
-        return mean
-
-    return average
-
-
-@pytest.fixture
-def step_recorder():
-    """Context manager: records the trainable parameters of ``model`` after every Adam step.
-
-    Yields a list whose first entry is the parameters before training.
-    """
-    from contextlib import contextmanager
-
-    from torch.optim.optimizer import register_optimizer_step_post_hook
-
-    @contextmanager
-    def record(model):
-        trained = [p for p in model.parameters() if p.requires_grad]
-        iterates = [[p.detach().clone() for p in trained]]
-
-        def after_step(optimizer, *_):
-            if isinstance(optimizer, torch.optim.Adam):
-                iterates.append([p.detach().clone() for p in trained])
-
-        handle = register_optimizer_step_post_hook(after_step)
-        try:
-            yield iterates
-        finally:
-            handle.remove()
-
-    return record
-
-
-@pytest.fixture
 def train_reply():
     """Callable: a training reply from ``node`` carrying ``{name: ndarray}`` and metrics."""
     from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict

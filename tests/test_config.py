@@ -52,8 +52,6 @@ def test_round_trip():
         ({"fraction-train": 1.5}, "fraction-train must lie in"),
         ({"fraction-train": 0.0}, "fraction-train must be > 0"),
         ({"learning-rate": 0.0}, "learning-rate must be > 0"),
-        ({"iterate-averaging": 1.0}, r"iterate-averaging must lie in \[0, 1\), got 1.0"),
-        ({"iterate-averaging": -0.5}, r"iterate-averaging must lie in \[0, 1\), got -0.5"),
         ({"proximal-mu": -1.0}, "proximal-mu must be >= 0"),
         ({"server-learning-rate": 0.0}, "server-learning-rate must be finite and > 0, got 0.0"),
         ({"server-learning-rate": float("inf")}, "server-learning-rate must be finite"),

@@ -130,36 +130,6 @@ def test_proximal_term_pulls_weights_toward_the_reference():
     assert _distance_to_start(proximal_mu=10.0) < 0.5 * _distance_to_start(proximal_mu=0.0)
 
 
-def test_iterate_averaging_ends_at_the_moving_average_of_the_iterates(moving_average,
-                                                                    step_recorder):
-    def trained_with(beta, record=None):
-        model = _model()
-        model.classifier[0].weight.requires_grad_(False)
-        loader = make_loader(_separable(), SPECS, batch_size=16, shuffle=True, seed=0)
-        torch.manual_seed(1)
-        if record is None:
-            train(model, loader, SPECS, 2, 0.01, WEIGHTS, iterate_averaging=beta)
-            return model
-        with record(model) as iterates:
-            train(model, loader, SPECS, 2, 0.01, WEIGHTS, iterate_averaging=beta)
-        return model, iterates
-
-    averaged, iterates = trained_with(0.9, step_recorder)
-    last = trained_with(0.0)  # the same trajectory, its last iterate kept
-
-    def trained(model):
-        return [p.detach() for p in model.parameters() if p.requires_grad]
-
-    assert len(iterates) == 1 + 2 * 4
-    for got, want in zip(trained(averaged), moving_average(iterates, 0.9), strict=True):
-        torch.testing.assert_close(got, want)
-    for got, want in zip(trained(last), iterates[-1], strict=True):
-        torch.testing.assert_close(got, want)
-    assert any(not torch.allclose(a, b) for a, b in zip(trained(averaged), trained(last),
-                                                        strict=True))
-    assert torch.equal(averaged.classifier[0].weight, _model().classifier[0].weight)
-
-
 def test_train_requires_reference_params_for_a_proximal_term():
     loader = make_loader(_separable(8), SPECS, batch_size=4, shuffle=False, seed=0)
 
@@ -183,14 +153,6 @@ def test_train_rejects_out_of_range_arguments(epochs, learning_rate, proximal_mu
 
     with pytest.raises(ValueError, match=message):
         train(_model(), loader, SPECS, epochs, learning_rate, WEIGHTS, proximal_mu)
-
-
-@pytest.mark.parametrize("beta", [-0.1, 1.0])
-def test_train_rejects_an_iterate_averaging_outside_0_1(beta):
-    loader = make_loader(_separable(8), SPECS, batch_size=4, shuffle=False, seed=0)
-
-    with pytest.raises(ValueError, match=r"iterate_averaging must lie in \[0, 1\), got"):
-        train(_model(), loader, SPECS, 1, 0.01, WEIGHTS, iterate_averaging=beta)
 
 
 def test_empty_loader_evaluates_to_zeros_and_cannot_be_trained_on():

@@ -70,19 +70,3 @@ def test_the_proximal_term_still_pulls_towards_the_global_model():
 def test_bad_arguments_are_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         run(**kwargs)
-
-
-def test_iterate_averaging_ends_at_the_moving_average_of_the_private_iterates(moving_average,
-                                                                            step_recorder):
-    model, loader, specs = setup()
-    with step_recorder(model) as iterates:
-        result = train_private(model, loader, specs, epochs=2, learning_rate=0.003,
-                               weights=loss_weights(CONFIG), noise_multiplier=1.0,
-                               max_grad_norm=1.0, iterate_averaging=0.9)
-
-    assert len(iterates) == 1 + result.steps
-    ended = list(model.parameters())
-    for got, want in zip(ended, moving_average(iterates, 0.9), strict=True):
-        torch.testing.assert_close(got.detach(), want)
-    assert any(not torch.allclose(a.detach(), b) for a, b in zip(ended, iterates[-1],
-                                                                 strict=True))
