@@ -13,7 +13,7 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   (ours) and zero-filled concatenation (``fusion=concat``, FedMultimodal's baseline), each
   seed; FedAvg's ``none`` cell is the mixture without dropout; then both again with half the
   devices lacking a modality in all their data (``missing-modality-devices=0.5``);
-* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on four paths, each against the same path
+* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on five paths, each against the same path
   without DP: from scratch (``tcn`` encoders); fixed DP-friendly features
   (``sensor-encoder=features``: statistical and spectral window features, only a projection
   and the head trained); public pretraining (the last 2 subjects are consented donors,
@@ -22,7 +22,9 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   evaluation, so this path's central test has 8 subjects); public pretraining with DP-SGD's
   local epochs, learning rate and clipping bound chosen per ε on the donors' data
   (``public-tuned``, ``server/dp_tuning.py``), against the better of ``public`` without DP and
-  the same tuned settings without DP. DP cells run once (the first seed);
+  the same tuned settings without DP; public pretraining with the classifier alone
+  DP-fine-tuned (``public-head``, ``fine-tune=head``: 1,287 parameters against ``top``'s
+  20,428). DP cells run for every seed, each against its own seed's runs without DP;
   ``dp_time_ratio`` compares the runs' CPU seconds (one torch thread each), which the other
   worker does not inflate.
 
@@ -45,11 +47,12 @@ Figures (beside their targets):
   apart from the dropout); target ours ≤ 3 and below the baseline;
   ``missing_modality_drop_points_half_devices_lacking``: the same after training with half
   the devices lacking a modality;
-* ``dp_accuracy_loss_points_eps{8,3,1}``: per path, central accuracy without DP minus with DP;
-  targets ≤ 3 at ε = 8 and ≤ 6 at ε = 3 on the best path; ``dp_time_ratio`` per path: the DP
-  runs' mean CPU time over the same path's non-DP run (``public-tuned``: over its non-DP twins;
-  target ≤ 1.5 on the best path); ``dp_tuning_cpu_seconds``: the tuning's CPU time per ε, on
-  public data before training, not in the ratio.
+* ``dp_accuracy_loss_points_eps{8,3,1}``: per path, central accuracy without DP minus with DP,
+  mean over seeds (``..._per_seed`` beside it); targets ≤ 3 at ε = 8 and ≤ 6 at ε = 3 on the
+  best path; ``dp_time_ratio`` per path: the DP runs' mean CPU time over the same path's
+  non-DP run (``public-tuned``: over its non-DP twins), mean over seeds; target ≤ 1.5 on the
+  best path; ``dp_tuning_cpu_seconds``: the tuning's CPU time per ε, on public data before
+  training, not in the ratio.
 
 ``--workers`` runs cells in parallel processes (one torch thread each); every finished cell is
 kept in ``<out>.cells.json`` and ``--merge`` summarizes earlier cells instead of running.
@@ -88,8 +91,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "features": {"sensor-encoder": "features"},
     "public": PUBLIC,
     "public-tuned": PUBLIC,
+    "public-head": {**PUBLIC, "fine-tune": "head"},
 }
 """The DP paths: run-config overrides over the base (``scratch`` is the base itself).
+
+``public-head`` is ``public`` with only the classifier DP-fine-tuned (``fine-tune=head``).
 
 ``public-tuned`` is ``public`` with DP-SGD's local epochs, learning rate and clipping bound
 chosen per ε on the donors' data (``server/dp_tuning.py``) before its DP run; its reference is
@@ -111,8 +117,8 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float],
     brings ``public``'s non-DP run, half of its reference.
 
     Ordered so that a cut-short invocation has whole figures: the first seed of every part,
-    DP at its first two ε (one seed: each DP run is the slowest cell), the other seeds, then
-    DP at the remaining ε.
+    its DP at the first two ε (each DP run is the slowest cell), the other seeds' other parts,
+    the first seed's DP at the remaining ε, then the other seeds' DP.
     """
     per_seed = []
     for seed in seeds:
@@ -136,19 +142,22 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float],
                       {"part": "missing-half", "variant": "concat", "seed": seed,
                        "overrides": {**half, "fusion": "concat"}}]
         per_seed.append(cells)
-    dp: list[dict] = []
+    dp: list[list[dict]] = []
     if "dp" in parts:
         paths = {path: PATHS[path] for path in dp_paths or PATHS}
         referenced = {*paths, *(["public"] if TUNED in paths else [])}  # TUNED's reference
-        dp = [{"part": "dp", "variant": f"{path}-nodp", "seed": seeds[0], "overrides": extra}
-              for path, extra in PATHS.items()
-              if extra and path != TUNED and path in referenced]  # scratch: FedAvg's
-        dp += [{"part": "dp", "variant": f"{path}-eps{eps:g}", "seed": seeds[0],
-                "overrides": {**extra, "dp": True, "dp-epsilon-budget": eps}}
-               for eps in epsilons for path, extra in paths.items()]
-    early = len(dp) - (len(epsilons) - 2) * len(paths) if dp else 0  # non-DP, first two ε
-    return [*per_seed[0], *dp[:early], *(c for cells in per_seed[1:] for c in cells),
-            *dp[early:]]
+        for seed in seeds:
+            cells = [{"part": "dp", "variant": f"{path}-nodp", "seed": seed, "overrides": extra}
+                     for path, extra in PATHS.items()
+                     if extra and path != TUNED and path in referenced]  # scratch: FedAvg's
+            cells += [{"part": "dp", "variant": f"{path}-eps{eps:g}", "seed": seed,
+                       "overrides": {**extra, "dp": True, "dp-epsilon-budget": eps}}
+                      for eps in epsilons for path, extra in paths.items()]
+            dp.append(cells)
+    first_dp = dp[0] if dp else []
+    early = len(first_dp) - (len(epsilons) - 2) * len(paths) if dp else 0  # non-DP, first 2 ε
+    return [*per_seed[0], *first_dp[:early], *(c for cells in per_seed[1:] for c in cells),
+            *first_dp[early:], *(c for cells in dp[1:] for c in cells)]
 
 
 def run_cell(cell: dict[str, Any], base: dict[str, Any], runs_dir: str) -> dict[str, Any]:
@@ -290,26 +299,70 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
             missing["ours"] <= MISSING_TARGET_POINTS
             and (missing["concat_baseline"] is None
                  or missing["ours"] < missing["concat_baseline"]))
-    figures.update(dp_figures(cells, mean))
+    figures.update(dp_figures(cells))
     return figures
 
 
-def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
-    """``dp_accuracy_loss_points_eps*`` and ``dp_time_ratio`` per path, with their targets."""
+def dp_figures(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """``dp_accuracy_loss_points_eps*`` and ``dp_time_ratio`` per path, with their targets.
+
+    Each seed's DP runs are measured against the same seed's runs without DP; the figures are
+    the means over the seeds that have both (``..._per_seed`` lists each seed's, ``None`` where
+    a seed lacks the path).
+    """
+    seeds = sorted({c["seed"] for c in cells if c["part"] == "dp"})
+    if not seeds:
+        return {}
+    timed = all(c.get("cpu_seconds") is not None for c in cells if c["part"] == "dp")
+    clock = "cpu_seconds" if timed else "wall_seconds"  # CPU time: immune to the other worker
+    per_seed = [dp_seed_figures(cells, seed, clock) for seed in seeds]
+    figures: dict[str, Any] = {"dp_seeds": seeds}
+    for eps in EPSILONS:
+        losses = [found["losses"].get(eps, {}) for found in per_seed]
+        if any(losses):
+            key = f"dp_accuracy_loss_points_eps{eps:g}"
+            figures[key] = mean_per_path(losses)
+            figures[f"{key}_per_seed"] = {path: [loss.get(path) for loss in losses]
+                                          for path in figures[key]}
+            if eps in DP_TARGETS:
+                figures[f"{key}_target"] = DP_TARGETS[eps]
+                figures[f"{key}_target_met"] = min(figures[key].values()) <= DP_TARGETS[eps]
+    ratios = [found["ratios"] for found in per_seed]
+    if any(ratios):
+        figures["dp_time_ratio"] = mean_per_path(ratios)
+        figures["dp_time_ratio_per_seed"] = {path: [ratio.get(path) for ratio in ratios]
+                                             for path in figures["dp_time_ratio"]}
+        figures["dp_time_ratio_clock"] = clock
+        figures["dp_time_ratio_target"] = DP_TIME_TARGET
+    tuning = [t for found in per_seed for t in found["tuning_cpu_seconds"]]
+    if tuning:  # once per ε, on public data, before training
+        figures["dp_tuning_cpu_seconds"] = float(np.mean(tuning))
+    accuracies = [{c["variant"]: c["final_accuracy"] for c in cells
+                   if c["part"] == "dp" and c["seed"] == seed
+                   and c.get("final_accuracy") is not None} for seed in seeds]
+    figures["dp_accuracy"] = mean_per_path(accuracies)
+    return figures
+
+
+def mean_per_path(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Per key, the mean over the seeds' dicts that have it (in first-seen order)."""
+    keys = list(dict.fromkeys(key for found in per_seed for key in found))
+    return {key: float(np.mean([found[key] for found in per_seed if key in found]))
+            for key in keys}
+
+
+def dp_seed_figures(cells: list[dict[str, Any]], seed: int, clock: str) -> dict[str, Any]:
+    """One seed's DP losses (points, per ε and path), time ratios and tuning CPU seconds."""
     no_dp = {path: ("dp", f"{path}-nodp") for path in PATHS if path != TUNED}
     no_dp["scratch"] = ("personalization", "none")
-    seed = min((c["seed"] for c in cells if c["part"] == "dp"), default=None)
-    if seed is None:
-        return {}
 
     def one(part: str, variant: str, key: str) -> float | None:
         found = [c[key] for c in cells if (c["part"], c["variant"], c["seed"]) ==
                  (part, variant, seed) and c.get(key) is not None]
         return found[0] if found else None
 
-    figures: dict[str, Any] = {"dp_seed": seed}
+    losses: dict[float, dict[str, float]] = {}
     for eps in EPSILONS:
-        losses = {}
         for path in PATHS:
             private = one("dp", f"{path}-eps{eps:g}", "final_accuracy")
             if path == TUNED:  # the better of public's and the tuned settings' non-DP runs
@@ -320,16 +373,8 @@ def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
             else:
                 plain = one(*no_dp[path], "final_accuracy")
             if plain is not None and private is not None:
-                losses[path] = 100.0 * (plain - private)
-        if losses:
-            key = f"dp_accuracy_loss_points_eps{eps:g}"
-            figures[key] = losses
-            if eps in DP_TARGETS:
-                figures[f"{key}_target"] = DP_TARGETS[eps]
-                figures[f"{key}_target_met"] = min(losses.values()) <= DP_TARGETS[eps]
-    ratios = {}
-    timed = all(c.get("cpu_seconds") is not None for c in cells if c["part"] == "dp")
-    clock = "cpu_seconds" if timed else "wall_seconds"  # CPU time: immune to the other worker
+                losses.setdefault(eps, {})[path] = 100.0 * (plain - private)
+    ratios: dict[str, float] = {}
     for path in PATHS:
         if path == TUNED:  # each DP run against its non-DP twin (same settings), CPU time
             pairs = [(one("dp", f"{path}-eps{eps:g}", "run_cpu_seconds"),
@@ -339,23 +384,15 @@ def dp_figures(cells: list[dict[str, Any]], mean: Any) -> dict[str, Any]:
             if pairs:
                 private, plain = zip(*pairs, strict=True)
                 ratios[path] = float(np.mean(private) / np.mean(plain))
-            tuning = [one("dp", f"{path}-eps{eps:g}", "tuning_cpu_seconds") for eps in EPSILONS]
-            if any(t is not None for t in tuning):  # once per ε, on public data, before training
-                figures["dp_tuning_cpu_seconds"] = float(np.mean(
-                    [t for t in tuning if t is not None]))
             continue
         plain = one(*no_dp[path], clock)
         private = [one("dp", f"{path}-eps{eps:g}", clock) for eps in EPSILONS]
         private = [p for p in private if p is not None]
         if plain and private:
             ratios[path] = float(np.mean(private)) / plain
-    if ratios:
-        figures["dp_time_ratio"] = ratios
-        figures["dp_time_ratio_clock"] = clock
-        figures["dp_time_ratio_target"] = DP_TIME_TARGET
-    figures["dp_accuracy"] = {c["variant"]: c["final_accuracy"] for c in cells
-                              if c["part"] == "dp" and c["seed"] == seed}
-    return figures
+    tuning = [one("dp", f"{TUNED}-eps{eps:g}", "tuning_cpu_seconds") for eps in EPSILONS]
+    return {"losses": losses, "ratios": ratios,
+            "tuning_cpu_seconds": [t for t in tuning if t is not None]}
 
 
 def main() -> None:

@@ -69,14 +69,40 @@ def test_missing_modality_target_needs_both_the_bound_and_the_baseline(learning_
     assert figures["missing_modality_target_met"] is False  # the baseline dropped less
 
 
+def test_dp_figures_are_means_over_seeds_each_against_its_own_seed(learning_quality):
+    cells = [cell("dp", "public-nodp", 0, final_accuracy=0.80, cpu_seconds=10.0),
+             cell("dp", "public-eps8", 0, final_accuracy=0.70, cpu_seconds=16.0),
+             cell("dp", "public-nodp", 1, final_accuracy=0.90, cpu_seconds=10.0),
+             cell("dp", "public-eps8", 1, final_accuracy=0.86, cpu_seconds=12.0),
+             cell("dp", "public-head-nodp", 1, final_accuracy=0.75, cpu_seconds=8.0),
+             cell("dp", "public-head-eps8", 1, final_accuracy=0.74, cpu_seconds=10.0)]
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["dp_seeds"] == [0, 1]
+    assert figures["dp_accuracy_loss_points_eps8"] == pytest.approx(
+        {"public": (10.0 + 4.0) / 2, "public-head": 1.0})
+    assert figures["dp_accuracy_loss_points_eps8_per_seed"]["public"] == pytest.approx(
+        [10.0, 4.0])
+    assert figures["dp_accuracy_loss_points_eps8_per_seed"]["public-head"][0] is None
+    assert figures["dp_accuracy_loss_points_eps8_target_met"] is True  # public-head's 1.0
+    assert figures["dp_time_ratio"] == pytest.approx({"public": (1.6 + 1.2) / 2,
+                                                      "public-head": 1.25})
+    assert figures["dp_accuracy"]["public-eps8"] == pytest.approx(0.78)
+
+
 def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
     cells = learning_quality.cells_to_run(["personalization", "missing", "dp"], [0, 1], [8, 3, 1])
 
     order = [(c["part"], c["variant"], c["seed"]) for c in cells]
     assert order.index(("dp", "scratch-eps3", 0)) < order.index(("personalization", "none", 1))
-    assert order[-4:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
-                          ("dp", "public-eps1", 0), ("dp", "public-tuned-eps1", 0)]
-    assert len(order) == len(set(order)) == 2 * 10 + 2 + 3 * 4
+    first_seed = [o for o in order if o[0] == "dp" and o[2] == 0]
+    assert order.index(first_seed[-1]) < order.index(("dp", "public-nodp", 1))
+    assert first_seed[-5:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
+                               ("dp", "public-eps1", 0), ("dp", "public-tuned-eps1", 0),
+                               ("dp", "public-head-eps1", 0)]
+    assert order[-1] == ("dp", "public-head-eps1", 1)  # every seed runs the DP paths
+    assert len(order) == len(set(order)) == 2 * 10 + 2 * (3 + 3 * 5)
 
 
 def test_a_subset_of_dp_paths_brings_the_references_it_is_measured_against(learning_quality):
@@ -105,7 +131,7 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
     assert set(figures["unseen_subject_accuracy"]) == {
         "none", "fedbn", "fedrep", "ditto", "local-gate", "centralized"}
     assert set(figures["dp_accuracy_loss_points_eps8"]) == {
-        "scratch", "features", "public", "public-tuned"}
+        "scratch", "features", "public", "public-tuned", "public-head"}
     (tuned,) = [c for c in result["cells"] if c["variant"] == "public-tuned-eps8"]
     for run in ("dp-public-tuned-eps8-seed0", "dp-public-tuned-eps8-seed0-nodp"):
         ran = json.loads((tmp_path / "runs" / run / "summary.json").read_text())["config"]
@@ -113,4 +139,4 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
         assert ran["dp"] == run.endswith("seed0")  # the DP run and its non-DP twin
     assert figures["missing_modality_drop_points"]["concat_baseline"] is not None
     assert figures["missing_modality_drop_points_half_devices_lacking"]["ours"] is not None
-    assert len(result["cells"]) == 18
+    assert len(result["cells"]) == 20
