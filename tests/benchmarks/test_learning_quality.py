@@ -85,12 +85,26 @@ def test_dp_figures_are_means_over_seeds_each_against_its_own_seed(learning_qual
     assert figures["dp_accuracy_loss_points_eps8_per_seed"]["public"] == pytest.approx(
         [10.0, 4.0])
     assert figures["dp_accuracy_loss_points_eps8_per_seed"]["public-head"][0] is None
-    assert figures["dp_accuracy_loss_points_eps8_target_met"] is True  # public-head's 1.0
+    assert figures["dp_accuracy_loss_points_eps8_target_met"] is False  # head: one seed of 2
     assert figures["dp_time_ratio"] == pytest.approx({"public": (1.6 + 1.2) / 2,
                                                       "public-head": 1.25})
     assert figures["dp_accuracy"]["public-eps8"] == pytest.approx(0.78)
     # seed 0: 0.80 - 0.70; seed 1: public's 0.90 without DP - its 0.86 (head's 0.74 is lower)
     assert figures["dp_accuracy_loss_points_against_best_nodp_eps8"] == pytest.approx(7.0)
+    assert figures["dp_accuracy_loss_points_against_best_nodp_eps8_per_seed"] == pytest.approx(
+        [10.0, 4.0])
+    assert figures["dp_accuracy_per_seed"]["public-head-eps8"] == [None, 0.74]
+
+
+def test_the_best_ceiling_counts_even_where_its_path_has_no_dp_run_yet(learning_quality):
+    cells = [cell("dp", "public-nodp", final_accuracy=0.80),
+             cell("dp", "public-head-nodp", final_accuracy=0.72),
+             cell("dp", "public-head-eps8", final_accuracy=0.70)]  # public-eps8 not run (yet)
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["dp_accuracy_loss_points_eps8"] == pytest.approx({"public-head": 2.0})
+    assert figures["dp_accuracy_loss_points_against_best_nodp_eps8"] == pytest.approx(10.0)
 
 
 def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
@@ -113,7 +127,10 @@ def test_a_subset_of_dp_paths_brings_the_references_it_is_measured_against(learn
     assert [c["variant"] for c in cells] == ["public-nodp", "public-tuned-eps8",
                                              "public-tuned-eps3"]
     scratch = learning_quality.cells_to_run(["dp"], [0], [1], ["scratch"])
-    assert [c["variant"] for c in scratch] == ["scratch-eps1"]  # FedAvg's run: personalization
+    assert [(c["part"], c["variant"]) for c in scratch] == [  # scratch's reference: FedAvg
+        ("personalization", "none"), ("dp", "scratch-eps1")]
+    both = learning_quality.cells_to_run(["personalization", "dp"], [0], [1], ["scratch"])
+    assert [c["variant"] for c in both].count("none") == 1
 
 
 def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
