@@ -328,9 +328,7 @@ def dp_figures(cells: list[dict[str, Any]]) -> dict[str, Any]:
         losses = [found["losses"].get(eps, {}) for found in per_seed]
         if any(losses):
             key = f"dp_accuracy_loss_points_eps{eps:g}"
-            figures[key] = mean_per_path(losses)
-            figures[f"{key}_per_seed"] = {path: [loss.get(path) for loss in losses]
-                                          for path in figures[key]}
+            figures[key], figures[f"{key}_per_seed"] = across_seeds(losses)
             if eps in DP_TARGETS:  # on the paths that every seed measured
                 complete = [loss for path, loss in figures[key].items()
                             if None not in figures[f"{key}_per_seed"][path]]
@@ -342,9 +340,7 @@ def dp_figures(cells: list[dict[str, Any]]) -> dict[str, Any]:
             figures[f"{best_key}_per_seed"] = against_best
     ratios = [found["ratios"] for found in per_seed]
     if any(ratios):
-        figures["dp_time_ratio"] = mean_per_path(ratios)
-        figures["dp_time_ratio_per_seed"] = {path: [ratio.get(path) for ratio in ratios]
-                                             for path in figures["dp_time_ratio"]}
+        figures["dp_time_ratio"], figures["dp_time_ratio_per_seed"] = across_seeds(ratios)
         figures["dp_time_ratio_clock"] = clock
         figures["dp_time_ratio_target"] = DP_TIME_TARGET
     tuning = [t for found in per_seed for t in found["tuning_cpu_seconds"]]
@@ -353,17 +349,18 @@ def dp_figures(cells: list[dict[str, Any]]) -> dict[str, Any]:
     accuracies = [{c["variant"]: c["final_accuracy"] for c in cells
                    if c["part"] == "dp" and c["seed"] == seed
                    and c.get("final_accuracy") is not None} for seed in seeds]
-    figures["dp_accuracy"] = mean_per_path(accuracies)
-    figures["dp_accuracy_per_seed"] = {variant: [found.get(variant) for found in accuracies]
-                                       for variant in figures["dp_accuracy"]}
+    figures["dp_accuracy"], figures["dp_accuracy_per_seed"] = across_seeds(accuracies)
     return figures
 
 
-def mean_per_path(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Per key, the mean over the seeds' dicts that have it (in first-seen order)."""
+def across_seeds(per_seed: list[dict[str, float]]) -> tuple[dict[str, float],
+                                                          dict[str, list[float | None]]]:
+    """Per key (in first-seen order): the mean over the seeds' dicts that have it, and each
+    seed's value (``None`` where a seed lacks it)."""
     keys = list(dict.fromkeys(key for found in per_seed for key in found))
-    return {key: float(np.mean([found[key] for found in per_seed if key in found]))
-            for key in keys}
+    means = {key: float(np.mean([found[key] for found in per_seed if key in found]))
+             for key in keys}
+    return means, {key: [found.get(key) for found in per_seed] for key in keys}
 
 
 def dp_seed_figures(cells: list[dict[str, Any]], seed: int, clock: str) -> dict[str, Any]:
