@@ -33,7 +33,10 @@ CENTRALIZED_THREADS = 1
 """Torch threads of a centralized baseline, like each simulated client's one CPU."""
 
 
-def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+def make_parser(name: str, doc: str | None, *,
+                seed_help: str = "seed of all runs (default: pyproject's seed)",
+                local_epochs_help: str = "local epochs per round (default: pyproject's "
+                                         "local-epochs)") -> argparse.ArgumentParser:
     """A parser with the options every benchmark has.
 
     ``--quick``, ``--out``, and the run options ``--local-epochs``, ``--seed`` and
@@ -43,6 +46,8 @@ def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
         name: The benchmark's name (its file name without ``.py``); the default output is
             ``benchmarks/results/<name>.json``.
         doc: The script's module docstring, shown by ``--help``.
+        seed_help: ``--seed``'s help, for a benchmark that uses it otherwise.
+        local_epochs_help: ``--local-epochs``'s help, for a benchmark with its own default.
 
     """
     parser = argparse.ArgumentParser(
@@ -53,10 +58,8 @@ def make_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
                         help="small settings that finish in a few minutes (CI)")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{name}.json",
                         help="where to write the JSON result (default: %(default)s)")
-    parser.add_argument("--local-epochs", type=int, default=None,
-                        help="local epochs per round (default: pyproject's local-epochs)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="seed of all runs (default: pyproject's seed)")
+    parser.add_argument("--local-epochs", type=int, default=None, help=local_epochs_help)
+    parser.add_argument("--seed", type=int, default=None, help=seed_help)
     parser.add_argument("--runs-dir", type=Path, default=None,
                         help="where the run folders go (default: a new folder under "
                              "benchmarks/results/runs/)")

@@ -24,14 +24,24 @@ Figures (each beside its target where the issue set one):
   re-identification) points, one per cap (mean over scenarios), against reference (0, 1);
 * ``best_policy``: the policy with the highest score IQM (the default should be it).
 
+Beside the figures over every cell, ``by_dataset`` and ``by_risk_shift`` hold the same figures
+over each dataset's cells and over the scenarios with and without attackers, and
+``epsilon_spent_share_<policy>`` is the mean over cells of the largest device spend over the cap.
+
 ``python benchmarks/controller.py`` is the full grid: 10 seeds, both datasets, every policy,
-the three caps, 600 runs of 4 devices × 5 rounds × 1 local epoch (about 8 s a run with one
-thread, so about 85 minutes; shards in parallel, e.g. ``--datasets smartwatch --seeds 5`` and
-``--datasets smartwatch --seeds 5 --first-seed 5``, each with ``OMP_NUM_THREADS=1``, and
-``--merge`` joins their JSON). On smartwatch the runs use the learning rate and clipping bound
-that ``tune-dp`` chose on its donor subjects (``DATASET_SETTINGS``); synthetic keeps the
-run defaults. ``--seeds``, ``--first-seed``, ``--datasets``, ``--policies``, ``--clients``,
-``--rounds`` and ``--local-epochs`` change the grid; ``--quick`` runs a tiny grid (CI).
+the three caps, 600 runs of 4 devices × 5 rounds × 1 local epoch (about 8.5 s a run with one
+thread, so about 85 minutes). Shards run in parallel, each with ``OMP_NUM_THREADS=1`` and its
+own ``--out``, e.g. ``--datasets smartwatch --seeds 5 --out benchmarks/results/sw-0.json``
+and ``--datasets smartwatch --seeds 5 --first-seed 5 --out benchmarks/results/sw-5.json``;
+``--merge`` joins their JSON (it refuses a cell given twice, or one dataset's cells run with
+different settings; every cell records its run settings). On smartwatch every run uses learning rate
+0.01 and clipping bound 0.1 (``DATASET_SETTINGS``): what ``tune-dp`` chose at ε = 8 on seed 0
+for learning_quality's pretrained, top-only path, borrowed here for training from scratch at
+every cap, because with the run defaults (0.003, 1.0) every policy stayed within a few points
+of chance. Synthetic keeps the run defaults. ``--seeds``, ``--first-seed``, ``--datasets``,
+``--policies``, ``--caps``, ``--clients``, ``--rounds`` and ``--local-epochs`` change the
+grid; ``--seed`` seeds only the bootstrap (each run's seed is its scenario seed); ``--quick``
+runs a tiny grid (CI).
 """
 
 from __future__ import annotations
@@ -52,8 +62,7 @@ POLICIES = ("none", "static", "linear", "exponential", "alpine", "bandit", "ddpg
             "td3-discount-0", "td3-no-risk")
 SIMPLE = ("none", "static", "linear", "exponential", "alpine", "bandit")
 CAPS = (1.0, 3.0, 8.0)
-# DP-SGD settings per dataset: on smartwatch, those `tune-dp` chose on the donor subjects at
-# ε = 8 (learning_quality's `public-tuned` path, seed 0), with the grid's single local epoch
+# DP-SGD settings per dataset (module docstring: where smartwatch's come from)
 DATASET_SETTINGS = {"smartwatch": {"learning-rate": 0.01, "max-grad-norm": 0.1}}
 DOMINANCE_TARGET = 0.8
 
@@ -95,7 +104,13 @@ def one_run(policy: str, dataset: str, seed: int, cap: float, base: dict[str, An
             "over_cap": sum(len(d["over_cap"]) for d in summary["privacy"]["devices"].values()),
             "controller_seconds_per_round": controller.get("seconds_per_round", 0.0),
             "round_seconds": wall / max(1, summary["rounds"]),
-            "audit_entries": controller.get("audit_entries", 0)}
+            "audit_entries": controller.get("audit_entries", 0),
+            "settings": {"num-clients": config.num_clients,
+                         "num-server-rounds": config.num_server_rounds,
+                         "local-epochs": config.local_epochs,
+                         "learning-rate": config.learning_rate,
+                         "max-grad-norm": config.max_grad_norm,
+                         "samples-per-client": config.samples_per_client}}
 
 
 def score(cell: dict[str, Any]) -> float:
@@ -198,6 +213,8 @@ def summarize(cells: list[dict[str, Any]], seed: int) -> dict[str, Any]:
             [c["membership_tpr_at_01pct_fpr"] for c in own]))
         figures[f"controller_overhead_{policy.replace('-', '_')}"] = float(np.mean(
             [c["controller_seconds_per_round"] / c["round_seconds"] for c in own]))
+        figures[f"epsilon_spent_share_{policy.replace('-', '_')}"] = float(np.mean(
+            [c["epsilon_spent_max"] / c["cap"] for c in own]))
     figures["ablation_discount_0_vs_td3"] = _difference(iqm, "td3-discount-0", "td3")
     figures["ablation_no_risk_vs_td3"] = _difference(iqm, "td3-no-risk", "td3")
     figures["over_cap_rounds"] = int(sum(c["over_cap"] for c in cells))
@@ -218,36 +235,59 @@ def _difference(iqm: dict[str, float], a: str, b: str) -> float | None:
     return iqm[a] - iqm[b] if a in iqm and b in iqm else None
 
 
-def main() -> None:
-    """Run the grid, attack every run, write the figures (module docstring)."""
-    parser = common.make_parser("controller", __doc__)
-    parser.add_argument("--seeds", type=int, default=None, help="scenario seeds (full: 10)")
-    parser.add_argument("--first-seed", type=int, default=0,
-                        help="first scenario seed (a shard of the seeds)")
-    parser.add_argument("--datasets", default=None, help="comma-separated (full: both)")
-    parser.add_argument("--policies", default=None, help="comma-separated (full: all)")
-    parser.add_argument("--caps", default=None, help="comma-separated ε caps (full: 1,3,8)")
-    parser.add_argument("--clients", type=int, default=None, help="devices per run")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds per run")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="summarize the cells of earlier results or of their "
-                             "`.cells.json` (shards run in parallel) instead of running")
-    args = parser.parse_args()
-    seeds = args.seeds or (1 if args.quick else 10)
+def merged_cells(paths: list[Path]) -> list[dict[str, Any]]:
+    """The cells of earlier results (or their ``.cells.json``), checked to belong together.
+
+    Raises:
+        ValueError: If a (policy, dataset, seed, cap) cell comes twice (e.g. a result and
+            its own ``.cells.json``), or one dataset's cells ran with different settings.
+    """
+    cells, seen, settings = [], {}, {}
+    for path in paths:
+        for cell in json.loads(Path(path).read_text())["cells"]:
+            key = (cell["policy"], cell["dataset"], cell["seed"], cell["cap"])
+            if key in seen:
+                raise ValueError(f"cell {key} is in both {seen[key]} and {path}: merge each "
+                                 f"shard once (its result or its .cells.json, not both)")
+            seen[key] = path
+            if "settings" in cell:
+                first = settings.setdefault(cell["dataset"], (cell["settings"], path))
+                if first[0] != cell["settings"]:
+                    raise ValueError(f"{cell['dataset']} cells ran with {first[0]} in "
+                                     f"{first[1]} but with {cell['settings']} in {path}")
+            cells.append(cell)
+    return cells
+
+
+def figures_with_breakdowns(cells: list[dict[str, Any]], seed: int) -> dict[str, Any]:
+    """:func:`summarize` over every cell, per dataset, and with and without attackers."""
+    figures = summarize(cells, seed)
+    figures["by_dataset"] = {d: summarize([c for c in cells if c["dataset"] == d], seed)
+                             for d in sorted({c["dataset"] for c in cells})}
+    figures["by_risk_shift"] = {
+        name: summarize([c for c in cells if c["risk_shift"] == shift], seed)
+        for name, shift in (("attackers", True), ("no_attackers", False))
+        if any(c["risk_shift"] == shift for c in cells)}
+    return figures
+
+
+def run_grid(args: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run the grid the arguments select; its cells and its configuration."""
+    seeds = range(args.first_seed, args.first_seed + (args.seeds or (1 if args.quick else 10)))
     datasets = (args.datasets or ("smartwatch" if args.quick else
                                   "smartwatch,synthetic")).split(",")
     policies = (args.policies or ("static,bandit,td3" if args.quick else
                                   ",".join(POLICIES))).split(",")
     caps = tuple(float(c) for c in (args.caps or ("3" if args.quick else "1,3,8")).split(","))
-    base = {"local-epochs": 1, **common.run_overrides(args),
+    base = {"local-epochs": args.local_epochs or 1,
             "num-clients": args.clients or (3 if args.quick else 4),
             "num-server-rounds": args.rounds or (2 if args.quick else 5),
             "fraction-evaluate": 0.0, "samples-per-client": 200}
     runs_dir = common.run_folder("controller", args.runs_dir)
-    cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
     partial = args.out.with_suffix(".cells.json")  # every finished run, for --merge
-    for dataset in datasets if not args.merge else ():
-        for seed in range(args.first_seed, args.first_seed + seeds):
+    cells: list[dict[str, Any]] = []
+    for dataset in datasets:
+        for seed in seeds:
             for cap in caps:
                 for policy in policies:
                     cells.append(one_run(policy, dataset, seed, cap, base, runs_dir))
@@ -258,16 +298,48 @@ def main() -> None:
                           f"{cell['accuracy']:.3f}, re-identification "
                           f"{cell['reidentification']:.3f}, ε spent max "
                           f"{cell['epsilon_spent_max']:.3f}", flush=True)
-    figures = summarize(cells, args.seed or 0)
+    return cells, {"seeds": list(seeds), "datasets": datasets, "policies": policies,
+                   "caps": caps, "dataset_settings": DATASET_SETTINGS, **base}
+
+
+
+def main() -> None:
+    """Run the grid, attack every run, write the figures (module docstring)."""
+    parser = common.make_parser("controller", __doc__, seed_help="seed of the bootstrap "
+                                "interval (each run's seed is its scenario seed)",
+                                local_epochs_help="local epochs per round (default: 1)")
+    parser.add_argument("--seeds", type=int, default=None, help="scenario seeds (full: 10)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first scenario seed: the run covers --first-seed to "
+                             "--first-seed + --seeds - 1 (a shard of the seeds)")
+    parser.add_argument("--datasets", default=None, help="comma-separated (full: both)")
+    parser.add_argument("--policies", default=None, help="comma-separated (full: all)")
+    parser.add_argument("--caps", default=None, help="comma-separated ε caps (full: 1,3,8)")
+    parser.add_argument("--clients", type=int, default=None, help="devices per run")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per run")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="summarize the cells of earlier results or of their "
+                             "`.cells.json` (shards run in parallel; each shard once) "
+                             "instead of running")
+    args = parser.parse_args()
+    if args.merge:
+        cells = merged_cells(args.merge)
+        config: dict[str, Any] = {
+            "merged": [str(path) for path in args.merge],
+            "seeds": sorted({c["seed"] for c in cells}),
+            "datasets": sorted({c["dataset"] for c in cells}),
+            "policies": sorted({c["policy"] for c in cells}),
+            "caps": sorted({c["cap"] for c in cells}),
+            "settings": {c["dataset"]: c["settings"] for c in cells if "settings" in c}}
+    else:
+        cells, config = run_grid(args)
+    figures = figures_with_breakdowns(cells, args.seed or 0)
     common.print_table("controller", [(k, v) for k, v in figures.items()
                                       if not isinstance(v, dict)])
     common.write_result(args.out, "controller", args.quick, figures,
                         baseline={"static": "equal spend per round at the same cap",
                                   "best_simple_policy": figures["best_simple_policy"]},
-                        config={"seeds": seeds, "first_seed": args.first_seed,
-                                "datasets": datasets, "policies": policies, "caps": caps,
-                                "dataset_settings": DATASET_SETTINGS, **base},
-                        cells=cells)
+                        config=config, cells=cells)
 
 
 if __name__ == "__main__":

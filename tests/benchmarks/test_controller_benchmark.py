@@ -73,3 +73,96 @@ def test_quick_mode_runs_the_policies_and_writes_the_figures(tmp_path):
         assert figures[f"hypervolume_{policy}"] > 0
         assert 0 <= figures[f"controller_overhead_{policy}"] < 1
     assert all(c["audit_entries"] == 6 for c in result["cells"])  # 3 devices x 2 rounds
+
+
+def fake_run(tmp_path, seen):
+    """A stand-in for ``run_in_process``: records the overrides, writes a minimal summary."""
+    from fedmosaic.config import RunConfig
+
+    def run(overrides):
+        seen.append(overrides)
+        config = RunConfig.from_mapping(overrides)
+        config.run_dir().mkdir(parents=True, exist_ok=True)
+        (config.run_dir() / "summary.json").write_text(json.dumps(
+            {"final_accuracy": 0.5, "rounds": config.num_server_rounds,
+             "privacy": {"devices": {"0": {"epsilon_spent": 1.0, "over_cap": []}}}}))
+        return config
+
+    return run
+
+
+ATTACKS = {"reidentification_from_embeddings": {"accuracy": 0.9, "chance": 0.25},
+           "membership_loss_threshold": {"tpr_at_01pct_fpr": 0.0}}
+
+
+def grid_args(tmp_path, **options):
+    import argparse
+
+    defaults = {"first_seed": 0, "seeds": 2, "quick": False, "datasets": "smartwatch,synthetic",
+                "policies": "none", "caps": "3", "local_epochs": None, "clients": None,
+                "rounds": None, "runs_dir": tmp_path / "runs", "out": tmp_path / "c.json"}
+    return argparse.Namespace(**{**defaults, **options})
+
+
+def test_the_grid_gives_smartwatch_its_dp_settings_and_each_cell_records_its_own(
+        controller, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(controller, "run_in_process", fake_run(tmp_path, seen))
+    monkeypatch.setattr(controller, "attack_run", lambda run_dir: ATTACKS)
+
+    cells, config = controller.run_grid(grid_args(tmp_path, first_seed=4))
+
+    assert [(o["dataset"], o["seed"]) for o in seen] == [
+        ("smartwatch", 4), ("smartwatch", 5), ("synthetic", 4), ("synthetic", 5)]
+    assert all(o["local-epochs"] == 1 and o["num-clients"] == 4 for o in seen)
+    assert [o.get("learning-rate") for o in seen] == [0.01, 0.01, None, None]
+    assert "attack" not in seen[0] and seen[1]["attack"] == "burst"  # odd seed: risk shift
+    assert cells[0]["settings"]["learning-rate"] == 0.01
+    assert cells[0]["settings"]["max-grad-norm"] == 0.1
+    assert cells[2]["settings"]["max-grad-norm"] == 1.0  # synthetic: the run default
+    assert config["seeds"] == [4, 5]
+
+
+def test_local_epochs_override_the_grid_default(controller, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(controller, "run_in_process", fake_run(tmp_path, seen))
+    monkeypatch.setattr(controller, "attack_run", lambda run_dir: ATTACKS)
+
+    controller.run_grid(grid_args(tmp_path, seeds=1, datasets="smartwatch", local_epochs=3))
+
+    assert seen[0]["local-epochs"] == 3
+
+
+def write_cells(path, cells):
+    path.write_text(json.dumps({"cells": cells}))
+    return path
+
+
+def test_merge_joins_shards_and_refuses_a_cell_twice_or_mixed_settings(controller, tmp_path):
+    settings = {"local-epochs": 1}
+    first = write_cells(tmp_path / "a.json", [{**cell("td3", 0.5, 0.3, seed=0),
+                                               "settings": settings}])
+    second = write_cells(tmp_path / "b.json", [{**cell("td3", 0.5, 0.3, seed=1),
+                                                "settings": settings}])
+    other = write_cells(tmp_path / "c.json", [{**cell("td3", 0.5, 0.3, seed=2),
+                                               "settings": {"local-epochs": 5}}])
+
+    assert [c["seed"] for c in controller.merged_cells([first, second])] == [0, 1]
+    with pytest.raises(ValueError, match="is in both"):
+        controller.merged_cells([first, first])
+    with pytest.raises(ValueError, match="ran with"):
+        controller.merged_cells([first, other])
+
+
+def test_figures_break_down_by_dataset_and_by_risk_shift(controller):
+    cells = [{**cell(p, acc, 0.3, seed=s), "dataset": d, "risk_shift": bool(s % 2),
+              "membership_tpr_at_01pct_fpr": 0.0, "epsilon_spent_max": 2.4,
+              "controller_seconds_per_round": 0.0, "round_seconds": 1.0, "over_cap": 0}
+             for d in ("a", "b") for s in (0, 1) for p, acc in (("static", 0.5), ("td3", 0.6))]
+
+    figures = controller.figures_with_breakdowns(cells, seed=0)
+
+    assert set(figures["by_dataset"]) == {"a", "b"}
+    assert set(figures["by_risk_shift"]) == {"attackers", "no_attackers"}
+    assert figures["by_dataset"]["a"]["td3_dominates_static_share"] == 1.0
+    assert figures["epsilon_spent_share_td3"] == pytest.approx(0.8)  # 2.4 of a cap of 3
