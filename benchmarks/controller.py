@@ -28,24 +28,25 @@ Beside the figures over every cell, ``by_dataset`` and ``by_risk_shift`` hold th
 over each dataset's cells and over the scenarios with and without attackers, and
 ``epsilon_spent_share_<policy>`` is the mean over cells of the largest device spend over the cap.
 
-``python benchmarks/controller.py`` is the full grid: 10 seeds, both datasets, every policy,
-the three caps, 600 runs of 4 devices × 5 rounds × 1 local epoch (about 8.5 s a run with one
-thread, so about 85 minutes). Shards run in parallel, each with ``OMP_NUM_THREADS=1`` and its
-own ``--out``, e.g. ``--datasets smartwatch --seeds 5 --out benchmarks/results/sw-0.json``
-and ``--datasets smartwatch --seeds 5 --first-seed 5 --out benchmarks/results/sw-5.json``;
+``python benchmarks/controller.py`` is the full grid: 10 seeds, both datasets, every policy, the
+three caps, 600 runs of 4 devices × 5 rounds × 1 local epoch (about 8.5 s a run with one thread,
+so about 85 minutes). Shards run in parallel, each with ``OMP_NUM_THREADS=1`` and its own
+``--out``, e.g. ``--datasets smartwatch --seeds 5 --out benchmarks/results/sw-0.json`` and
+``--datasets smartwatch --seeds 5 --first-seed 5 --out benchmarks/results/sw-5.json``;
 ``--merge`` joins their JSON (it refuses a cell given twice, or one dataset's cells run with
-different settings; every cell records its run settings). On smartwatch every run uses learning rate
-0.01 and clipping bound 0.1 (``DATASET_SETTINGS``): what ``tune-dp`` chose at ε = 8 on seed 0
-for learning_quality's pretrained, top-only path, borrowed here for training from scratch at
-every cap, because with the run defaults (0.003, 1.0) every policy stayed within a few points
-of chance. Synthetic keeps the run defaults. ``--seeds``, ``--first-seed``, ``--datasets``,
-``--policies``, ``--caps``, ``--clients``, ``--rounds`` and ``--local-epochs`` change the
-grid; ``--seed`` seeds only the bootstrap (each run's seed is its scenario seed); ``--quick``
-runs a tiny grid (CI).
+different settings; every cell records its run settings). On smartwatch every run uses learning
+rate 0.01 and clipping bound 0.1 (``DATASET_SETTINGS``): what ``tune-dp`` chose at ε = 8 on seed
+0 for learning_quality's pretrained, top-only path, borrowed here for training from scratch at
+every cap, because with the run defaults (0.003, 1.0) every policy stayed within a few points of
+chance. Synthetic keeps the run defaults. ``--seeds``, ``--first-seed``, ``--datasets``,
+``--policies``, ``--caps``, ``--clients``, ``--rounds`` and ``--local-epochs`` change the grid;
+``--seed`` seeds only the bootstrap (each run's seed is its scenario seed); ``--quick`` runs a
+tiny grid (CI).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
@@ -204,16 +205,16 @@ def summarize(cells: list[dict[str, Any]], seed: int) -> dict[str, Any]:
     }
     for policy in policies:
         own = [c for c in cells if c["policy"] == policy]
-        figures[f"hypervolume_{policy.replace('-', '_')}"] = hypervolume(cells, policy)
-        figures[f"accuracy_{policy.replace('-', '_')}"] = float(np.mean(
-            [c["accuracy"] for c in own]))
-        figures[f"reidentification_{policy.replace('-', '_')}"] = float(np.mean(
+        name = policy.replace("-", "_")
+        figures[f"hypervolume_{name}"] = hypervolume(cells, policy)
+        figures[f"accuracy_{name}"] = float(np.mean([c["accuracy"] for c in own]))
+        figures[f"reidentification_{name}"] = float(np.mean(
             [c["reidentification"] for c in own]))
-        figures[f"membership_tpr_at_01pct_fpr_{policy.replace('-', '_')}"] = float(np.mean(
+        figures[f"membership_tpr_at_01pct_fpr_{name}"] = float(np.mean(
             [c["membership_tpr_at_01pct_fpr"] for c in own]))
-        figures[f"controller_overhead_{policy.replace('-', '_')}"] = float(np.mean(
+        figures[f"controller_overhead_{name}"] = float(np.mean(
             [c["controller_seconds_per_round"] / c["round_seconds"] for c in own]))
-        figures[f"epsilon_spent_share_{policy.replace('-', '_')}"] = float(np.mean(
+        figures[f"epsilon_spent_share_{name}"] = float(np.mean(
             [c["epsilon_spent_max"] / c["cap"] for c in own]))
     figures["ablation_discount_0_vs_td3"] = _difference(iqm, "td3-discount-0", "td3")
     figures["ablation_no_risk_vs_td3"] = _difference(iqm, "td3-no-risk", "td3")
@@ -271,7 +272,7 @@ def figures_with_breakdowns(cells: list[dict[str, Any]], seed: int) -> dict[str,
     return figures
 
 
-def run_grid(args: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_grid(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run the grid the arguments select; its cells and its configuration."""
     seeds = range(args.first_seed, args.first_seed + (args.seeds or (1 if args.quick else 10)))
     datasets = (args.datasets or ("smartwatch" if args.quick else
@@ -300,7 +301,6 @@ def run_grid(args: Any) -> tuple[list[dict[str, Any]], dict[str, Any]]:
                           f"{cell['epsilon_spent_max']:.3f}", flush=True)
     return cells, {"seeds": list(seeds), "datasets": datasets, "policies": policies,
                    "caps": caps, "dataset_settings": DATASET_SETTINGS, **base}
-
 
 
 def main() -> None:

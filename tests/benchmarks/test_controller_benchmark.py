@@ -1,5 +1,6 @@
 """The controller benchmark: its comparisons by hand, and its quick mode end to end."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -75,7 +76,7 @@ def test_quick_mode_runs_the_policies_and_writes_the_figures(tmp_path):
     assert all(c["audit_entries"] == 6 for c in result["cells"])  # 3 devices x 2 rounds
 
 
-def fake_run(tmp_path, seen):
+def fake_run(seen):
     """A stand-in for ``run_in_process``: records the overrides, writes a minimal summary."""
     from fedmosaic.config import RunConfig
 
@@ -96,8 +97,6 @@ ATTACKS = {"reidentification_from_embeddings": {"accuracy": 0.9, "chance": 0.25}
 
 
 def grid_args(tmp_path, **options):
-    import argparse
-
     defaults = {"first_seed": 0, "seeds": 2, "quick": False, "datasets": "smartwatch,synthetic",
                 "policies": "none", "caps": "3", "local_epochs": None, "clients": None,
                 "rounds": None, "runs_dir": tmp_path / "runs", "out": tmp_path / "c.json"}
@@ -107,7 +106,7 @@ def grid_args(tmp_path, **options):
 def test_the_grid_gives_smartwatch_its_dp_settings_and_each_cell_records_its_own(
         controller, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(controller, "run_in_process", fake_run(tmp_path, seen))
+    monkeypatch.setattr(controller, "run_in_process", fake_run(seen))
     monkeypatch.setattr(controller, "attack_run", lambda run_dir: ATTACKS)
 
     cells, config = controller.run_grid(grid_args(tmp_path, first_seed=4))
@@ -125,7 +124,7 @@ def test_the_grid_gives_smartwatch_its_dp_settings_and_each_cell_records_its_own
 
 def test_local_epochs_override_the_grid_default(controller, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(controller, "run_in_process", fake_run(tmp_path, seen))
+    monkeypatch.setattr(controller, "run_in_process", fake_run(seen))
     monkeypatch.setattr(controller, "attack_run", lambda run_dir: ATTACKS)
 
     controller.run_grid(grid_args(tmp_path, seeds=1, datasets="smartwatch", local_epochs=3))
