@@ -28,6 +28,12 @@ Method, per dataset (``smartwatch``: 10 devices, one subject each, attribute ``s
       the benchmark's strength): additive Gaussian noise, and a bounded-Laplace release
       (Holohan et al. 2018; values clipped to ``[-B, B]``, ε per value searched so that the
       distortion matches).
+    * **The label's floor** (``reid_label_floor``): the re-identification of a Bayes attacker
+      that reads only the task label, ``argmax_s P(s | y)`` with ``P``
+      counted on the training samples, scored on the held-out ones. Any release
+      that keeps the task readable lets this much through, whatever it does to the rest, so a
+      ``reid_anonymized`` target below it cannot be met with ``activity_loss_points`` near 0
+      (on synthetic each device's skewed label mix points to its site).
     * **The privacy–utility curve** over λ ∈ {0, 0.25, 0.5, 0.75, 1}.
     * **Attacks on the model trained through the training path**: loss-threshold membership
       inference (``privacy/attacks/membership.py``), re-identification from the shared
@@ -152,6 +158,23 @@ class Split:
         values, counts = np.unique(self.test_ids, return_counts=True)
         self.chance = float(counts.max() / counts.sum())
         self.num_values = dataset.num_sensitive_values
+        self.label_floor = label_only_reid(self.train.labels, self.train_ids, self.test.labels,
+                                           self.test_ids)
+
+
+def label_only_reid(train_labels: np.ndarray, train_ids: np.ndarray, test_labels: np.ndarray,
+                    test_ids: np.ndarray) -> float:
+    """Accuracy of the Bayes attacker that guesses the attribute from the label alone.
+
+    For each label it guesses the attribute value seen most often with that label in training
+    (ties: the smallest value); a label never seen in training gets the most frequent value.
+    """
+    labels = int(max(train_labels.max(initial=0), test_labels.max(initial=0))) + 1
+    values = int(max(train_ids.max(initial=0), test_ids.max(initial=0))) + 1
+    counts = np.zeros((labels, values))
+    np.add.at(counts, (train_labels, train_ids), 1)
+    counts[counts.sum(1) == 0] = np.bincount(train_ids, minlength=values)
+    return float(np.mean(counts.argmax(1)[test_labels] == test_ids))
 
 
 def forest(trees: int, seed: int) -> RandomForestClassifier:
@@ -276,6 +299,7 @@ def measure_dataset(name: str, base: dict[str, Any], runs_dir: Path,
         "reid_raw": raw["reid"],
         "reid_anonymized": headline["reid"],
         "reid_chance": split.chance,
+        "reid_label_floor": split.label_floor,
         "reid_margin_points": 100.0 * (headline["reid"] - split.chance),
         "reid_noise_same_distortion": noise["reid"],
         "reid_bounded_laplace_same_distortion": laplace["reid"],

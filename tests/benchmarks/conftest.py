@@ -41,3 +41,8 @@ def controller():
 @pytest.fixture(scope="module")
 def learning_quality():
     return import_benchmark("learning_quality")
+
+
+@pytest.fixture(scope="module")
+def anonymizer_benchmark():
+    return import_benchmark("anonymizer")
