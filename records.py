@@ -23,6 +23,18 @@ EMBEDDING_VARIANCE = "embedding-variance"
 EVAL_LOSS = "eval-loss"
 EVAL_ACCURACY = "eval-accuracy"
 
+
+def eval_without(modality: str) -> tuple[str, str, str]:
+    """An evaluation reply's keys for ``modality`` removed at prediction time.
+
+    The test samples that hold it and another modality, the accuracy on them with every
+    modality they hold, and with ``modality`` removed
+    (:func:`~fedmosaic.models.missing_modality.remove_each_modality`).
+    """
+    prefix = f"eval-without-{modality}"
+    return f"{prefix}-samples", f"{prefix}-accuracy-with", f"{prefix}-accuracy"
+
+
 SERVER_ROUND = "server-round"
 """Set by Flower's FedAvg family in every message config."""
 

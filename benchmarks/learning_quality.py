@@ -11,8 +11,9 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   windows) and *centralized* (the 8 devices' windows pooled);
 * **missing modalities** — the hierarchical mixture trained with ``modality-dropout=0.5``
   (ours) and zero-filled concatenation (``fusion=concat``, FedMultimodal's baseline), each
-  seed; FedAvg's ``none`` cell is the mixture without dropout; then both again with half the
-  devices lacking a modality in all their data (``missing-modality-devices=0.5``);
+  seed; FedAvg's ``none`` cell is the mixture without dropout; every other personalization
+  with the same dropout (``missing-personalized``); then ours and the baseline again with half
+  the devices lacking a modality in all their data (``missing-modality-devices=0.5``);
 * **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on five paths, each against the same path
   without DP: from scratch (``tcn`` encoders); fixed DP-friendly features
   (``sensor-encoder=features``: statistical and spectral window features, only a projection
@@ -46,7 +47,11 @@ Figures (beside their targets):
   baseline (and the baseline trained with the same modality dropout, so the fusion is compared
   apart from the dropout); target ours ≤ 3 and below the baseline;
   ``missing_modality_drop_points_half_devices_lacking``: the same after training with half
-  the devices lacking a modality;
+  the devices lacking a modality; ``missing_modality_drop_points_per_device``: per
+  personalization, all trained with the same dropout (``none``: ours), the worst drop of the
+  models the devices predict with, on their own held-out windows, each device counting once
+  (the run's ``final_device_missing_modality_drop_points``), with
+  ``missing_modality_accuracy_per_device`` (``final_device_accuracy``) beside it;
 * ``dp_accuracy_loss_points_eps{8,3,1}``: per path, central accuracy without DP minus with DP,
   mean over seeds (``..._per_seed`` beside it); targets ≤ 3 at ε = 8 and ≤ 6 at ε = 3 on the
   best path of those every seed measured; ``dp_accuracy_loss_points_against_best_nodp_eps*``:
@@ -139,6 +144,13 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float],
                        "overrides": {"fusion": "concat"}},
                       {"part": "missing", "variant": "concat-dropout", "seed": seed,
                        "overrides": {"fusion": "concat", "modality-dropout": 0.5}}]
+        if "missing-personalized" in parts:  # FedAvg's is the missing part's ``ours`` cell
+            if "missing" not in parts:
+                cells.append({"part": "missing", "variant": "ours", "seed": seed,
+                              "overrides": {"modality-dropout": 0.5}})
+            cells += [{"part": "missing-personalized", "variant": p, "seed": seed,
+                       "overrides": {"personalization": p, "modality-dropout": 0.5}}
+                      for p in PERSONALIZATIONS if p != "none"]
         if "missing-half" in parts:
             half = {"missing-modality-devices": 0.5}
             cells += [{"part": "missing-half", "variant": "ours", "seed": seed,
@@ -191,7 +203,8 @@ def federated(overrides: dict[str, Any], name: str, runs_dir: str) -> dict[str, 
     figures = {key: summary.get(key) for key in (
         "final_accuracy", "final_device_accuracy", "unseen_subject_accuracy",
         "unseen_subject_accuracy_head_fitted", "unseen_devices",
-        "missing_modality_drop_points", "missing_modality", "wall_seconds")}
+        "missing_modality_drop_points", "missing_modality",
+        "final_device_missing_modality_drop_points", "wall_seconds")}
     figures["epsilon_spent_max"] = max(
         (d["epsilon_spent"] for d in summary["privacy"].get("devices", {}).values()),
         default=None) if isinstance(summary.get("privacy"), dict) else None
@@ -306,6 +319,16 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
             missing["ours"] <= MISSING_TARGET_POINTS
             and (missing["concat_baseline"] is None
                  or missing["ours"] < missing["concat_baseline"]))
+    def own_data(key: str) -> dict[str, float | None]:
+        return {p: mean("missing", "ours", key) if p == "none"
+                else mean("missing-personalized", p, key) for p in PERSONALIZATIONS}
+
+    drops = own_data("final_device_missing_modality_drop_points")
+    drops = {p: drop for p, drop in drops.items() if drop is not None}
+    if drops:
+        figures["missing_modality_drop_points_per_device"] = drops
+        accuracy = own_data("final_device_accuracy")
+        figures["missing_modality_accuracy_per_device"] = {p: accuracy[p] for p in drops}
     figures.update(dp_figures(cells))
     return figures
 
@@ -420,8 +443,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None,
                         help="seeds (default: 0 1 2; 0 with --quick)")
     parser.add_argument("--parts", nargs="+",
-                        default=["personalization", "missing", "missing-half", "dp"],
-                        choices=["personalization", "missing", "missing-half", "dp"])
+                        default=["personalization", "missing", "missing-personalized",
+                                 "missing-half", "dp"],
+                        choices=["personalization", "missing", "missing-personalized",
+                                 "missing-half", "dp"])
     parser.add_argument("--epsilons", type=float, nargs="+", default=list(EPSILONS))
     parser.add_argument("--dp-paths", nargs="+", default=list(PATHS), choices=list(PATHS),
                         help="the DP paths to run (default: all)")

@@ -32,6 +32,7 @@ from fedmosaic.clients.secure_aggregation import (
 from fedmosaic.clients.state_store import keep_state_on_disk
 from fedmosaic.config import RunConfig
 from fedmosaic.data.absent_modalities import as_held
+from fedmosaic.models.missing_modality import removal_metrics, remove_each_modality
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.task import build_model, cached_dataset
 
@@ -75,7 +76,9 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     """Evaluate the model the device predicts with on its local test split.
 
     That is the global weights, with ``personalization`` the device's personal parameters over
-    them (under ``ditto`` its whole personal model), once it has trained.
+    them (under ``ditto`` its whole personal model), once it has trained. The reply also says
+    what that model loses with each modality removed at prediction time
+    (:func:`~fedmosaic.models.missing_modality.removal_metrics`).
     """
     config = RunConfig.from_mapping(context.run_config)
     dataset = cached_dataset(config)
@@ -88,9 +91,11 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     with torch.no_grad():
         result = evaluate(model, make_loader(test_arrays, dataset.specs, 256, shuffle=False,
                                              seed=0), dataset.specs)
+    removals = remove_each_modality(model, test_arrays, dataset.specs)
     metrics = MetricRecord({
         records.NUM_EXAMPLES: result.num_examples,
         records.EVAL_LOSS: result.loss,
         records.EVAL_ACCURACY: result.accuracy,
+        **removal_metrics(removals, [spec.name for spec in dataset.specs]),
     })
     return Message(content=RecordDict({records.METRICS: metrics}), reply_to=msg)

@@ -24,7 +24,11 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset, is_file_dataset
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.data.report import partition_report, partition_warnings
-from fedmosaic.models.missing_modality import remove_each_modality, worst_drop_points
+from fedmosaic.models.missing_modality import (
+    ModalityRemoval,
+    remove_each_modality,
+    worst_drop_points,
+)
 from fedmosaic.models.personalization import personal_keys
 from fedmosaic.models.training import evaluate, make_loader
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
@@ -81,8 +85,9 @@ def warn_pointless_settings(config: RunConfig) -> None:
                     "without a device column)", config.partitioner, config.dataset)
     if config.personalization != "none" and config.num_edges and config.edge_role == "cloud":
         log.warning("personalization=%s with deployed edges: federated evaluation does not go "
-                    "through the edges, so device_accuracy is not measured; the central "
-                    "figures are the global model's", config.personalization)
+                    "through the edges, so device_accuracy and device_missing_modality are not "
+                    "measured; the central figures are the global model's",
+                    config.personalization)
     if config.personalization != "none" and config.resume_from:
         log.warning("resume-from with personalization=%s: devices without a state-dir start "
                     "their personal parameters again from the global ones (simulation keeps "
@@ -210,6 +215,7 @@ def main(grid: Grid, context: Context) -> None:
             federated_accuracy=_metric(eval_metrics, records.EVAL_ACCURACY),
             federated_loss=_metric(eval_metrics, records.EVAL_LOSS),
             device_accuracy=_mean(validation.device_accuracies.get(server_round)),
+            **device_missing_modality(validation.device_missing_modality.get(server_round)),
             replies=traffic.replies_up,
             failed_replies=traffic.failed_replies,
             rejected=sum(r.count(server_round) for r in cloud_rejections),
@@ -316,7 +322,8 @@ def learning_figures(config: RunConfig, dataset: FederatedDataset, central_test:
     ``unseen_subject_accuracy``, and ``unseen_subject_accuracy_head_fitted``, the mean when
     every newcomer fits the classifier head alone (:mod:`fedmosaic.server.unseen_devices`).
     Under ``personalization`` these are figures of the global model, whose personal
-    parameters never trained (FedRep's head is its initial one).
+    parameters never trained (FedRep's head is its initial one); what the models the devices
+    predict with lose is ``device_missing_modality`` in the history.
     """
     model = build_model(config, dataset)
     model.load_state_dict(global_state)
@@ -333,6 +340,14 @@ def learning_figures(config: RunConfig, dataset: FederatedDataset, central_test:
         figures["unseen_subject_accuracy_head_fitted"] = float(np.mean(list(
             head_fitted.values())))
     return figures
+
+
+def device_missing_modality(removals: dict[str, ModalityRemoval] | None) -> dict[str, Any]:
+    """A round's :class:`RoundRecord` fields of the devices' models missing a modality."""
+    if not removals:
+        return {}
+    return {"device_missing_modality": {name: asdict(r) for name, r in removals.items()},
+            "device_missing_modality_drop_points": worst_drop_points(removals)}
 
 
 def _mean(values: list[float] | None) -> float | None:

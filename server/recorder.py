@@ -56,6 +56,12 @@ class RoundRecord:
     """Mean over the evaluated devices of each one's accuracy on its own held-out data, with
     the model it predicts with (its personal parameters over the global ones under
     ``personalization``); each device counts once, whatever its data size."""
+    device_missing_modality: dict[str, dict[str, float]] | None = None
+    """Per modality, those models removing it at prediction time, pooled over the devices'
+    samples that hold it and another modality: ``samples``, ``accuracy_with``,
+    ``accuracy_without`` (:mod:`fedmosaic.models.missing_modality`)."""
+    device_missing_modality_drop_points: float | None = None
+    """The worst of those drops, in points."""
     replies: int = 0
     failed_replies: int = 0
     bytes_device_to_edge: int | None = None
@@ -182,6 +188,8 @@ class RunRecorder:
             "final_accuracy": last.accuracy if last else self.initial_accuracy,
             "final_loss": last.loss if last else None,
             "final_device_accuracy": last.device_accuracy if last else None,
+            "final_device_missing_modality_drop_points":
+                last.device_missing_modality_drop_points if last else None,
             "initial_accuracy": self.initial_accuracy,
             "total_bytes_up": sum(r.bytes_up for r in self.history),
             "total_bytes_down": sum(r.bytes_down for r in self.history),

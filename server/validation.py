@@ -41,7 +41,7 @@ import functools
 import logging
 import math
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +53,11 @@ from flwr.serverapp.strategy import Strategy
 from fedmosaic import records
 from fedmosaic.arrays import record_arrays
 from fedmosaic.config import RunConfig
+from fedmosaic.models.missing_modality import (
+    ModalityRemoval,
+    mean_over_devices,
+    removals_from_metrics,
+)
 from fedmosaic.strategies.wrapper import StrategyWrapper
 
 log = logging.getLogger("fedmosaic")
@@ -146,10 +151,13 @@ class ReplyContract:
     Attributes:
         rules: ``{metric key: rule}``.
         max_examples: Bound on ``num-examples`` (and on the first declared ``dataset-size``).
+        modalities: An evaluation reply's modalities removed at prediction time
+            (:meth:`for_evaluation`).
     """
 
     rules: Mapping[str, MetricRule]
     max_examples: int
+    modalities: tuple[str, ...] = ()
 
     @classmethod
     def for_devices(cls, config: RunConfig, num_modalities: int,
@@ -181,12 +189,20 @@ class ReplyContract:
         return cls(rules, most)
 
     @classmethod
-    def for_evaluation(cls, config: RunConfig) -> ReplyContract:
-        """What a device's evaluation reply carries (``clients/app.py``)."""
+    def for_evaluation(cls, config: RunConfig, modalities: Sequence[str] = ()) -> ReplyContract:
+        """What a device's evaluation reply carries (``clients/app.py``).
+
+        With ``modalities``, also each one's removal at prediction time
+        (:func:`fedmosaic.records.eval_without`).
+        """
         rules = {records.NUM_EXAMPLES: MetricRule(1, config.max_examples, integer=True),
                  records.EVAL_LOSS: MetricRule(0.0, MAX_LOSS),
                  records.EVAL_ACCURACY: MetricRule(0.0, 1.0)}
-        return cls(rules, config.max_examples)
+        for name in modalities:
+            samples, accuracy_with, accuracy_without = records.eval_without(name)
+            rules |= {samples: MetricRule(0, config.max_examples, integer=True),
+                      accuracy_with: MetricRule(0.0, 1.0), accuracy_without: MetricRule(0.0, 1.0)}
+        return cls(rules, config.max_examples, tuple(modalities))
 
     def check_metrics(self, metrics: Mapping[str, Any], declared: int | None = None,
                       keys: Collection[str] | None = None) -> None:
@@ -380,6 +396,12 @@ def check_evaluation(reply: Message, contract: ReplyContract | None) -> None:
     metrics = content.metric_records[records.METRICS]
     if contract is not None:
         contract.check_metrics(metrics)
+        for name in contract.modalities:
+            samples = records.eval_without(name)[0]
+            if metrics[samples] > metrics[records.NUM_EXAMPLES]:
+                raise RejectedUpdate("metrics", f"{samples} must be <= the "
+                                                f"{metrics[records.NUM_EXAMPLES]} examples "
+                                                f"evaluated, got {_show(metrics[samples])}")
         return
     MetricRule(1, math.inf, integer=True).check(records.NUM_EXAMPLES,
                                                 metrics.get(records.NUM_EXAMPLES), "num-examples")
@@ -418,7 +440,11 @@ class ValidatingStrategy(StrategyWrapper):
             (:meth:`ReplyContract.for_evaluation`).
 
     ``device_accuracies[r]`` keeps each accepted evaluation reply's accuracy in round ``r``
-    (the accuracy of the model that device predicts with, on its own held-out data).
+    (the accuracy of the model that device predicts with, on its own held-out data), and
+    ``device_missing_modality[r]`` what those models lose with each modality of
+    ``evaluate_contract`` removed, each device counting once
+    (:func:`~fedmosaic.models.missing_modality.mean_over_devices`); those metrics are taken
+    out of the replies before the wrapped strategy averages the rest.
     """
 
     def __init__(self, strategy: Strategy, max_norm: float = math.inf,
@@ -436,6 +462,7 @@ class ValidatingStrategy(StrategyWrapper):
         self.rejections = Rejections()
         self.evaluate_rejections = Rejections()
         self.device_accuracies: dict[int, list[float]] = {}
+        self.device_missing_modality: dict[int, dict[str, ModalityRemoval]] = {}
         self.declared: dict[int, int] = {}
         self._reference: dict[int, dict[str, np.ndarray]] = {}
 
@@ -504,6 +531,13 @@ class ValidatingStrategy(StrategyWrapper):
         self.device_accuracies[server_round] = [
             float(reply.content[records.METRICS][records.EVAL_ACCURACY]) for reply in accepted
             if records.EVAL_ACCURACY in reply.content[records.METRICS]]
+        modalities = list(self.evaluate_contract.modalities) if self.evaluate_contract else []
+        self.device_missing_modality[server_round] = mean_over_devices([
+            removals_from_metrics(reply.content[records.METRICS], modalities)
+            for reply in accepted])
+        for reply in accepted:  # the wrapped strategy would average them by num-examples
+            for key in (key for name in modalities for key in records.eval_without(name)):
+                del reply.content[records.METRICS][key]
         if not accepted:
             return None
         return self.strategy.aggregate_evaluate(server_round, accepted + failures)

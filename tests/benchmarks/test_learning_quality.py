@@ -69,6 +69,23 @@ def test_missing_modality_target_needs_both_the_bound_and_the_baseline(learning_
     assert figures["missing_modality_target_met"] is False  # the baseline dropped less
 
 
+def test_per_device_drops_take_fedavgs_from_the_missing_part_and_the_rest_from_theirs(
+        learning_quality):
+    cells = [cell("missing", "ours", s, final_device_missing_modality_drop_points=d,
+                  final_device_accuracy=0.8, missing_modality_drop_points=10.0)
+             for s, d in ((0, 8.0), (1, 12.0))]
+    cells += [cell("missing-personalized", "fedrep", s, final_device_missing_modality_drop_points=d,
+                   final_device_accuracy=a) for s, d, a in ((0, 4.0, 0.9), (1, 6.0, 0.94))]
+    cells.append(cell("personalization", "fedrep", final_device_missing_modality_drop_points=40.0,
+                      final_device_accuracy=0.95))  # trained without dropout: not this figure
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["missing_modality_drop_points_per_device"] == {"none": 10.0, "fedrep": 5.0}
+    assert figures["missing_modality_accuracy_per_device"] == pytest.approx(
+        {"none": 0.8, "fedrep": 0.92})
+
+
 def test_dp_figures_are_means_over_seeds_each_against_its_own_seed(learning_quality):
     cells = [cell("dp", "public-nodp", 0, final_accuracy=0.80, cpu_seconds=10.0),
              cell("dp", "public-eps8", 0, final_accuracy=0.70, cpu_seconds=16.0),
@@ -121,6 +138,19 @@ def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
     assert len(order) == len(set(order)) == 2 * 10 + 2 * (3 + 3 * 5)
 
 
+def test_personalized_missing_modalities_bring_fedavgs_run_with_the_same_dropout(
+        learning_quality):
+    alone = learning_quality.cells_to_run(["missing-personalized"], [0], [8])
+    both = learning_quality.cells_to_run(["missing", "missing-personalized"], [0], [8])
+
+    assert [(c["part"], c["variant"]) for c in alone] == [
+        ("missing", "ours"), ("missing-personalized", "fedbn"),
+        ("missing-personalized", "fedrep"), ("missing-personalized", "ditto"),
+        ("missing-personalized", "local-gate")]
+    assert all(c["overrides"]["modality-dropout"] == 0.5 for c in alone)
+    assert [c["variant"] for c in both].count("ours") == 1
+
+
 def test_a_subset_of_dp_paths_brings_the_references_it_is_measured_against(learning_quality):
     cells = learning_quality.cells_to_run(["dp"], [0], [8, 3], ["public-tuned"])
 
@@ -158,4 +188,6 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
         assert ran["dp"] == run.endswith("seed0")  # the DP run and its non-DP twin
     assert figures["missing_modality_drop_points"]["concat_baseline"] is not None
     assert figures["missing_modality_drop_points_half_devices_lacking"]["ours"] is not None
-    assert len(result["cells"]) == 20
+    assert set(figures["missing_modality_drop_points_per_device"]) == {
+        "none", "fedbn", "fedrep", "ditto", "local-gate"}
+    assert len(result["cells"]) == 24

@@ -8,6 +8,8 @@ from fedmosaic import records
 from fedmosaic.clients.app import evaluate_locally, train_locally
 from fedmosaic.clients.poisoning import malicious_partitions
 from fedmosaic.config import RunConfig
+from fedmosaic.models.missing_modality import removals_from_metrics, remove_each_modality
+from fedmosaic.server.validation import ReplyContract, check_evaluation
 from fedmosaic.task import build_model, cached_dataset
 
 RUN_CONFIG = {"local-epochs": 1, "num-clients": 10}
@@ -70,6 +72,21 @@ def test_evaluate_reply_reports_local_accuracy():
     metrics = reply.content[records.METRICS]
     assert 0.0 <= metrics[records.EVAL_ACCURACY] <= 1.0
     assert metrics[records.NUM_EXAMPLES] > 0
+
+
+def test_evaluate_reply_says_what_removing_each_modality_costs_and_meets_the_contract():
+    config = RunConfig.from_mapping(RUN_CONFIG)
+    dataset = cached_dataset(config)
+    names = [spec.name for spec in dataset.specs]
+
+    reply = evaluate_locally(message("evaluate"), context(partition_id=0))
+
+    check_evaluation(reply, ReplyContract.for_evaluation(config, names))
+    metrics = reply.content[records.METRICS]
+    model = build_model(config, dataset)
+    model.load_state_dict(global_arrays().to_torch_state_dict())
+    expected = remove_each_modality(model, dataset.partition(0)[1], dataset.specs)
+    assert expected and removals_from_metrics(metrics, names) == expected
 
 
 def test_missing_partition_id_is_a_clear_error():

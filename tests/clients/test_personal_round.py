@@ -132,8 +132,13 @@ def test_evaluation_predicts_with_the_personal_parameters():
 
     reply = evaluate_locally(evaluate, context)
 
-    accuracy = reply.content[records.METRICS][records.EVAL_ACCURACY]
-    assert accuracy == pytest.approx(float((test.labels == 0).mean()))
+    metrics = reply.content[records.METRICS]
+    always_zero = pytest.approx(float((test.labels == 0).mean()))
+    assert metrics[records.EVAL_ACCURACY] == always_zero
+    removals = [records.eval_without(spec.name) for spec in cached_dataset(config).specs]
+    checked = [(metrics[with_], metrics[without]) for samples, with_, without in removals
+               if metrics[samples]]
+    assert checked and all(a == b for a, b in checked)  # with or without it: the same head
 
 
 def test_modality_dropout_and_personalization_compose_with_dp():

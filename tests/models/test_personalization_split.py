@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
-from fedmosaic.models.missing_modality import remove_each_modality, worst_drop_points
+from fedmosaic.models.missing_modality import (
+    ModalityRemoval,
+    mean_over_devices,
+    removal_metrics,
+    removals_from_metrics,
+    remove_each_modality,
+    worst_drop_points,
+)
 from fedmosaic.models.multimodal import MultimodalClassifier
 from fedmosaic.models.personalization import personal_keys, training_only
 from fedmosaic.models.training import evaluate, make_loader
@@ -123,3 +130,25 @@ def test_a_modality_no_sample_can_lose_is_left_out():
     batch = batch.with_mask(np.tile([True, False, False], (10, 1)))
     assert remove_each_modality(model().eval(), batch, SPECS) == {}
     assert worst_drop_points({}) is None
+
+
+def test_devices_removals_average_with_each_device_counting_once():
+    first = {"a": ModalityRemoval(10, 1.0, 0.5), "b": ModalityRemoval(4, 0.5, 0.5)}
+    second = {"a": ModalityRemoval(1000, 0.6, 0.3)}  # it holds no b it could lose
+
+    means = mean_over_devices([first, second, {}])
+
+    assert means["a"] == ModalityRemoval(1010, pytest.approx(0.8), pytest.approx(0.4))
+    assert means["b"] == first["b"]
+    assert mean_over_devices([]) == {}
+
+
+def test_an_evaluation_replys_removal_metrics_name_every_modality_and_read_back():
+    removals = {"a": ModalityRemoval(10, 0.9, 0.4)}
+
+    metrics = removal_metrics(removals, ["a", "b"])
+
+    assert metrics == {"eval-without-a-samples": 10, "eval-without-a-accuracy-with": 0.9,
+                       "eval-without-a-accuracy": 0.4, "eval-without-b-samples": 0,
+                       "eval-without-b-accuracy-with": 0.0, "eval-without-b-accuracy": 0.0}
+    assert removals_from_metrics(metrics, ["a", "b"]) == removals

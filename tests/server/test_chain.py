@@ -38,6 +38,9 @@ def test_the_default_chain_meters_enters_the_ledger_validates_and_aggregates():
     assert chain.strategy is chain.stages[0]
     assert chain.get(ValidatingStrategy).max_norm == 3.0
     assert chain.find(HierarchicalStrategy) is None
+    specs = cached_dataset(RunConfig.from_mapping({})).specs
+    assert chain.get(ValidatingStrategy).evaluate_contract.modalities == tuple(
+        spec.name for spec in specs)
 
 
 def test_every_stage_in_the_documented_order():

@@ -280,6 +280,53 @@ def test_a_malformed_evaluation_is_dropped_and_the_honest_ones_aggregated(bad):
     assert strategy.evaluate_rejections.count(1) == 1
 
 
+def removal(samples, accuracy_with, accuracy_without):
+    keys = records.eval_without("camera")
+    return dict(zip(keys, (samples, accuracy_with, accuracy_without), strict=True))
+
+
+def test_devices_missing_modality_figures_average_the_accepted_evaluations_only():
+    strategy = ValidatingStrategy(
+        FedAvg(), evaluate_contract=ReplyContract.for_evaluation(FLAT, ["camera"]))
+    replies = [reply(RecordDict({records.METRICS: MetricRecord(EVALUATION | figures)}), node)
+               for node, figures in enumerate([removal(8, 1.0, 0.5), removal(4, 0.25, 0.25),
+                                               removal(9, 0.0, 0.0), removal(0, 0.0, 0.0)],
+                                              start=1)]
+
+    metrics = strategy.aggregate_evaluate(1, replies)
+
+    means = strategy.device_missing_modality[1]["camera"]  # the third claims 9 of 8 samples
+    assert strategy.evaluate_rejections.count(1) == 1
+    assert (means.samples, means.accuracy_with, means.accuracy_without) == (12, 0.625, 0.375)
+    assert set(metrics) == set(EVALUATION) - {records.NUM_EXAMPLES}  # not averaged by Flower
+
+
+@pytest.mark.parametrize("bad", [removal(-1, 0.5, 0.5), removal(2.5, 0.5, 0.5),
+                                 removal(4, 1.5, 0.5), removal(4, 0.5, float("nan"))])
+def test_a_malformed_removal_figure_rejects_the_evaluation(bad):
+    strategy = ValidatingStrategy(
+        FedAvg(), evaluate_contract=ReplyContract.for_evaluation(FLAT, ["camera"]))
+    honest = reply(RecordDict({records.METRICS: MetricRecord(EVALUATION | removal(8, 1, 0))}), 1)
+
+    strategy.aggregate_evaluate(1, [honest, reply(RecordDict(
+        {records.METRICS: MetricRecord(EVALUATION | bad)}), 2)])
+
+    assert strategy.evaluate_rejections.reasons(1) == {"metrics": 1}
+    assert strategy.device_missing_modality[1]["camera"].samples == 8
+
+
+def test_an_evaluation_without_the_removal_figures_is_rejected():
+    strategy = ValidatingStrategy(
+        FedAvg(), evaluate_contract=ReplyContract.for_evaluation(FLAT, ["camera"]))
+    honest = reply(RecordDict({records.METRICS: MetricRecord(EVALUATION | removal(8, 1, 0))}), 1)
+    bare = reply(RecordDict({records.METRICS: MetricRecord(EVALUATION)}), 2)
+
+    strategy.aggregate_evaluate(1, [honest, bare])
+
+    assert strategy.evaluate_rejections.reasons(1) == {"metrics": 1}
+    assert strategy.device_missing_modality[1]["camera"].samples == 8
+
+
 def test_a_huge_finite_loss_is_rejected_before_it_overflows_an_edges_mean():
     contract = ReplyContract.for_devices(EDGES, 2, below_edge=True)
     huge = HONEST_METRICS | {records.EDGE_ID: 0, records.TRAIN_LOSS: 1.7e308}

@@ -28,7 +28,13 @@ def test_each_personalization_runs_and_reports_device_and_unseen_accuracy(
     for entry in summary["history"]:
         assert entry["replies"] == 3 + 3  # training and evaluation, the unseen two never
         assert 0.0 <= entry["device_accuracy"] <= 1.0
+        assert entry["evaluate_rejected"] == 0
     assert summary["final_device_accuracy"] == summary["history"][-1]["device_accuracy"]
+    device_removals = summary["history"][-1]["device_missing_modality"]
+    modalities = {spec.name for spec in cached_dataset(config).specs}
+    assert device_removals and set(device_removals) <= modalities
+    assert summary["final_device_missing_modality_drop_points"] == pytest.approx(max(
+        100 * (r["accuracy_with"] - r["accuracy_without"]) for r in device_removals.values()))
     assert set(summary["unseen_devices"]) == {"3", "4"}
     assert summary["unseen_subject_accuracy"] == pytest.approx(
         np.mean(list(summary["unseen_devices"].values())))
