@@ -51,8 +51,10 @@ def _report(summary: dict[str, Any], run_dir: Path) -> None:
         if summary.get(key) is not None:
             figures.append(f"{label} {summary[key]:.4f}")
     if summary.get("missing_modality_drop_points") is not None:
+        own = summary.get("final_device_missing_modality_drop_points")
         figures.append(f"worst missing-modality drop {summary['missing_modality_drop_points']:.1f}"
-                       " points")
+                       " points" + (f" (global model), {own:.1f} on devices' own data"
+                                    if own is not None else ""))
     console.print(
         f"[green]done[/green]: {summary['rounds']} rounds, {', '.join(figures)}, "
         f"{summary['wall_seconds']:.0f} s\n"
