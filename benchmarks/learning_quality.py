@@ -319,15 +319,16 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
             missing["ours"] <= MISSING_TARGET_POINTS
             and (missing["concat_baseline"] is None
                  or missing["ours"] < missing["concat_baseline"]))
-    def own_data(key: str) -> dict[str, float | None]:
+
+    def per_device(key: str) -> dict[str, float | None]:
         return {p: mean("missing", "ours", key) if p == "none"
                 else mean("missing-personalized", p, key) for p in PERSONALIZATIONS}
 
-    drops = own_data("final_device_missing_modality_drop_points")
+    drops = per_device("final_device_missing_modality_drop_points")
     drops = {p: drop for p, drop in drops.items() if drop is not None}
     if drops:
         figures["missing_modality_drop_points_per_device"] = drops
-        accuracy = own_data("final_device_accuracy")
+        accuracy = per_device("final_device_accuracy")
         figures["missing_modality_accuracy_per_device"] = {p: accuracy[p] for p in drops}
     figures.update(dp_figures(cells))
     return figures

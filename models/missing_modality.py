@@ -21,7 +21,7 @@ import torch
 from fedmosaic import records
 from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
-from fedmosaic.models.training import make_loader, split_batch
+from fedmosaic.models.training import outputs_by_batch
 
 
 @dataclass(frozen=True)
@@ -122,9 +122,6 @@ def worst_drop_points(removals: dict[str, ModalityRemoval]) -> float | None:
 def _hits(model: MultimodalClassifier, arrays: MultimodalArrays,
           specs: tuple[ModalitySpec, ...]) -> np.ndarray:
     """``(N,)`` whether ``model`` classifies each sample of ``arrays`` right (eval mode)."""
-    model.eval()
-    hits = []
-    for batch in make_loader(arrays, specs, 256, shuffle=False, seed=0):
-        inputs, mask, labels = split_batch(batch, specs)
-        hits.append((model(inputs, mask).logits.argmax(dim=-1) == labels).numpy())
+    hits = [(output.logits.argmax(dim=-1) == labels).numpy()
+            for output, labels in outputs_by_batch(model, arrays, specs)]
     return np.concatenate(hits) if hits else np.zeros(0, bool)

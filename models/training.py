@@ -14,7 +14,7 @@ Heterogeneous Networks", MLSys, arXiv:1812.06127), minimised with Adam (Kingma &
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
-from fedmosaic.models.multimodal import MultimodalClassifier
+from fedmosaic.models.multimodal import ModelOutput, MultimodalClassifier
 
 
 @dataclass(frozen=True)
@@ -244,6 +244,17 @@ def train(
         steps=steps,
         mean_embedding_variance=variance_sum / max(variance_count, 1),
     )
+
+
+@torch.no_grad()
+def outputs_by_batch(
+    model: MultimodalClassifier, arrays: MultimodalArrays, specs: tuple[ModalitySpec, ...]
+) -> Iterator[tuple[ModelOutput, torch.Tensor]]:
+    """``model``'s output (eval mode) and the labels of each batch of ``arrays``, in order."""
+    model.eval()
+    for batch in make_loader(arrays, specs, 256, shuffle=False, seed=0):
+        inputs, mask, labels = split_batch(batch, specs)
+        yield model(inputs, mask), labels
 
 
 @torch.no_grad()

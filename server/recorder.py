@@ -57,9 +57,9 @@ class RoundRecord:
     the model it predicts with (its personal parameters over the global ones under
     ``personalization``); each device counts once, whatever its data size."""
     device_missing_modality: dict[str, dict[str, float]] | None = None
-    """Per modality, those models removing it at prediction time, pooled over the devices'
-    samples that hold it and another modality: ``samples``, ``accuracy_with``,
-    ``accuracy_without`` (:mod:`fedmosaic.models.missing_modality`)."""
+    """Per modality, those models removing it at prediction time, on the devices' samples that
+    hold it and another modality, each device counting once: ``samples`` (their total),
+    ``accuracy_with``, ``accuracy_without`` (:mod:`fedmosaic.models.missing_modality`)."""
     device_missing_modality_drop_points: float | None = None
     """The worst of those drops, in points."""
     replies: int = 0

@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
-from fedmosaic.models.training import make_loader, split_batch
+from fedmosaic.models.training import outputs_by_batch
 
 MAX_ITERATIONS = 2000
 """Iterations of the logistic regression's solver."""
@@ -53,11 +53,8 @@ class ReidentificationResult:
 def shared_embeddings(model: MultimodalClassifier, arrays: MultimodalArrays,
                       specs: tuple[ModalitySpec, ...]) -> np.ndarray:
     """``(N, M * D)``: every sample's embedding means, modalities concatenated (eval mode)."""
-    model.eval()
-    parts = []
-    for batch in make_loader(arrays, specs, 256, shuffle=False, seed=0):
-        inputs, mask, _ = split_batch(batch, specs)
-        parts.append(model(inputs, mask).mus.flatten(start_dim=1))
+    parts = [output.mus.flatten(start_dim=1)
+             for output, _ in outputs_by_batch(model, arrays, specs)]
     return torch.cat(parts).numpy() if parts else np.empty((0, 0))
 
 
