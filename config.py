@@ -226,6 +226,10 @@ class RunConfig:
     gate_balance_weight: float = setting(
         "weight of the gate's load-balancing loss (keeps every modality's encoder learning)"
     )
+    unimodal_loss_weight: float = setting(
+        "weight of the unimodal views' loss: each training sample also classified with each "
+        "modality alone, so the model keeps working when the others are missing; 0: off"
+    )
     partitioner: str = setting(
         "how a data file without a `device` column is split across devices: `iid` (after a "
         "shuffle with `seed`) or `dirichlet` (label skew, `dirichlet-alpha`)",
@@ -242,6 +246,9 @@ class RunConfig:
     missing_modality_devices: float = setting(
         "simulation: share of devices (drawn from `seed`) that each lack one modality (drawn "
         "too) in all their data, for training and their own evaluation; in [0, 1]"
+    )
+    missing_modality_name: str = setting(
+        "simulation: the modality the `missing-modality-devices` lack (empty: each draws one)"
     )
     samples_per_client: int = setting("training samples per synthetic device")
     synthetic_noise: float = setting(
@@ -462,7 +469,8 @@ class RunConfig:
         _check_robustness(self)
         if self.fraction_train == 0.0:
             raise ValueError("fraction-train must be > 0, got 0.0 (no client would train)")
-        for name in ("proximal_mu", "kl_weight", "consistency_weight", "gate_balance_weight"):
+        for name in ("proximal_mu", "kl_weight", "consistency_weight", "gate_balance_weight",
+                     "unimodal_loss_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{_key(name)} must be >= 0, got {getattr(self, name)}")
         if self.learning_rate <= 0:

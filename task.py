@@ -33,6 +33,6 @@ def build_model(config: RunConfig, dataset: FederatedDataset) -> MultimodalClass
 
 
 def loss_weights(config: RunConfig) -> LossWeights:
-    """Weights of the KL, cross-modal consistency and gate-balance terms of the local loss."""
+    """Weights of the KL, consistency, gate-balance and unimodal terms of the local loss."""
     return LossWeights(kl=config.kl_weight, consistency=config.consistency_weight,
-                       balance=config.gate_balance_weight)
+                       balance=config.gate_balance_weight, unimodal=config.unimodal_loss_weight)

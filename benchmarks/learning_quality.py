@@ -9,11 +9,17 @@ invocation on the same 8 subjects' training windows for the same number of epoch
 * **personalization** — ``personalization`` ∈ {none (FedAvg), fedbn, fedrep, ditto,
   local-gate}, each seed; baselines: *local-only* (each device trains alone on its own
   windows) and *centralized* (the 8 devices' windows pooled);
-* **missing modalities** — the hierarchical mixture trained with ``modality-dropout=0.5``
-  (ours) and zero-filled concatenation (``fusion=concat``, FedMultimodal's baseline), each
-  seed; FedAvg's ``none`` cell is the mixture without dropout; every other personalization
-  with the same dropout (``missing-personalized``); then ours and the baseline again with half
-  the devices lacking a modality in all their data (``missing-modality-devices=0.5``);
+* **missing modalities** — the hierarchical mixture trained with the unimodal views' loss
+  (ours, :data:`OURS_MISSING`: ``unimodal-loss-weight=1``, ``models/unimodal.py``) and with
+  modality dropout instead (``ours-dropout``: ``modality-dropout=0.5``), against zero-filled
+  concatenation (``fusion=concat``, FedMultimodal's baseline) plain, with the same dropout
+  and with the same unimodal loss, each seed; FedAvg's ``none`` cell is the mixture trained
+  with neither; for each modality of the dataset (:data:`MODALITIES`), the federation trained
+  without it (``missing-modality-devices=1``, ``missing-modality-name``), whose accuracy
+  without it is what the other modalities reach alone under federated training; every other
+  personalization with ours' training (``missing-personalized``); then ours and the baseline
+  again with half the devices lacking a modality in all their data
+  (``missing-modality-devices=0.5``);
 * **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on five paths, each against the same path
   without DP: from scratch (``tcn`` encoders); fixed DP-friendly features
   (``sensor-encoder=features``: statistical and spectral window features, only a projection
@@ -43,9 +49,12 @@ Figures (beside their targets):
   ``ditto`` fit nothing), and ``unseen_subject_accuracy_head_fitted``: after each fitted the
   classifier head alone, the same adaptation for every method and the centralized model;
 * ``missing_modality_drop_points``: worst accuracy drop (points) when one modality is removed
-  at prediction time, on the central test (``models/missing_modality.py``), ours and the
-  baseline (and the baseline trained with the same modality dropout, so the fusion is compared
-  apart from the dropout); target ours ≤ 3 and below the baseline;
+  at prediction time, on the central test (``models/missing_modality.py``), per variant of
+  the missing part (the baseline also trained as ours and with dropout, so the fusion is
+  compared apart from the training); target ours ≤ 3 and below the baseline;
+  ``missing_modality_accuracy_without_worst``: per variant, the accuracy left with the worst
+  modality removed; ``missing_modality_accuracy_trained_without``: per modality, the
+  accuracy of the federation trained without it, on the others (the same removal);
   ``missing_modality_drop_points_half_devices_lacking``: the same after training with half
   the devices lacking a modality; ``missing_modality_drop_points_per_device``: per
   personalization, all trained with the same dropout (``none``: ours), the worst drop of the
@@ -114,6 +123,21 @@ CENTRALIZED_REFERENCE = 0.937
 DP_TARGETS = {8.0: 3.0, 3.0: 6.0}
 DP_TIME_TARGET = 1.5
 MISSING_TARGET_POINTS = 3.0
+OURS_MISSING = {"unimodal-loss-weight": 1.0}
+"""Ours' training for missing modalities (the missing, missing-personalized and missing-half
+parts)."""
+MODALITIES = ("accelerometer", "gyroscope")
+"""The modalities of :data:`BASE`'s dataset; the missing part trains a federation without each."""
+MISSING_VARIANTS = {
+    "ours": OURS_MISSING,
+    "ours-dropout": {"modality-dropout": 0.5},
+    "concat": {"fusion": "concat"},
+    "concat-dropout": {"fusion": "concat", "modality-dropout": 0.5},
+    "concat-unimodal": {"fusion": "concat", **OURS_MISSING},
+    **{f"without-{name}": {"missing-modality-devices": 1.0, "missing-modality-name": name}
+       for name in MODALITIES},
+}
+"""The missing part's cells: run-config overrides per variant."""
 BASE = {"dataset": "smartwatch", "num-clients": 8, "unseen-devices": 2,
         "fraction-evaluate": 1.0, "risk-perception": False}
 
@@ -138,23 +162,19 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float],
             cells += [{"part": "personalization", "variant": v, "seed": seed, "overrides": {}}
                       for v in ("local-only", "centralized")]
         if "missing" in parts:
-            cells += [{"part": "missing", "variant": "ours", "seed": seed,
-                       "overrides": {"modality-dropout": 0.5}},
-                      {"part": "missing", "variant": "concat", "seed": seed,
-                       "overrides": {"fusion": "concat"}},
-                      {"part": "missing", "variant": "concat-dropout", "seed": seed,
-                       "overrides": {"fusion": "concat", "modality-dropout": 0.5}}]
+            cells += [{"part": "missing", "variant": variant, "seed": seed,
+                       "overrides": overrides} for variant, overrides in MISSING_VARIANTS.items()]
         if "missing-personalized" in parts:  # FedAvg's is the missing part's ``ours`` cell
             if "missing" not in parts:
                 cells.append({"part": "missing", "variant": "ours", "seed": seed,
-                              "overrides": {"modality-dropout": 0.5}})
+                              "overrides": OURS_MISSING})
             cells += [{"part": "missing-personalized", "variant": p, "seed": seed,
-                       "overrides": {"personalization": p, "modality-dropout": 0.5}}
+                       "overrides": {"personalization": p, **OURS_MISSING}}
                       for p in PERSONALIZATIONS if p != "none"]
         if "missing-half" in parts:
             half = {"missing-modality-devices": 0.5}
             cells += [{"part": "missing-half", "variant": "ours", "seed": seed,
-                       "overrides": {**half, "modality-dropout": 0.5}},
+                       "overrides": {**half, **OURS_MISSING}},
                       {"part": "missing-half", "variant": "concat", "seed": seed,
                        "overrides": {**half, "fusion": "concat"}}]
         per_seed.append(cells)
@@ -205,10 +225,29 @@ def federated(overrides: dict[str, Any], name: str, runs_dir: str) -> dict[str, 
         "unseen_subject_accuracy_head_fitted", "unseen_devices",
         "missing_modality_drop_points", "missing_modality",
         "final_device_missing_modality_drop_points", "wall_seconds")}
+    figures |= removal_figures(summary)
     figures["epsilon_spent_max"] = max(
         (d["epsilon_spent"] for d in summary["privacy"].get("devices", {}).values()),
         default=None) if isinstance(summary.get("privacy"), dict) else None
     return {**figures, "run_cpu_seconds": time.process_time() - cpu_started}
+
+
+def removal_figures(summary: dict[str, Any]) -> dict[str, float | None]:
+    """A run's accuracy with its worst modality removed and, trained without one, without it.
+
+    ``accuracy_without_worst`` is ``missing_modality``'s lowest ``accuracy_without`` (the
+    drop's modality, when the samples with every modality agree); for a run whose devices all
+    lacked ``missing-modality-name``, ``accuracy_without_trained_without`` is its accuracy
+    without that modality: what the others reach alone.
+    """
+    removals = summary.get("missing_modality") or {}
+    lacking = summary["config"].get("missing-modality-name")
+    trained_without = (removals[lacking]["accuracy_without"]
+                       if lacking in removals
+                       and summary["config"].get("missing-modality-devices") == 1.0 else None)
+    return {"accuracy_without_worst": min((r["accuracy_without"] for r in removals.values()),
+                                          default=None),
+            "accuracy_without_trained_without": trained_without}
 
 
 def tuned_cell(cell: dict[str, Any], overrides: dict[str, Any], runs_dir: str) -> dict[str, Any]:
@@ -234,7 +273,7 @@ def baseline(config: RunConfig, variant: str) -> dict[str, Any]:
     specs = dataset.specs
 
     def held(partition: int, split: int) -> MultimodalArrays:
-        return as_held(config, dataset.partition(partition)[split], partition)
+        return as_held(config, dataset.partition(partition)[split], partition, specs)
 
     def fit(arrays: MultimodalArrays) -> torch.nn.Module:
         model = build_model(config, dataset)
@@ -302,18 +341,22 @@ def summarize(cells: list[dict[str, Any]]) -> dict[str, Any]:
         figures["missing_modality_accuracy_half_devices_lacking"] = {
             "ours": mean("missing-half", "ours", "final_accuracy"),
             "concat_baseline": mean("missing-half", "concat", "final_accuracy")}
-    missing = {"ours": mean("missing", "ours", "missing_modality_drop_points"),
-               "concat_baseline": mean("missing", "concat", "missing_modality_drop_points"),
-               "concat_with_dropout": mean("missing", "concat-dropout",
-                                           "missing_modality_drop_points"),
-               "moe_without_dropout": mean("personalization", "none",
-                                           "missing_modality_drop_points")}
+    compared = {"ours": ("missing", "ours"), "ours_dropout": ("missing", "ours-dropout"),
+                "concat_baseline": ("missing", "concat"),
+                "concat_with_dropout": ("missing", "concat-dropout"),
+                "concat_with_unimodal": ("missing", "concat-unimodal"),
+                "moe_plain": ("personalization", "none")}
+    missing = {key: mean(*cell, "missing_modality_drop_points")
+               for key, cell in compared.items()}
     if missing["ours"] is not None:
         figures["missing_modality_drop_points"] = missing
         figures["missing_modality_accuracy"] = {
-            "ours": mean("missing", "ours", "final_accuracy"),
-            "concat_baseline": mean("missing", "concat", "final_accuracy"),
-            "concat_with_dropout": mean("missing", "concat-dropout", "final_accuracy")}
+            key: mean(*cell, "final_accuracy") for key, cell in compared.items()}
+        figures["missing_modality_accuracy_without_worst"] = {
+            key: mean(*cell, "accuracy_without_worst") for key, cell in compared.items()}
+        figures["missing_modality_accuracy_trained_without"] = {
+            name: mean("missing", f"without-{name}", "accuracy_without_trained_without")
+            for name in MODALITIES}
         figures["missing_modality_target_points"] = MISSING_TARGET_POINTS
         figures["missing_modality_target_met"] = (
             missing["ours"] <= MISSING_TARGET_POINTS

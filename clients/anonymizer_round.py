@@ -28,7 +28,7 @@ def run_anonymizer_round(message: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     dataset = cached_dataset(config)
     device = partition_id(context)
-    train_arrays = as_held(config, dataset.partition(device)[0], device)
+    train_arrays = as_held(config, dataset.partition(device)[0], device, dataset.specs)
     settings = AnonymizerTraining.from_config(config)
     models = AnonymizerModels(dataset.specs, dataset.num_sensitive_values, dataset.num_classes,
                               settings)

@@ -83,7 +83,7 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     config = RunConfig.from_mapping(context.run_config)
     dataset = cached_dataset(config)
     device = partition_id(context)
-    test_arrays = as_held(config, dataset.partition(device)[1], device)
+    test_arrays = as_held(config, dataset.partition(device)[1], device, dataset.specs)
     model = build_model(config, dataset)
     model.load_state_dict(torch_state_dict(msg.content[records.ARRAYS]))
     if config.personalization != "none":

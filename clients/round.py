@@ -180,7 +180,8 @@ Stage = Callable[[DeviceRound], None]
 def load_partition(state: DeviceRound) -> None:
     """The device's training split of its partition (without a modality it lacks)."""
     train_arrays, _ = state.dataset.partition(state.partition_id)
-    state.train_arrays = as_held(state.config, train_arrays, state.partition_id)
+    state.train_arrays = as_held(state.config, train_arrays, state.partition_id,
+                                 state.dataset.specs)
 
 
 def anonymize_inputs(state: DeviceRound) -> None:

@@ -31,6 +31,8 @@ class ModelOutput:
             (:func:`~fedmosaic.models.consistency.cross_modal_consistency`).
         balance: Scalar load-balancing loss of the cross-modal gate
             (:func:`~fedmosaic.models.balance.gate_balance_loss`).
+        modality_logits: ``(B, M, C)``, with ``views=True`` only: column ``m`` the logits of
+            each sample with modality ``m`` alone (:mod:`~fedmosaic.models.unimodal`).
 
     """
 
@@ -41,6 +43,7 @@ class ModelOutput:
     kl: torch.Tensor
     consistency: torch.Tensor
     balance: torch.Tensor
+    modality_logits: torch.Tensor | None = None
 
 
 class MultimodalClassifier(nn.Module):
@@ -144,7 +147,8 @@ class MultimodalClassifier(nn.Module):
         index = names.index(modality_name)
         return (f"encoders.{modality_name}.", f"heads.{modality_name}.", f"fusion.level1.{index}.")
 
-    def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> ModelOutput:
+    def forward(self, inputs: dict[str, torch.Tensor], mask: torch.Tensor,
+                views: bool = False) -> ModelOutput:
         """Classify a batch.
 
         Args:
@@ -152,6 +156,10 @@ class MultimodalClassifier(nn.Module):
                 int64 for tokens); missing modalities' values are ignored.
             mask: ``(B, M)`` booleans, column ``m`` is ``specs[m]``; every row needs at least
                 one ``True``.
+            views: Also classify each sample with each modality alone
+                (``ModelOutput.modality_logits``), as the model does when the others are
+                missing: the fusion sees only that modality (under ``concat`` the others'
+                inputs are zeros, one more encoder pass each).
 
         Returns:
             The :class:`ModelOutput`.
@@ -184,6 +192,8 @@ class MultimodalClassifier(nn.Module):
         mu_all = torch.stack(mus, dim=1)
         logvar_all = torch.stack(logvars, dim=1)
         fused, gate_weights = self.fusion(z_all, logvar_all, mask)
+        modality_logits = (self._unimodal_logits(inputs, z_all, logvar_all, mask)
+                           if views else None)
         kl_per_modality = torch.where(mask, gaussian_kl(mu_all, logvar_all), 0.0)
         kl = (kl_per_modality.sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
         return ModelOutput(
@@ -194,4 +204,21 @@ class MultimodalClassifier(nn.Module):
             kl=kl,
             consistency=cross_modal_consistency(mu_all, mask),
             balance=gate_balance_loss(gate_weights, mask),
+            modality_logits=modality_logits,
         )
+
+    def _unimodal_logits(self, inputs: dict[str, torch.Tensor], z_all: torch.Tensor,
+                         logvar_all: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``(B, M, C)``: every sample classified with each modality alone (see ``forward``)."""
+        num_modalities = len(self.specs)
+        alone = torch.eye(num_modalities, dtype=torch.bool, device=mask.device)
+        if self.zero_fill:  # the others enter as their encoders' response to zeros
+            absent = torch.stack([self.heads[s.name](self.encoders[s.name](
+                torch.zeros_like(inputs[s.name])))[0] for s in self.specs], dim=1)
+        logits = []
+        for m in range(num_modalities):
+            only = alone[m].expand_as(mask)
+            z_view = (torch.where(only.unsqueeze(-1), z_all, absent) if self.zero_fill
+                      else z_all)
+            logits.append(self.classifier(self.fusion(z_view, logvar_all, only)[0]))
+        return torch.stack(logits, dim=1)

@@ -6,6 +6,7 @@ The local objective is
     \mathcal{L} = \mathrm{CE} + \lambda_{\mathrm{KL}}\, \mathrm{KL}
     + \lambda_{\mathrm{c}}\, \mathcal{L}_{\mathrm{consistency}}
     + \lambda_{\mathrm{b}}\, \mathcal{L}_{\mathrm{balance}}
+    + \lambda_{\mathrm{u}}\, \mathcal{L}_{\mathrm{unimodal}}
     + \frac{\mu}{2} \lVert w - w_{\mathrm{ref}} \rVert^2
 
 where the last, proximal term is FedProx's (Li et al. 2020, "Federated Optimization in
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import ModelOutput, MultimodalClassifier
+from fedmosaic.models.unimodal import unimodal_loss
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class LossWeights:
             consistency loss.
         balance: :math:`\lambda_{\mathrm{b}} \geq 0`, weight of the gate's load-balancing
             loss (:mod:`fedmosaic.models.balance`).
+        unimodal: :math:`\lambda_{\mathrm{u}} \geq 0`, weight of the unimodal views' loss
+            (:mod:`fedmosaic.models.unimodal`); above 0 each batch is also classified with
+            each modality alone.
 
     Raises:
         ValueError: If a weight is negative.
@@ -45,9 +50,10 @@ class LossWeights:
     kl: float
     consistency: float
     balance: float = 0.0
+    unimodal: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("kl", "consistency", "balance"):
+        for name in ("kl", "consistency", "balance", "unimodal"):
             value = getattr(self, name)
             if not value >= 0.0:
                 raise ValueError(f"LossWeights.{name} must be >= 0, got {value}")
@@ -218,13 +224,16 @@ def train(
             inputs, mask, labels = split_batch(batch, specs)
             if labels.shape[0] == 0:
                 continue
-            output = model(inputs, mask)
+            output = model(inputs, mask, views=weights.unimodal > 0.0)
             loss = (
                 F.cross_entropy(output.logits, labels)
                 + weights.kl * output.kl
                 + weights.consistency * output.consistency
                 + weights.balance * output.balance
             )
+            if output.modality_logits is not None:
+                loss = loss + weights.unimodal * unimodal_loss(output.modality_logits, mask,
+                                                               labels)
             if proximal_mu > 0.0:
                 distance = sum((p - r).pow(2).sum() for p, r in zip(params, reference, strict=True))
                 loss = loss + 0.5 * proximal_mu * distance

@@ -21,6 +21,7 @@ from flwr.serverapp import strategy as flower
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
+from fedmosaic.data.absent_modalities import named_column
 from fedmosaic.data.datasets import FederatedDataset, is_file_dataset
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.data.report import partition_report, partition_warnings
@@ -129,6 +130,7 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError(f"num-clients + unseen-devices + public-devices = "
                          f"{config.num_partitions} partitions needed, the dataset has "
                          f"{dataset.num_partitions}")
+    named_column(config, dataset.specs)  # an unknown modality fails now, not on the devices
     model = build_model(config, dataset)
     personal_keys(model, config.personalization)  # a model without such layers fails now
     central_test = dataset.central_test_without(config.public_partitions)

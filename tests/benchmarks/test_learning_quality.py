@@ -135,7 +135,55 @@ def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
                                ("dp", "public-eps1", 0), ("dp", "public-tuned-eps1", 0),
                                ("dp", "public-head-eps1", 0)]
     assert order[-1] == ("dp", "public-head-eps1", 1)  # every seed runs the DP paths
-    assert len(order) == len(set(order)) == 2 * 10 + 2 * (3 + 3 * 5)
+    assert len(order) == len(set(order)) == 2 * 14 + 2 * (3 + 3 * 5)
+
+
+def test_the_missing_part_trains_a_federation_without_each_modality(learning_quality):
+    cells = learning_quality.cells_to_run(["missing"], [0], [8])
+
+    assert [c["variant"] for c in cells] == [
+        "ours", "ours-dropout", "concat", "concat-dropout", "concat-unimodal",
+        "without-accelerometer", "without-gyroscope"]
+    without = cells[-2]["overrides"]
+    assert without == {"missing-modality-devices": 1.0, "missing-modality-name": "accelerometer"}
+
+
+def test_removal_figures_take_the_worst_modality_and_what_the_rest_reach_alone(
+        learning_quality):
+    removals = {"accelerometer": {"samples": 10, "accuracy_with": 0.8, "accuracy_without": 0.7},
+                "gyroscope": {"samples": 10, "accuracy_with": 0.8, "accuracy_without": 0.75}}
+    lacking = {"missing-modality-devices": 1.0, "missing-modality-name": "gyroscope"}
+
+    plain = learning_quality.removal_figures({"missing_modality": removals, "config": {}})
+    trained_without = learning_quality.removal_figures(
+        {"missing_modality": removals, "config": lacking})
+    half = learning_quality.removal_figures(
+        {"missing_modality": removals, "config": {**lacking, "missing-modality-devices": 0.5}})
+
+    assert plain == {"accuracy_without_worst": 0.7, "accuracy_without_trained_without": None}
+    assert trained_without["accuracy_without_trained_without"] == 0.75
+    assert half["accuracy_without_trained_without"] is None  # part of the federation had it
+    assert learning_quality.removal_figures({"missing_modality": {}, "config": {}}) == {
+        "accuracy_without_worst": None, "accuracy_without_trained_without": None}
+
+
+def test_missing_figures_name_every_variant_and_the_modalities_alone(learning_quality):
+    cells = [cell("missing", v, missing_modality_drop_points=d, final_accuracy=0.8,
+                  accuracy_without_worst=0.8 - d / 100)
+             for v, d in (("ours", 8.0), ("ours-dropout", 10.0), ("concat", 50.0),
+                          ("concat-dropout", 12.0), ("concat-unimodal", 9.0))]
+    cells += [cell("missing", "without-accelerometer", accuracy_without_trained_without=0.73),
+              cell("missing", "without-gyroscope", accuracy_without_trained_without=0.79)]
+
+    figures = learning_quality.summarize(cells)
+
+    assert figures["missing_modality_drop_points"] == {
+        "ours": 8.0, "ours_dropout": 10.0, "concat_baseline": 50.0, "concat_with_dropout": 12.0,
+        "concat_with_unimodal": 9.0, "moe_plain": None}
+    assert figures["missing_modality_accuracy_without_worst"]["ours"] == pytest.approx(0.72)
+    assert figures["missing_modality_accuracy_trained_without"] == {
+        "accelerometer": 0.73, "gyroscope": 0.79}
+    assert figures["missing_modality_target_met"] is False
 
 
 def test_personalized_missing_modalities_bring_fedavgs_run_with_the_same_dropout(
@@ -147,7 +195,7 @@ def test_personalized_missing_modalities_bring_fedavgs_run_with_the_same_dropout
         ("missing", "ours"), ("missing-personalized", "fedbn"),
         ("missing-personalized", "fedrep"), ("missing-personalized", "ditto"),
         ("missing-personalized", "local-gate")]
-    assert all(c["overrides"]["modality-dropout"] == 0.5 for c in alone)
+    assert all(c["overrides"]["unimodal-loss-weight"] == 1.0 for c in alone)  # ours' training
     assert [c["variant"] for c in both].count("ours") == 1
 
 
@@ -190,4 +238,7 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
     assert figures["missing_modality_drop_points_half_devices_lacking"]["ours"] is not None
     assert set(figures["missing_modality_drop_points_per_device"]) == {
         "none", "fedbn", "fedrep", "ditto", "local-gate"}
-    assert len(result["cells"]) == 24
+    alone = figures["missing_modality_accuracy_trained_without"]
+    assert set(alone) == {"accelerometer", "gyroscope"}
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in alone.values())
+    assert len(result["cells"]) == 28
