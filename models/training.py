@@ -158,6 +158,21 @@ def split_batch(
     return inputs, batch[-2], batch[-1]
 
 
+def local_objective(model: MultimodalClassifier, inputs: dict[str, torch.Tensor],
+                    mask: torch.Tensor, labels: torch.Tensor, weights: LossWeights
+                    ) -> tuple[torch.Tensor, ModelOutput]:
+    """The local objective without the proximal term (module docstring), and the forward pass.
+
+    With ``weights.unimodal > 0`` the pass also classifies each modality alone.
+    """
+    output = model(inputs, mask, views=weights.unimodal > 0.0)
+    loss = (F.cross_entropy(output.logits, labels) + weights.kl * output.kl
+            + weights.consistency * output.consistency + weights.balance * output.balance)
+    if output.modality_logits is not None:
+        loss = loss + weights.unimodal * unimodal_loss(output.modality_logits, mask, labels)
+    return loss, output
+
+
 def train(
     model: MultimodalClassifier,
     loader: DataLoader,
@@ -224,16 +239,7 @@ def train(
             inputs, mask, labels = split_batch(batch, specs)
             if labels.shape[0] == 0:
                 continue
-            output = model(inputs, mask, views=weights.unimodal > 0.0)
-            loss = (
-                F.cross_entropy(output.logits, labels)
-                + weights.kl * output.kl
-                + weights.consistency * output.consistency
-                + weights.balance * output.balance
-            )
-            if output.modality_logits is not None:
-                loss = loss + weights.unimodal * unimodal_loss(output.modality_logits, mask,
-                                                               labels)
+            loss, output = local_objective(model, inputs, mask, labels, weights)
             if proximal_mu > 0.0:
                 distance = sum((p - r).pow(2).sum() for p, r in zip(params, reference, strict=True))
                 loss = loss + 0.5 * proximal_mu * distance

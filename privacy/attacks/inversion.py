@@ -36,11 +36,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
-from fedmosaic.models.training import LossWeights
+from fedmosaic.models.training import LossWeights, local_objective
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,6 @@ class InversionResult:
     channel_statistics_error: float
     gradient_cosine_distance: float
     reconstruction: dict[str, np.ndarray]
-
-
-def local_objective(model: MultimodalClassifier, inputs: dict[str, torch.Tensor],
-                    mask: torch.Tensor, labels: torch.Tensor, weights: LossWeights
-                    ) -> torch.Tensor:
-    """The clients' local loss without the proximal term (:mod:`fedmosaic.models.training`)."""
-    output = model(inputs, mask)
-    return (F.cross_entropy(output.logits, labels) + weights.kl * output.kl
-            + weights.consistency * output.consistency + weights.balance * output.balance)
 
 
 def sensor_target(arrays: MultimodalArrays, specs: tuple[ModalitySpec, ...], index: int
@@ -126,7 +116,7 @@ def client_update(model: MultimodalClassifier, inputs: dict[str, torch.Tensor],
         raise ValueError(f"noise_multiplier must be >= 0, got {noise_multiplier}")
     model.eval()
     params = list(model.parameters())
-    grads = torch.autograd.grad(local_objective(model, inputs, mask, labels, weights), params,
+    grads = torch.autograd.grad(local_objective(model, inputs, mask, labels, weights)[0], params,
                                 allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads,
                                                                              strict=True)]
@@ -246,7 +236,7 @@ def invert_sample(model: MultimodalClassifier, arrays: MultimodalArrays,
     known = {name: torch.zeros_like(x) for name, x in inputs.items() if name not in unknown}
     model.eval()
     guess, cosine = invert_gradients(
-        lambda x: local_objective(model, {**x, **known}, mask, labels, weights),
+        lambda x: local_objective(model, {**x, **known}, mask, labels, weights)[0],
         list(model.parameters()), observed, unknown, iterations=iterations, seed=seed)
     mse, psnr = reconstruction_quality(inputs, guess)
     return InversionResult(mse=mse, psnr_db=psnr,

@@ -7,7 +7,7 @@ from opacus import GradSampleModule
 from fedmosaic.data.modality import ModalityKind, ModalitySpec, MultimodalArrays
 from fedmosaic.models.missing_modality import remove_each_modality
 from fedmosaic.models.multimodal import MultimodalClassifier
-from fedmosaic.models.training import LossWeights, make_loader, train
+from fedmosaic.models.training import LossWeights, local_objective, make_loader, train
 from fedmosaic.models.unimodal import unimodal_loss
 
 SPECS = (
@@ -109,6 +109,22 @@ def test_opacus_per_sample_gradients_are_each_samples_own(fusion, monkeypatch):
             expected = own.grad if own.grad is not None else torch.zeros_like(own)
             torch.testing.assert_close(parameter.grad_sample[row], expected, atol=1e-5,
                                        rtol=1e-4, msg=name)
+
+
+def test_the_local_objective_adds_the_weighted_views_loss():
+    model = _model().eval()
+    inputs, labels = _inputs(4), torch.tensor([0, 1, 2, 0])
+    mask = torch.tensor([[True, True, True], [True, False, False], [False, True, True],
+                         [True, True, False]])
+
+    with torch.no_grad():
+        plain, output = local_objective(model, inputs, mask, labels, LossWeights(0.0, 0.0))
+        weighted, views = local_objective(model, inputs, mask, labels,
+                                          LossWeights(0.0, 0.0, unimodal=2.0))
+
+    assert output.modality_logits is None  # no views computed when they are not weighed
+    torch.testing.assert_close(weighted - plain,
+                               2.0 * unimodal_loss(views.modality_logits, mask, labels))
 
 
 def _two_cues(n: int, seed: int) -> MultimodalArrays:
