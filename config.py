@@ -245,7 +245,8 @@ class RunConfig:
     missing_modality_prob: float = setting("chance a synthetic device lacks each modality")
     missing_modality_devices: float = setting(
         "simulation: share of devices (drawn from `seed`) that each lack one modality (drawn "
-        "too) in all their data, for training and their own evaluation; in [0, 1]"
+        "too, unless `missing-modality-name` names it) in all their data, for training and "
+        "their own evaluation; in [0, 1]"
     )
     missing_modality_name: str = setting(
         "simulation: the modality the `missing-modality-devices` lack (empty: each draws one)"

@@ -53,11 +53,12 @@ Figures (beside their targets):
   the missing part (the baseline also trained as ours and with dropout, so the fusion is
   compared apart from the training); target ours ≤ 3 and below the baseline;
   ``missing_modality_accuracy_without_worst``: per variant, the accuracy left with the worst
-  modality removed; ``missing_modality_accuracy_trained_without``: per modality, the
-  accuracy of the federation trained without it, on the others (the same removal);
+  modality removed (that of the drop); ``missing_modality_accuracy_trained_without``: per
+  modality, the accuracy of the federation trained without it, on the others (the same
+  removal);
   ``missing_modality_drop_points_half_devices_lacking``: the same after training with half
   the devices lacking a modality; ``missing_modality_drop_points_per_device``: per
-  personalization, all trained with the same dropout (``none``: ours), the worst drop of the
+  personalization, all trained as ours (``none``: ours itself), the worst drop of the
   models the devices predict with, on their own held-out windows, each device counting once
   (the run's ``final_device_missing_modality_drop_points``), with
   ``missing_modality_accuracy_per_device`` (``final_device_accuracy``) beside it;
@@ -199,6 +200,15 @@ def cells_to_run(parts: list[str], seeds: list[int], epsilons: list[float],
             *first_dp[early:], *(c for cells in dp[1:] for c in cells)]
 
 
+def cell_key(cell: dict[str, Any]) -> tuple[str, str, int, str]:
+    """What makes two cells the same run: part, variant, seed and the overrides themselves.
+
+    A merged cell of an earlier grid whose variant was trained differently is run again.
+    """
+    return (cell["part"], cell["variant"], cell["seed"],
+            json.dumps(cell.get("overrides"), sort_keys=True))
+
+
 def run_cell(cell: dict[str, Any], base: dict[str, Any], runs_dir: str) -> dict[str, Any]:
     """Run one cell (a federated run or a baseline) and return it with its figures."""
     torch.set_num_threads(1)
@@ -235,18 +245,19 @@ def federated(overrides: dict[str, Any], name: str, runs_dir: str) -> dict[str, 
 def removal_figures(summary: dict[str, Any]) -> dict[str, float | None]:
     """A run's accuracy with its worst modality removed and, trained without one, without it.
 
-    ``accuracy_without_worst`` is ``missing_modality``'s lowest ``accuracy_without`` (the
-    drop's modality, when the samples with every modality agree); for a run whose devices all
-    lacked ``missing-modality-name``, ``accuracy_without_trained_without`` is its accuracy
-    without that modality: what the others reach alone.
+    ``accuracy_without_worst`` is the accuracy without the modality of
+    ``missing_modality_drop_points`` (the largest drop); for a run whose devices all lacked
+    ``missing-modality-name``, ``accuracy_without_trained_without`` is its accuracy without
+    that modality: what the others reach alone.
     """
     removals = summary.get("missing_modality") or {}
+    worst = max(removals.values(), default=None,
+                key=lambda r: r["accuracy_with"] - r["accuracy_without"])
     lacking = summary["config"].get("missing-modality-name")
     trained_without = (removals[lacking]["accuracy_without"]
                        if lacking in removals
                        and summary["config"].get("missing-modality-devices") == 1.0 else None)
-    return {"accuracy_without_worst": min((r["accuracy_without"] for r in removals.values()),
-                                          default=None),
+    return {"accuracy_without_worst": worst["accuracy_without"] if worst else None,
             "accuracy_without_trained_without": trained_without}
 
 
@@ -508,9 +519,9 @@ def main() -> None:
     cells = [c for path in args.merge or () for c in json.loads(path.read_text())["cells"]]
     settings = json.dumps(base, sort_keys=True)  # merged cells count only under the same base
     cells = [c for c in cells if json.dumps(c.get("base"), sort_keys=True) == settings]
-    done_keys = {(c["part"], c["variant"], c["seed"]) for c in cells}
+    done_keys = {cell_key(c) for c in cells}
     todo = [c for c in cells_to_run(args.parts, seeds, args.epsilons, args.dp_paths)
-            if (c["part"], c["variant"], c["seed"]) not in done_keys]
+            if cell_key(c) not in done_keys]
     if todo:
         print(f"{NAME}: {len(todo)} cells on {args.workers} workers; runs in {runs_dir}",
               flush=True)

@@ -15,11 +15,13 @@ run go wrong without a word:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from fedmosaic.data.datasets import FederatedDataset, PartitionedArrays
+from fedmosaic.data.modality import MultimodalArrays
 
 MAX_REPORTED = 1000
 """Devices a report covers at most (reading every partition of a huge federation is slow)."""
@@ -82,12 +84,15 @@ class PartitionReport:
         return "\n".join(lines)
 
 
-def partition_report(dataset: FederatedDataset,
-                     num_devices: int | None = None) -> PartitionReport:
+def partition_report(dataset: FederatedDataset, num_devices: int | None = None,
+                     held: Callable[[MultimodalArrays, int], MultimodalArrays] | None = None
+                     ) -> PartitionReport:
     """Read the first ``num_devices`` partitions of ``dataset`` (at most :data:`MAX_REPORTED`).
 
     ``num_devices`` leaves out the partitions after them (held-out and public devices, which
-    never train); by default every partition is a device.
+    never train); by default every partition is a device. ``held(arrays, partition_id)``, if
+    given, is what the device holds of a split (the run's
+    :func:`~fedmosaic.data.absent_modalities.as_held`: without a modality it lacks).
 
     Raises:
         ValueError: If a partition cannot be made, naming it.
@@ -97,7 +102,8 @@ def partition_report(dataset: FederatedDataset,
              else min(num_devices, dataset.num_partitions))
     for partition_id in range(min(count, MAX_REPORTED)):
         try:
-            train, test = dataset.partition(partition_id)
+            train, test = (held(split, partition_id) if held else split
+                           for split in dataset.partition(partition_id))
         except (IndexError, KeyError, ValueError) as error:
             raise ValueError(f"partition {partition_id} of {dataset.num_partitions} could not "
                              f"be made ({type(error).__name__}: {error}); does the "

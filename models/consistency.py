@@ -20,10 +20,13 @@ def cross_modal_consistency(mus: torch.Tensor, mask: torch.Tensor) -> torch.Tens
     .. math::
         c_i = \frac{1}{|P_i|} \sum_{(a,b) \in P_i} \big(1 - \cos(\mu_{ia}, \mu_{ib})\big),
         \qquad
-        \mathcal{L} = \frac{1}{|I|} \sum_{i \in I} c_i, \quad I = \{i : |P_i| > 0\}.
+        \mathcal{L} = \frac{1}{B} \sum_{i \in I} c_i, \quad I = \{i : |P_i| > 0\}.
 
     Samples with fewer than two present modalities contribute nothing; if no sample has a
-    pair the result is ``mus.sum() * 0`` (zero, with the autograd graph intact). Missing
+    pair the result is ``mus.sum() * 0`` (zero, with the autograd graph intact). Dividing by
+    the batch size :math:`B` rather than by :math:`|I|` keeps each sample's gradient its own
+    (with :math:`|I|` it would scale with how many *other* samples have a pair), as DP-SGD's
+    per-sample clipping requires. Missing
     modalities' entries are selected away with ``torch.where`` and get exactly zero gradient.
     The value lies in ``[0, 2]``.
 
@@ -57,4 +60,4 @@ def cross_modal_consistency(mus: torch.Tensor, mask: torch.Tensor) -> torch.Tens
         return mus.sum() * 0.0
     disagreement = torch.where(pairs, 1.0 - cosine, 0.0).sum(dim=(1, 2))
     per_sample = disagreement / num_pairs.clamp(min=1).to(mus.dtype)
-    return per_sample[has_pair].mean()
+    return torch.where(has_pair, per_sample, 0.0).sum() / mus.shape[0]

@@ -175,3 +175,13 @@ class HierarchicalMoEFusion(nn.Module):
         mixed = torch.where(present, mixed, 0.0)
         fused = (gate_weights.unsqueeze(-1) * mixed).sum(dim=1)
         return fused, gate_weights
+
+    def each_alone(self, z: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """``(B, M, D)``: what :meth:`forward` fuses for each sample with each modality alone.
+
+        With one modality :math:`m` present its level-2 weight is 1, so the fused embedding is
+        its level-1 output :math:`h_m`; the gate is not needed. Entries of modalities a sample
+        lacks are computed all the same and must be ignored by the caller.
+        """
+        return torch.stack(
+            [experts(z[:, m], logvar[:, m]) for m, experts in enumerate(self.level1)], dim=1)

@@ -210,15 +210,13 @@ class MultimodalClassifier(nn.Module):
     def _unimodal_logits(self, inputs: dict[str, torch.Tensor], z_all: torch.Tensor,
                          logvar_all: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``(B, M, C)``: every sample classified with each modality alone (see ``forward``)."""
-        num_modalities = len(self.specs)
-        alone = torch.eye(num_modalities, dtype=torch.bool, device=mask.device)
-        if self.zero_fill:  # the others enter as their encoders' response to zeros
-            absent = torch.stack([self.heads[s.name](self.encoders[s.name](
-                torch.zeros_like(inputs[s.name])))[0] for s in self.specs], dim=1)
-        logits = []
-        for m in range(num_modalities):
-            only = alone[m].expand_as(mask)
-            z_view = (torch.where(only.unsqueeze(-1), z_all, absent) if self.zero_fill
-                      else z_all)
-            logits.append(self.classifier(self.fusion(z_view, logvar_all, only)[0]))
-        return torch.stack(logits, dim=1)
+        if not self.zero_fill:  # the mixture: each modality's level-1 output, one batched pass
+            return self.classifier(self.fusion.each_alone(z_all, logvar_all))
+        # concatenation: the others enter as their encoders' response to zeros
+        absent = torch.stack([self.heads[s.name](self.encoders[s.name](
+            torch.zeros_like(inputs[s.name])))[0] for s in self.specs], dim=1)
+        alone = torch.eye(len(self.specs), dtype=torch.bool, device=mask.device)
+        return torch.stack(
+            [self.classifier(self.fusion(torch.where(only.view(1, -1, 1), z_all, absent),
+                                         logvar_all, only.expand_as(mask))[0])
+             for only in alone], dim=1)

@@ -163,9 +163,11 @@ def local_objective(model: MultimodalClassifier, inputs: dict[str, torch.Tensor]
                     ) -> tuple[torch.Tensor, ModelOutput]:
     """The local objective without the proximal term (module docstring), and the forward pass.
 
-    With ``weights.unimodal > 0`` the pass also classifies each modality alone.
+    With ``weights.unimodal > 0`` the pass also classifies each modality alone, where a sample
+    of the batch holds two or more (the views' loss is zero otherwise).
     """
-    output = model(inputs, mask, views=weights.unimodal > 0.0)
+    views = weights.unimodal > 0.0 and bool((mask.sum(dim=1) >= 2).any())
+    output = model(inputs, mask, views=views)
     loss = (F.cross_entropy(output.logits, labels) + weights.kl * output.kl
             + weights.consistency * output.consistency + weights.balance * output.balance)
     if output.modality_logits is not None:
@@ -194,7 +196,7 @@ def train(
         specs: The modalities, in the mask's column order.
         epochs: Passes over the data, ``>= 1``.
         learning_rate: Adam step size, ``> 0``.
-        weights: Weights of the KL and consistency terms.
+        weights: Weights of the auxiliary terms (:class:`LossWeights`).
         proximal_mu: FedProx coefficient :math:`\mu \geq 0`.
         reference_params: :math:`w_{\mathrm{ref}}`, one tensor per ``model.parameters()``
             entry in order; required when ``proximal_mu > 0``.

@@ -21,7 +21,7 @@ from flwr.serverapp import strategy as flower
 
 from fedmosaic import records
 from fedmosaic.config import RunConfig
-from fedmosaic.data.absent_modalities import named_column
+from fedmosaic.data.absent_modalities import as_held, named_column
 from fedmosaic.data.datasets import FederatedDataset, is_file_dataset
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.data.report import partition_report, partition_warnings
@@ -97,6 +97,9 @@ def warn_pointless_settings(config: RunConfig) -> None:
         log.warning("fine-tune=%s without pretrain-epochs or resume-from: %s stay at their "
                     "random initialisation for the whole run", config.fine_tune,
                     "the encoders" if config.fine_tune == "top" else "all but the classifier")
+    if config.missing_modality_name and not config.missing_modality_devices:
+        log.warning("missing-modality-name=%s has no effect with missing-modality-devices=0 "
+                    "(no device lacks a modality)", config.missing_modality_name)
     if config.public_devices and not config.pretrain_epochs:
         log.warning("public-devices=%d with pretrain-epochs=0: the donors' data is not used",
                     config.public_devices)
@@ -176,7 +179,9 @@ def main(grid: Grid, context: Context) -> None:
     if secure is not None:
         cloud_rejections.append(secure.rejections)
     try:
-        report = partition_report(dataset, num_devices=config.num_clients)
+        report = partition_report(
+            dataset, num_devices=config.num_clients,
+            held=lambda arrays, device: as_held(config, arrays, device, dataset.specs))
     except ValueError as error:  # partitions that only exist on the devices
         log.warning("partitions: no report, the server cannot read them (%s)", error)
     else:

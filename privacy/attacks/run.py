@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fedmosaic.config import RunConfig, renamed_to_current
+from fedmosaic.data.absent_modalities import as_held
 from fedmosaic.data.datasets import FederatedDataset
 from fedmosaic.data.modality import MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
@@ -60,7 +61,8 @@ def members_and_non_members(config: RunConfig, dataset: FederatedDataset
                             ) -> tuple[MultimodalArrays, MultimodalArrays]:
     """Equal-sized random subsets of all training samples and of the central test set."""
     members = MultimodalArrays.concatenate(
-        [dataset.partition(p)[0] for p in range(config.num_clients)])
+        [as_held(config, dataset.partition(p)[0], p, dataset.specs)
+         for p in range(config.num_clients)])
     others = dataset.central_test()
     size = min(len(members), len(others))
     rng = np.random.default_rng(config.seed)
@@ -73,7 +75,8 @@ def embedding_reidentification(config: RunConfig, dataset: FederatedDataset,
     """Subject re-identification from embeddings: train windows -> held-out windows."""
     reference, reference_ids, targets, target_ids = [], [], [], []
     for partition in range(config.num_clients):
-        train, test = dataset.partition(partition)
+        train, test = (as_held(config, split, partition, dataset.specs)
+                       for split in dataset.partition(partition))
         reference.append(shared_embeddings(model, train, dataset.specs))
         reference_ids.append(np.full(len(train), partition))
         targets.append(shared_embeddings(model, test, dataset.specs))

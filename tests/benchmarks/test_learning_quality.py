@@ -148,6 +148,14 @@ def test_the_missing_part_trains_a_federation_without_each_modality(learning_qua
     assert without == {"missing-modality-devices": 1.0, "missing-modality-name": "accelerometer"}
 
 
+def test_the_modalities_trained_without_are_the_datasets(learning_quality):
+    from fedmosaic.config import RunConfig
+    from fedmosaic.task import cached_dataset
+
+    specs = cached_dataset(RunConfig.from_mapping(learning_quality.BASE)).specs
+    assert learning_quality.MODALITIES == tuple(spec.name for spec in specs)
+
+
 def test_removal_figures_take_the_worst_modality_and_what_the_rest_reach_alone(
         learning_quality):
     removals = {"accelerometer": {"samples": 10, "accuracy_with": 0.8, "accuracy_without": 0.7},
@@ -161,6 +169,10 @@ def test_removal_figures_take_the_worst_modality_and_what_the_rest_reach_alone(
         {"missing_modality": removals, "config": {**lacking, "missing-modality-devices": 0.5}})
 
     assert plain == {"accuracy_without_worst": 0.7, "accuracy_without_trained_without": None}
+    uneven = {**removals, "gyroscope": {"samples": 5, "accuracy_with": 0.95,
+                                        "accuracy_without": 0.72}}  # other samples: bigger drop
+    assert learning_quality.removal_figures({"missing_modality": uneven, "config": {}})[
+        "accuracy_without_worst"] == 0.72
     assert trained_without["accuracy_without_trained_without"] == 0.75
     assert half["accuracy_without_trained_without"] is None  # part of the federation had it
     assert learning_quality.removal_figures({"missing_modality": {}, "config": {}}) == {
@@ -186,7 +198,17 @@ def test_missing_figures_name_every_variant_and_the_modalities_alone(learning_qu
     assert figures["missing_modality_target_met"] is False
 
 
-def test_personalized_missing_modalities_bring_fedavgs_run_with_the_same_dropout(
+def test_merged_cells_count_only_with_the_same_overrides(learning_quality):
+    (ours,) = [c for c in learning_quality.cells_to_run(["missing"], [0], [8])
+               if c["variant"] == "ours"]
+    earlier = {**ours, "overrides": {"modality-dropout": 0.5}}  # ours, trained otherwise
+
+    assert learning_quality.cell_key(earlier) != learning_quality.cell_key(ours)
+    assert learning_quality.cell_key({**ours, "final_accuracy": 0.8}) == (
+        learning_quality.cell_key(ours))
+
+
+def test_personalized_missing_modalities_bring_fedavgs_run_trained_as_ours(
         learning_quality):
     alone = learning_quality.cells_to_run(["missing-personalized"], [0], [8])
     both = learning_quality.cells_to_run(["missing", "missing-personalized"], [0], [8])

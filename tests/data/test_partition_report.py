@@ -114,3 +114,14 @@ def test_only_the_devices_are_reported_not_the_held_out_partitions():
 
     assert [d.partition_id for d in report.devices] == [0, 1, 2]
     assert report.to_dict()["total_devices"] == 3
+
+
+def test_the_report_shows_what_each_device_holds_without_a_modality_it_lacks():
+    def held(arrays, device):  # device 1 lacks the first modality, as as_held would make it
+        return arrays.without_modality(0) if device == 1 else arrays
+
+    plain = partition_report(dataset(IidPartitioner(num_partitions=3)))
+    report = partition_report(dataset(IidPartitioner(num_partitions=3)), held=held)
+
+    assert report.devices[1].modalities_held[0] == 0 < plain.devices[1].modalities_held[0]
+    assert report.devices[0] == plain.devices[0]

@@ -21,13 +21,14 @@ def test_orthogonal_embeddings_have_disagreement_one():
     torch.testing.assert_close(loss, torch.tensor(1.0))
 
 
-def test_averages_over_present_pairs_and_skips_samples_without_a_pair():
+def test_averages_over_present_pairs_and_counts_samples_without_a_pair_as_zero():
     e1, e2 = [1.0, 0.0], [0.0, 1.0]
     mus = torch.tensor([[e1, e2, e1], [e1, [-1.0, 0.0], e2], [e1, e2, e2]])
     mask = torch.tensor([[True, True, True], [True, True, False], [False, True, False]])
     # sample 0: pairs (0,1)=1, (0,2)=0, (1,2)=1 -> 2/3; sample 1: (0,1) = 1 - (-1) = 2;
-    # sample 2 has one present modality and is skipped.
-    expected = torch.tensor((2 / 3 + 2.0) / 2)
+    # sample 2 has one present modality and adds 0: the mean is over the batch, so no sample's
+    # gradient depends on how many others have a pair (DP-SGD's per-sample bound).
+    expected = torch.tensor((2 / 3 + 2.0) / 3)
 
     torch.testing.assert_close(cross_modal_consistency(mus, mask), expected)
 

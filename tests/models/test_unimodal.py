@@ -89,17 +89,21 @@ def test_each_view_is_the_models_prediction_with_that_modality_alone(fusion):
 @pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 @pytest.mark.parametrize("fusion", ["moe", "concat"])
 def test_opacus_per_sample_gradients_are_each_samples_own(fusion, monkeypatch):
-    """DP-SGD clips each sample's gradient: with the views, layers run several times per batch."""
+    """DP-SGD clips each sample's gradient: with the views, layers run several times per batch.
+
+    Opacus scales the batch-mean loss's per-sample gradients back to each sample's own, the
+    way the devices' DP-SGD trains (``loss_reduction="mean"``).
+    """
     monkeypatch.setattr(torch, "randn_like", torch.zeros_like)  # z = mu in training mode too
     inputs, labels = _inputs(3), torch.tensor([0, 1, 2])
     mask = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    weights = LossWeights(kl=0.001, consistency=0.05, unimodal=1.0)  # every per-sample term
 
     def loss(model, rows):
-        output = model({k: v[rows] for k, v in inputs.items()}, mask[rows], views=True)
-        return (F.cross_entropy(output.logits, labels[rows], reduction="sum")
-                + unimodal_loss(output.modality_logits, mask[rows], labels[rows]) * len(rows))
+        return local_objective(model, {k: v[rows] for k, v in inputs.items()}, mask[rows],
+                               labels[rows], weights)[0]
 
-    private = GradSampleModule(_model(fusion), loss_reduction="sum")
+    private = GradSampleModule(_model(fusion), loss_reduction="mean")
     loss(private, list(range(3))).backward()
     for row in range(3):
         single = _model(fusion)
