@@ -169,10 +169,7 @@ class HierarchicalMoEFusion(nn.Module):
         logvar = torch.where(present, logvar, 0.0)
         logits = self.level2_gate(torch.cat([z, logvar], dim=-1)).squeeze(-1)
         gate_weights = masked_softmax(logits, mask)
-        mixed = torch.stack(
-            [experts(z[:, m], logvar[:, m]) for m, experts in enumerate(self.level1)], dim=1
-        )
-        mixed = torch.where(present, mixed, 0.0)
+        mixed = torch.where(present, self.each_alone(z, logvar), 0.0)
         fused = (gate_weights.unsqueeze(-1) * mixed).sum(dim=1)
         return fused, gate_weights
 
