@@ -360,6 +360,10 @@ class RunConfig:
     anonymizer_discard: float = setting(
         "share of each anonymized sample's entries discarded, in [0, 1)"
     )
+    anonymizer_reframe: float = setting(
+        "scale in [0, 1] of the random orientation, gain and offset each sample's sensor "
+        "windows are moved to before the anonymizer rewrites them (0: as recorded)"
+    )
     risk_perception: bool = setting(
         "score every device's risk each round from what the server observes (flat federations "
         'without secure aggregation; see "Risk perception")'
@@ -707,6 +711,8 @@ def _check_anonymizer(config: RunConfig) -> None:
                          f"{config.anonymizer_noise}")
     if not 0.0 <= config.anonymizer_discard < 1.0:
         raise ValueError(f"anonymizer-discard must lie in [0, 1), got {config.anonymizer_discard}")
+    if not 0.0 <= config.anonymizer_reframe <= 1.0:
+        raise ValueError(f"anonymizer-reframe must lie in [0, 1], got {config.anonymizer_reframe}")
     uses = config.anonymize_training or config.anonymizer_release > 0
     if uses and not (config.anonymizer_rounds or config.anonymizer):
         raise ValueError("anonymize-training / anonymizer-release need an anonymizer: set "

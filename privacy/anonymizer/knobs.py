@@ -7,6 +7,9 @@
   sample's own standard deviation.
 * ``discard`` ∈ [0, 1): the share of each sample's entries (float values, or log tokens)
   discarded (set to 0, the padding token for logs).
+* ``reframe`` r ∈ [0, 1]: the scale of the random orientation, gain and offset each sample's
+  sensor windows are moved to before the generator reads them
+  (:mod:`~fedmosaic.privacy.anonymizer.reframe`); 0 leaves them as recorded.
 """
 
 from __future__ import annotations
@@ -28,18 +31,20 @@ class AnonymizerKnobs:
     strength: float = 1.0
     noise: float = 0.0
     discard: float = 0.0
+    reframe: float = 0.0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> AnonymizerKnobs:
         """The knobs a training message or a run config names; a missing one keeps its default.
 
-        Names: ``strength``, ``noise``, ``discard``, or ``anonymizer-strength``, ....
+        Names: ``strength``, ``noise``, ``discard``, ``reframe``, or ``anonymizer-strength``,
+        ....
 
         Raises:
             ValueError: If a knob is not a number or lies outside its range.
         """
         knobs = {}
-        for name in ("strength", "noise", "discard"):
+        for name in ("strength", "noise", "discard", "reframe"):
             value = values.get(name, values.get(f"anonymizer-{name}"))
             if value is None:
                 continue
@@ -49,8 +54,9 @@ class AnonymizerKnobs:
         return cls(**knobs)
 
     def to_mapping(self) -> dict[str, float]:
-        """``{"strength": λ, "noise": ν, "discard": p}``, as a training message carries them."""
-        return {"strength": self.strength, "noise": self.noise, "discard": self.discard}
+        """The knobs as a training message carries them: ``{"strength": λ, ..., "reframe": r}``."""
+        return {"strength": self.strength, "noise": self.noise, "discard": self.discard,
+                "reframe": self.reframe}
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
@@ -59,3 +65,5 @@ class AnonymizerKnobs:
             raise ValueError(f"anonymizer noise must be finite and >= 0, got {self.noise}")
         if not 0.0 <= self.discard < 1.0:
             raise ValueError(f"anonymizer discard ratio must lie in [0, 1), got {self.discard}")
+        if not 0.0 <= self.reframe <= 1.0:
+            raise ValueError(f"anonymizer reframe must lie in [0, 1], got {self.reframe}")

@@ -1,21 +1,23 @@
 r"""Adversarial training of the anonymizer, applying it to a device's data, saving and loading.
 
-Each batch draws a strength :math:`\lambda_i \sim U(0, 1)` per sample, so one generator serves
-every λ the controller may later set. With anonymized :math:`x'_i = G(x_i, \lambda_i)`:
+Each batch draws a strength :math:`\lambda_i \sim U(0, 1)` and a reframing strength
+:math:`r_i \sim U(0, 1)` per sample, so one generator serves every λ and r the controller or
+the run may later set. With the reframed sample :math:`\tilde x_i` (:mod:`~fedmosaic.privacy.
+anonymizer.reframe`) and anonymized :math:`x'_i = G(\tilde x_i, \lambda_i)`:
 
 *critic step* (on :math:`x'` detached): the adversary :math:`A` minimises the cross-entropy
 of the protected attribute :math:`s_i` on anonymized samples (as the evaluation's fresh attacker
 does), the utility head :math:`U` that of the label :math:`y_i` on *real* samples (so the
 generator must keep the task readable by a model of real data), each realism discriminator
-:math:`D_j` the binary cross-entropy of real :math:`x_j` against :math:`x'_j` on the samples
-that hold modality :math:`j`;
+:math:`D_j` the binary cross-entropy of reframed real :math:`\tilde x_j` against :math:`x'_j` on
+the samples that hold modality :math:`j`;
 
 *generator step*:
 
 .. math::
     \mathcal{L}_G = \frac{1}{B}\sum_i \Big[w_a \lambda_i\,
     \mathrm{KL}\big(A(x'_i)\,\|\,\mathcal{U}\big)
-    + (1 - \lambda_i)\, \lVert x'_i - x_i \rVert^2 / d\Big]
+    + (1 - \lambda_i)\, \lVert x'_i - \tilde x_i \rVert^2 / d\Big]
     + w_u\, \mathrm{CE}\big(U(x'), y\big) + w_r \sum_j \mathrm{BCE}\big(D_j(x'_j), 1\big)
 
 where :math:`\mathrm{KL}(p \| \mathcal{U}) = \log K - H(p)` pushes the adversary's posterior
@@ -44,6 +46,7 @@ from fedmosaic.models.training import make_loader, split_batch
 from fedmosaic.privacy.anonymizer.critics import AnonymizerCritics, modality_view, sample_view
 from fedmosaic.privacy.anonymizer.generator import ATTENTION_HEADS, MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
+from fedmosaic.privacy.anonymizer.reframe import reframe
 
 
 @dataclass(frozen=True)
@@ -180,11 +183,13 @@ def adversarial_step(models: AnonymizerModels, optimizers: tuple[torch.optim.Opt
     g_opt, c_opt = optimizers
     inputs, mask, packed = split_batch(batch, specs)
     labels, secret = packed // num_attributes, packed % num_attributes
+    raw = inputs  # the utility head learns the task from these
+    inputs = reframe(raw, specs, torch.rand(len(labels)))  # what the generator reads and writes
     strength = torch.rand(len(labels))
     fake, keep = generator(inputs, mask, strength)
     detached = {k: v.detach() for k, v in keep.items()}
     fake_view = sample_view(specs, {k: v.detach() for k, v in fake.items()}, mask, detached)
-    real_view = sample_view(specs, inputs, mask)
+    real_view = sample_view(specs, raw, mask)
     for _ in range(settings.critic_steps):
         c_loss = (F.cross_entropy(critics.adversary(fake_view), secret)
                   + F.cross_entropy(critics.utility(real_view), labels)
@@ -347,6 +352,8 @@ def anonymize(generator: MultimodalAnonymizer, arrays: MultimodalArrays,
         inputs = {s.name: torch.as_tensor(arrays.inputs[s.name][start:stop]) for s in specs}
         mask = torch.as_tensor(arrays.mask[start:stop])
         strength = torch.full((stop - start,), knobs.strength)
+        if knobs.reframe:
+            inputs = reframe(inputs, specs, torch.full((stop - start,), knobs.reframe), draws)
         outputs, _ = generator(inputs, mask, strength, knobs, draws)
         for spec in specs:
             parts[spec.name].append(outputs[spec.name].numpy().astype(spec.dtype))

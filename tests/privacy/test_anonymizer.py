@@ -61,8 +61,8 @@ def test_every_modality_combination_keeps_shapes_types_and_absent_modalities(gen
                 for j, (s, v) in enumerate(zip(SPECS, arrays.inputs.values(), strict=True))},
         mask=np.tile(mask, (4, 1)), labels=arrays.labels)
 
-    out = anonymize(generator, arrays, AnonymizerKnobs(strength=1.0, noise=0.5, discard=0.2),
-                    seed=0)
+    out = anonymize(generator, arrays, AnonymizerKnobs(strength=1.0, noise=0.5, discard=0.2,
+                                                       reframe=1.0), seed=0)
 
     for j, spec in enumerate(SPECS):
         assert out.inputs[spec.name].shape == arrays.inputs[spec.name].shape
@@ -112,12 +112,12 @@ def distortion(generator, knobs, arrays):
                for s in SPECS if s.kind != ModalityKind.TOKENS)
 
 
-@pytest.mark.parametrize("knob", ["strength", "noise", "discard"])
+@pytest.mark.parametrize("knob", ["strength", "noise", "discard", "reframe"])
 def test_each_knob_increases_the_distortion_monotonically(generator, knob):
     arrays = samples(32)
     levels = {"strength": [0.0, 0.25, 0.5, 0.75, 1.0], "noise": [0.0, 0.5, 1.0, 2.0],
-              "discard": [0.0, 0.2, 0.5, 0.9]}[knob]
-    base = {"strength": 0.5, "noise": 0.0, "discard": 0.0}
+              "discard": [0.0, 0.2, 0.5, 0.9], "reframe": [0.0, 0.25, 0.5, 1.0]}[knob]
+    base = {"strength": 0.5, "noise": 0.0, "discard": 0.0, "reframe": 0.0}
 
     values = [distortion(generator, AnonymizerKnobs(**{**base, knob: level}), arrays)
               for level in levels]
@@ -142,8 +142,9 @@ def test_knobs_reject_values_outside_their_ranges():
             AnonymizerKnobs(**bad)
     with pytest.raises(ValueError, match="must be a number, got 'high'"):
         AnonymizerKnobs.from_mapping({"strength": "high"})
-    assert AnonymizerKnobs.from_mapping({"anonymizer-noise": 0.5, "strength": 0.2}) == \
-        AnonymizerKnobs(strength=0.2, noise=0.5)
+    assert AnonymizerKnobs.from_mapping({"anonymizer-noise": 0.5, "strength": 0.2,
+                                         "anonymizer-reframe": 0.3}) == \
+        AnonymizerKnobs(strength=0.2, noise=0.5, reframe=0.3)
 
 
 def test_the_generator_is_well_under_a_million_parameters():

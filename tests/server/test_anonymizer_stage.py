@@ -72,8 +72,8 @@ def test_every_message_carries_the_generator_and_its_own_knobs(tmp_path):
 
     knobs = {m.metadata.dst_node_id: dict(m.content[records.ANONYMIZER_KNOBS])
              for m in messages}
-    assert knobs == {7: {"strength": 0.8, "noise": 0.0, "discard": 0.0},
-                     8: {"strength": 0.2, "noise": 1.0, "discard": 0.0}}
+    assert knobs == {7: {"strength": 0.8, "noise": 0.0, "discard": 0.0, "reframe": 0.0},
+                     8: {"strength": 0.2, "noise": 1.0, "discard": 0.0, "reframe": 0.0}}
     for message in messages:
         assert list(message.content[records.ANONYMIZER]) == list(
             anonymizer.generator_arrays)

@@ -12,6 +12,7 @@ from fedmosaic import records
 from fedmosaic.cli import app
 from fedmosaic.config import CONTROLLERS, RunConfig
 from fedmosaic.privacy.accounting import Segment, epsilon_spent
+from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 from fedmosaic.privacy.controller.audit import verify_audit_log
 from fedmosaic.privacy.controller.policies import build_policy
 from fedmosaic.privacy.ledger import PrivacyLedger
@@ -51,11 +52,14 @@ def config_budget():
 
 
 class KnobSink:
-    def __init__(self):
-        self.knobs = {}
+    """The anonymizer stage's knob interface: the run's knobs and what was set per node."""
+
+    def __init__(self, knobs=None):
+        self.knobs = knobs or AnonymizerKnobs()
+        self.node_knobs = {}
 
     def set_knobs(self, node, knobs):
-        self.knobs[node] = knobs
+        self.node_knobs[node] = knobs
 
 
 def stage(tmp_path, policy="static"):
@@ -77,7 +81,7 @@ def test_each_device_gets_its_share_in_its_own_copy_and_every_decision_is_audite
     shares = [m.content[records.CONFIG][records.DP_SPEND_SHARE] for m in messages]
     assert shares == pytest.approx([1 / 4] * 3)  # static, round 1 of 4: even spend
     assert records.DP_SPEND_SHARE not in inner.content[records.CONFIG]  # shared one untouched
-    assert set(controller.anonymizer_stage.knobs) == set(NODES)
+    assert set(controller.anonymizer_stage.node_knobs) == set(NODES)
     verdict = verify_audit_log(tmp_path / AUDIT_FILE)
     assert verdict.ok and verdict.entries == 3
     entry = json.loads((tmp_path / AUDIT_FILE).read_text().splitlines()[0])
@@ -86,6 +90,20 @@ def test_each_device_gets_its_share_in_its_own_copy_and_every_decision_is_audite
     # a keyed pseudonym (16 hex digits), not the node id
     assert entry["device"] == controller._pseudonym(NODES[0]) != str(NODES[0])
     assert len(entry["device"]) == 16 and int(entry["device"], 16) >= 0
+
+
+def test_a_policy_that_sets_the_knobs_keeps_the_runs_reframing(tmp_path):
+    controller, _ = stage(tmp_path, policy="random")
+    controller.anonymizer_stage = KnobSink(AnonymizerKnobs(reframe=0.6))
+    arrays = ArrayRecord({"w": Array(np.zeros(3, dtype=np.float32))})
+
+    list(controller.configure_train(1, arrays, ConfigRecord(), None))
+
+    set_knobs = controller.anonymizer_stage.node_knobs.values()
+    assert {k.reframe for k in set_knobs} == {0.6}
+    assert len({k.strength for k in set_knobs}) == len(NODES)  # the policy's own draws
+    entry = json.loads((tmp_path / AUDIT_FILE).read_text().splitlines()[0])
+    assert entry["action"]["reframe"] == 0.6
 
 
 def reply(sent, weights):

@@ -18,7 +18,8 @@ def test_a_run_trains_the_anonymizer_federatedly_then_trains_and_releases_throug
     config = run_in_process({**TINY, "anonymizer-rounds": 3, "anonymizer-steps": 2,
                              "anonymize-training": True, "anonymizer-release": 12,
                              "release-k": 2, "anonymizer-strength": 0.9,
-                             "out-dir": str(tmp_path), "run-name": "anon"})
+                             "anonymizer-reframe": 0.5, "out-dir": str(tmp_path),
+                             "run-name": "anon"})
 
     run_dir = config.run_dir()
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -56,6 +57,8 @@ def test_the_anonymizer_settings_are_checked_before_a_run(tmp_path):
         run_in_process({**TINY, "anonymize-training": True, "out-dir": str(tmp_path)})
     with pytest.raises(ValueError, match="anonymizer-strength must lie in"):
         run_in_process({**TINY, "anonymizer-strength": 2.0, "out-dir": str(tmp_path)})
+    with pytest.raises(ValueError, match="anonymizer-reframe must lie in"):
+        run_in_process({**TINY, "anonymizer-reframe": -0.5, "out-dir": str(tmp_path)})
     with pytest.raises(ValueError, match="edge-role='cloud'"):
         run_in_process({**TINY, "anonymizer-rounds": 1, "num-edges": 1, "edge-role": "cloud",
                         "out-dir": str(tmp_path)})
