@@ -161,7 +161,8 @@ ANONYMIZER = "anonymizer"
 """ArrayRecord of a training message (``anonymize-training`` or ``anonymizer-release``): the
 trained generator the device applies."""
 ANONYMIZER_KNOBS = "anonymizer-knobs"
-"""ConfigRecord of a training message: this device's ``strength``, ``noise``, ``discard``."""
+"""ConfigRecord of a training message: this device's ``strength``, ``noise``, ``discard``,
+``reframe``."""
 ADVERSARY_ACCURACY = "adversary-accuracy"
 """Metric of an anonymizer reply: the attribute adversary's accuracy on the device's batches."""
 UTILITY_ACCURACY = "utility-accuracy"

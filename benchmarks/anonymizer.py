@@ -25,7 +25,7 @@ Method, per dataset (``smartwatch``: 10 devices, one subject each, attribute ``s
       it (``federated_accuracy_anonymized_on_anonymized_inputs``: such a model serves
       anonymized inputs).
     * **Baselines at the same distortion** (mean squared change of the float modalities at
-      the benchmark's strength): additive Gaussian noise, and a bounded-Laplace release
+      the headline knobs): additive Gaussian noise, and a bounded-Laplace release
       (Holohan et al. 2018; values clipped to ``[-B, B]``, ε per value searched so that the
       distortion matches).
     * **The label's floor** (``reid_label_floor``): the re-identification of a Bayes attacker
@@ -222,11 +222,12 @@ def laplace_at_distortion(split: Split, target: float, seed: int) -> float:
     return float(LAPLACE_EPSILONS[int(np.argmin(gaps))])
 
 
-def inversion_psnr(run_dir: Path, generator, knobs: AnonymizerKnobs, settings: dict[str, Any]
-                   ) -> dict[str, float]:
+def inversion_psnr(run_dir: Path, settings: dict[str, Any], generator=None,
+                   knobs: AnonymizerKnobs | None = None) -> dict[str, float]:
     """PSNR against the *raw* window of Inverting Gradients on one-window updates.
 
-    With ``generator`` the update is computed on the anonymized window (the training path).
+    With ``generator`` the update is computed on the window anonymized at ``knobs`` (the
+    training path).
     """
     config, dataset, model, _ = load_checkpoint(run_dir)
     raw, _ = dataset.partition(0)
@@ -309,10 +310,9 @@ def measure_dataset(name: str, base: dict[str, Any], runs_dir: Path,
     print(f"[{name}] attacks on the model trained through the training path ...", flush=True)
     attacks = {"anonymized": attack_run(Path(anonymized["run_dir"])),
                "plain": attack_run(Path(plain["run_dir"]))}
-    inversion = {"anonymized": inversion_psnr(Path(anonymized["run_dir"]), generator,
-                                              BENCHMARK_KNOBS, settings),
-                 "plain": inversion_psnr(Path(plain["run_dir"]), None, BENCHMARK_KNOBS,
-                                         settings)}
+    inversion = {"anonymized": inversion_psnr(Path(anonymized["run_dir"]), settings,
+                                              generator, BENCHMARK_KNOBS),
+                 "plain": inversion_psnr(Path(plain["run_dir"]), settings)}
     figures = {
         "reid_raw": raw["reid"],
         "reid_anonymized": headline["reid"],

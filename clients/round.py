@@ -12,8 +12,9 @@ Adding a stage (an anonymizer before training, say) is one function and one line
 ==================  ==========================================================================
 stage               contract
 ==================  ==========================================================================
-load_partition      ``train_arrays``: the device's training split (node config partition),
-                    without a modality it lacks (``missing-modality-devices``)
+load_partition      ``train_arrays`` and ``held_arrays``: the device's training split (node
+                    config partition), without a modality it lacks
+                    (``missing-modality-devices``)
 anonymize_inputs    ``anonymize-training``: ``train_arrays`` through the anonymizer the message
                     carries, at the knobs it names (``anonymizer-knobs``)
 poison_data         simulation only: a malicious device's data poisoning (label flips)
@@ -102,6 +103,8 @@ class DeviceRound:
         attack: The device's simulated behaviour (a no-op on honest devices).
         train_arrays: The training samples (``load_partition``, ``anonymize_inputs``,
             ``poison_data``).
+        held_arrays: The training samples as the device holds them (``load_partition``),
+            what the release path anonymizes afresh.
         anonymizer: The generator the message carries, if any (``anonymize_inputs``).
         model: The model, holding the trained weights after ``train_model``.
         loader: The training loader over ``train_arrays`` (``prepare_model``).
@@ -120,6 +123,7 @@ class DeviceRound:
     received: dict[str, Any]
     attack: ClientAttack
     train_arrays: MultimodalArrays | None = None
+    held_arrays: MultimodalArrays | None = None
     anonymizer: MultimodalAnonymizer | None = None
     model: MultimodalClassifier | None = None
     loader: DataLoader | None = None
@@ -180,8 +184,8 @@ Stage = Callable[[DeviceRound], None]
 def load_partition(state: DeviceRound) -> None:
     """The device's training split of its partition (without a modality it lacks)."""
     train_arrays, _ = state.dataset.partition(state.partition_id)
-    state.train_arrays = as_held(state.config, train_arrays, state.partition_id,
-                                 state.dataset.specs)
+    state.train_arrays = state.held_arrays = as_held(state.config, train_arrays,
+                                                     state.partition_id, state.dataset.specs)
 
 
 def anonymize_inputs(state: DeviceRound) -> None:
@@ -370,18 +374,19 @@ def attach_telemetry(state: DeviceRound) -> None:
 def release_records(state: DeviceRound) -> None:
     """``anonymizer-release``: publish up to that many anonymized records under a pseudonym.
 
-    The records are drawn at random from the training split and rewritten by the anonymizer
-    (already rewritten with ``anonymize-training``). The pseudonym is the HMAC of the
+    The records are drawn at random from the training split as the device holds it and
+    rewritten by the anonymizer with draws from the operating system's entropy (the training
+    path's rewrite is seeded from the run's seed, which the server knows: its reframing and
+    noise could be replayed and undone). The pseudonym is the HMAC of the
     device's partition under a key the device draws once and keeps in its context state, so
     the server can link a device's releases but cannot recompute whose they are.
     """
-    count = min(state.config.anonymizer_release, len(state.train_arrays))
+    count = min(state.config.anonymizer_release, len(state.held_arrays))
     if not count or state.anonymizer is None:
         return
-    picked = np.random.default_rng().choice(len(state.train_arrays), count, replace=False)
-    chosen = state.train_arrays.subset(np.sort(picked))
-    released = chosen if state.config.anonymize_training else anonymize(
-        state.anonymizer, chosen, state.knobs)
+    picked = np.random.default_rng().choice(len(state.held_arrays), count, replace=False)
+    released = anonymize(state.anonymizer, state.held_arrays.subset(np.sort(picked)),
+                         state.knobs)
     state.reply[records.RELEASE] = ArrayRecord({
         **{name: Array(values) for name, values in released.inputs.items()},
         "mask": Array(released.mask), "labels": Array(released.labels)})

@@ -1,9 +1,9 @@
 """The anonymizer's stage of the server chain: send the generator and knobs, collect releases.
 
 *Out*, every training message gets the trained generator (``anonymizer`` ArrayRecord) and the
-knobs for its device (``anonymizer-knobs``): the run's ``anonymizer-strength``, ``-noise`` and
-``-discard``, or what :meth:`AnonymizerStage.set_knobs` set for that node (the controller's
-per-device action between rounds).
+knobs for its device (``anonymizer-knobs``): the run's ``anonymizer-strength``, ``-noise``,
+``-discard`` and ``-reframe``, or what :meth:`AnonymizerStage.set_knobs` set for that node
+(the controller's per-device action between rounds).
 
 *In*, a reply's released records (``release`` and ``release-meta``, ``anonymizer-release``) are
 taken out before the model update goes on to validation and aggregation. The round's releases

@@ -1,8 +1,10 @@
-"""The anonymizer's knobs: what the controller sets per device between rounds, no retraining.
+"""The anonymizer's knobs: what is set per device between rounds, no retraining.
+
+The controller sets the first three; ``reframe`` is the run's.
 
 * ``strength`` λ ∈ [0, 1]: the privacy/utility trade-off the generator is conditioned on (FiLM,
-  Perez et al. 2018, arXiv:1709.07871); λ = 0 passes the input through unchanged, λ = 1 is the
-  strongest anonymization the generator learned.
+  Perez et al. 2018, arXiv:1709.07871); λ = 0 passes the (reframed) input through unchanged,
+  λ = 1 is the strongest anonymization the generator learned.
 * ``noise`` ≥ 0: Gaussian noise added to the anonymized float modalities, in units of each
   sample's own standard deviation.
 * ``discard`` ∈ [0, 1): the share of each sample's entries (float values, or log tokens)
@@ -22,7 +24,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class AnonymizerKnobs:
-    """The three knobs (module docstring).
+    """The four knobs (module docstring).
 
     Raises:
         ValueError: If a knob is outside its range.

@@ -54,27 +54,28 @@ def random_rotations(angles: torch.Tensor, generator: torch.Generator | None) ->
     return torch.eye(3) + sin * cross + (1 - cos) * cross @ cross
 
 
-def reframe(inputs: dict[str, torch.Tensor], specs: tuple[ModalitySpec, ...],
-            strength: torch.Tensor, generator: torch.Generator | None = None
-            ) -> dict[str, torch.Tensor]:
+def reframe(inputs: dict[str, torch.Tensor], mask: torch.Tensor,
+            specs: tuple[ModalitySpec, ...], strength: torch.Tensor,
+            generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """The sensor modalities of ``inputs`` reframed at per-sample ``strength`` (module docstring).
 
     Args:
         inputs: ``{name: (B, *shape)}``; sensor windows are ``(B, channels, time)``.
+        mask: ``(B, M)`` presence mask, columns in ``specs``' order.
         specs: The modalities.
         strength: ``(B,)`` per-sample :math:`r` in [0, 1].
         generator: Source of the draws (``None``: torch's default).
 
     Returns:
-        ``inputs`` with every sensor modality reframed (other modalities are the same
-        tensors). A missing modality's zeros move too; callers mask them afterwards.
+        ``inputs`` with every sensor modality reframed where present and zero where missing
+        (other modalities are the same tensors).
     """
     batch = len(strength)
     scale = strength.float().reshape(batch, 1, 1)
     angles = strength.float() * MAX_ANGLE * (2 * torch.rand(batch, generator=generator) - 1)
     rotation = random_rotations(angles, generator)
     out = dict(inputs)
-    for spec in specs:
+    for j, spec in enumerate(specs):
         if spec.kind != ModalityKind.SENSOR:
             continue
         windows = inputs[spec.name]
@@ -84,5 +85,6 @@ def reframe(inputs: dict[str, torch.Tensor], specs: tuple[ModalitySpec, ...],
             windows = torch.einsum("bij,bgjt->bgit", rotation, groups).reshape(windows.shape)
         gain = torch.exp(scale * GAIN_STD * torch.randn(batch, channels, 1, generator=generator))
         offset = scale * OFFSET_STD * torch.randn(batch, channels, 1, generator=generator)
-        out[spec.name] = windows * gain + offset
+        present = mask[:, j].to(windows.dtype).reshape(batch, 1, 1)
+        out[spec.name] = (windows * gain + offset) * present
     return out

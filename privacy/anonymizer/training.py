@@ -184,7 +184,7 @@ def adversarial_step(models: AnonymizerModels, optimizers: tuple[torch.optim.Opt
     inputs, mask, packed = split_batch(batch, specs)
     labels, secret = packed // num_attributes, packed % num_attributes
     raw = inputs  # the utility head learns the task from these
-    inputs = reframe(raw, specs, torch.rand(len(labels)))  # what the generator reads and writes
+    inputs = reframe(raw, mask, specs, torch.rand(len(labels)))  # what the generator rewrites
     strength = torch.rand(len(labels))
     fake, keep = generator(inputs, mask, strength)
     detached = {k: v.detach() for k, v in keep.items()}
@@ -334,9 +334,10 @@ def anonymize(generator: MultimodalAnonymizer, arrays: MultimodalArrays,
     Args:
         generator: A trained generator for ``arrays``' modalities.
         arrays: The samples.
-        knobs: Strength, noise and discard ratio.
-        seed: Seeds the noise and discard draws (``None``: the operating system's entropy,
-            so whoever receives the output cannot reproduce the draws).
+        knobs: Strength, noise, discard ratio and reframing.
+        seed: Seeds the reframing, code-noise, noise and discard draws (``None``: the
+            operating system's entropy, so whoever receives the output cannot reproduce the
+            draws, and so cannot undo the reframing).
         batch_size: Samples per forward pass.
     """
     specs = generator.specs
@@ -353,7 +354,8 @@ def anonymize(generator: MultimodalAnonymizer, arrays: MultimodalArrays,
         mask = torch.as_tensor(arrays.mask[start:stop])
         strength = torch.full((stop - start,), knobs.strength)
         if knobs.reframe:
-            inputs = reframe(inputs, specs, torch.full((stop - start,), knobs.reframe), draws)
+            inputs = reframe(inputs, mask, specs, torch.full((stop - start,), knobs.reframe),
+                             draws)
         outputs, _ = generator(inputs, mask, strength, knobs, draws)
         for spec in specs:
             parts[spec.name].append(outputs[spec.name].numpy().astype(spec.dtype))

@@ -101,7 +101,7 @@ class ControllerAction:
     knobs: AnonymizerKnobs
 
     def to_mapping(self) -> dict[str, float]:
-        """``{"spend-share": s, "strength": λ, "noise": ν, "discard": p}`` (audit, history)."""
+        """``{"spend-share": s, "strength": λ, "noise": ν, "discard": p, "reframe": r}``."""
         return {"spend-share": self.spend_share, **self.knobs.to_mapping()}
 
 

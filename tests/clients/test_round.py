@@ -7,6 +7,7 @@ from fedmosaic import records
 from fedmosaic.clients import round as device_round
 from fedmosaic.clients.round import TRAIN_STAGES, DeviceRound, run_train_round
 from fedmosaic.config import RunConfig
+from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.task import build_model, cached_dataset
 
 RUN_CONFIG = {"local-epochs": 1, "num-clients": 10}
@@ -85,3 +86,31 @@ def test_telemetry_is_attached_after_the_reply_is_built():
 
     assert records.TELEMETRY in reply.content.config_records
     assert records.ARRAYS in reply.content.array_records
+
+
+@pytest.mark.parametrize("reframe", [0.0, 1.0])
+def test_the_device_trains_on_and_releases_what_the_knobs_it_receives_make(reframe):
+    dataset = cached_dataset(RunConfig.from_mapping(RUN_CONFIG))
+    sent = message()
+    sent.content[records.ANONYMIZER] = ArrayRecord(
+        MultimodalAnonymizer(dataset.specs).state_dict())
+    sent.content[records.ANONYMIZER_KNOBS] = ConfigRecord({"strength": 0.0, "reframe": reframe})
+    seen = []
+
+    def inspect(state: DeviceRound) -> None:
+        seen.append(state)
+        state.reply = RecordDict()
+
+    run_train_round(sent, context(**{"anonymizer-rounds": 1, "anonymize-training": True,
+                                     "anonymizer-release": 8}),
+                    (device_round.load_partition, device_round.anonymize_inputs, inspect,
+                     device_round.release_records))
+
+    state = seen[0]
+    name = dataset.specs[0].name
+    moved = state.train_arrays.inputs[name] != state.held_arrays.inputs[name]
+    assert moved.any() == (reframe > 0)  # λ = 0: only reframing changes a window
+    held = {window.tobytes() for window in state.held_arrays.inputs[name]}
+    released = state.reply[records.RELEASE][name].numpy()
+    assert len(released) == 8
+    assert all((window.tobytes() in held) == (reframe == 0) for window in released)

@@ -8,13 +8,17 @@ import torch
 
 from fedmosaic.data.modality import ModalityKind, MultimodalArrays
 from fedmosaic.data.synthetic import SYNTHETIC_SPECS, SyntheticConfig, generate_device
+from fedmosaic.models.training import make_loader
+from fedmosaic.privacy.anonymizer import training
 from fedmosaic.privacy.anonymizer.generator import MultimodalAnonymizer
 from fedmosaic.privacy.anonymizer.knobs import AnonymizerKnobs
 from fedmosaic.privacy.anonymizer.training import (
     AnonymizerModels,
     AnonymizerTraining,
     TrainedAnonymizer,
+    adversarial_step,
     anonymize,
+    attribute_carrier,
     generator_from_state,
     load_anonymizer,
     local_anonymizer_update,
@@ -123,6 +127,37 @@ def test_each_knob_increases_the_distortion_monotonically(generator, knob):
               for level in levels]
 
     assert all(a < b for a, b in itertools.pairwise(values)), values
+
+
+def test_the_generator_trains_on_reframed_windows_and_the_utility_head_on_raw_ones(
+        monkeypatch):
+    drawn = []
+
+    def marked(inputs, mask, specs, strength, generator=None):  # "reframed" = raw + 100
+        drawn.append(strength)
+        return {name: value + 100.0 if value.is_floating_point() else value
+                for name, value in inputs.items()}
+
+    monkeypatch.setattr(training, "reframe", marked)
+    settings = AnonymizerTraining(token_dim=16)
+    models = AnonymizerModels(SPECS, 4, 8, settings)
+    read = {"generator": [], "utility": [], "realism": []}
+    models.generator.register_forward_pre_hook(lambda _, args: read["generator"].append(args[0]))
+    models.critics.utility.register_forward_pre_hook(
+        lambda _, args: read["utility"].append(args[0]))
+    models.critics.realism["vibration"].register_forward_pre_hook(
+        lambda _, args: read["realism"].append(args[0]))
+    arrays = samples(16)
+    arrays.mask[:] = True
+    batch = next(iter(make_loader(attribute_carrier(arrays, np.arange(16) % 4, 4), SPECS, 16,
+                                  shuffle=False, seed=0)))
+
+    adversarial_step(models, models.optimizers(1e-3), list(batch), settings)
+
+    assert len(drawn) == 1 and drawn[0].shape == (16,) and 0 <= drawn[0].min() <= 1
+    assert read["generator"][0]["vibration"].min() > 50  # the generator reads reframed windows
+    assert read["realism"][0].min() > 50  # the discriminator's "real" is reframed too
+    assert read["utility"][0].abs().max() < 50  # the utility head learns on raw windows
 
 
 def test_a_larger_discard_drops_a_superset_of_tokens(generator):
