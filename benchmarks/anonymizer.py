@@ -288,9 +288,10 @@ def measure_dataset(name: str, base: dict[str, Any], runs_dir: Path,
                                 anonymize(generator, split.test, knobs, seed=seed + 1),
                                 trees, seed)
 
-    curve = {f"{s:g}": release(AnonymizerKnobs(strength=s)) for s in STRENGTHS}
+    strengths = sorted({*STRENGTHS, GAN_ALONE.strength, BENCHMARK_KNOBS.strength})
+    curve = {f"{s:g}": release(AnonymizerKnobs(strength=s)) for s in strengths}
     curve_reframed = {f"{s:g}": release(dataclasses.replace(BENCHMARK_KNOBS, strength=s))
-                      for s in STRENGTHS}
+                      for s in strengths}
     reframe_curve = {**{f"{r:g}": release(AnonymizerKnobs(strength=0.0, reframe=r))
                         for r in REFRAMES}, f"{BENCHMARK_KNOBS.reframe:g}": curve_reframed["0"]}
     raw = evaluate_release(split, split.train, split.test, trees, seed)
