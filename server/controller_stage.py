@@ -208,9 +208,10 @@ class ControllerStage(StrategyWrapper):
                                     self.settings.num_rounds, self._pseudonym(node))
         applied = {"spend-share": action.spend_share}  # knobs only where an anonymizer runs
         if self.anonymizer_stage is not None:  # no policy turns reframing: the run's stays
-            knobs = dataclasses.replace(action.knobs, reframe=self.anonymizer_stage.knobs.reframe)
-            self.anonymizer_stage.set_knobs(node, knobs)
-            applied = {"spend-share": action.spend_share, **knobs.to_mapping()}
+            action = dataclasses.replace(action, knobs=dataclasses.replace(
+                action.knobs, reframe=self.anonymizer_stage.knobs.reframe))
+            self.anonymizer_stage.set_knobs(node, action.knobs)
+            applied = action.to_mapping()
         self.audit.append(self.rounds_done + server_round, self._pseudonym(node),
                           observation.as_array().tolist(),
                           applied, {"cap": cap, "spent": spent, "room": max(0.0, cap - spent)})

@@ -10,7 +10,7 @@ Parkinson's Disease Monitoring using Convolutional Neural Networks", ICMI,
 arXiv:1706.00527) do for robustness: rotation, scaling, and here an offset.
 
 With reframing strength :math:`r \in [0, 1]`, per sample one rotation
-:math:`R = \exp(\alpha [u]_\times)` (Rodrigues), axis :math:`u` uniform on the sphere and angle
+:math:`R = \exp(\alpha [u]_\times)`, axis :math:`u` uniform on the sphere and angle
 :math:`\alpha = r\,\theta\,v`, :math:`v \sim U(-1, 1)`, is shared by every three-axis group of
 every sensor modality of the sample (the sensors ride on one device); then each channel
 :math:`c` gets a gain and an offset:
@@ -41,17 +41,16 @@ r""":math:`\sigma_b`: standard deviation of the offset at :math:`r = 1` (standar
 
 
 def random_rotations(angles: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    r"""``(B, 3, 3)`` rotations by ``angles`` about axes uniform on the sphere (Rodrigues).
+    r"""``(B, 3, 3)`` rotations by ``angles`` about axes uniform on the sphere.
 
-    :math:`R = I + \sin\alpha\, K + (1 - \cos\alpha)\, K^2`, :math:`K = [u]_\times`.
+    :math:`R = \exp(\alpha K)`, :math:`K = [u]_\times` (``torch.linalg.matrix_exp``).
     """
     axes = torch.randn(len(angles), 3, generator=generator)
     axes = axes / axes.norm(dim=1, keepdim=True).clamp(min=1e-12)
     x, y, z = axes.unbind(1)
     zero = torch.zeros_like(x)
     cross = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=1).view(-1, 3, 3)
-    sin, cos = torch.sin(angles).view(-1, 1, 1), torch.cos(angles).view(-1, 1, 1)
-    return torch.eye(3) + sin * cross + (1 - cos) * cross @ cross
+    return torch.linalg.matrix_exp(angles.view(-1, 1, 1) * cross)
 
 
 def reframe(inputs: dict[str, torch.Tensor], mask: torch.Tensor,
