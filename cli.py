@@ -211,7 +211,7 @@ def tune_dp(
     except ValueError as err:
         console.print(f"[red]error:[/red] {err}")
         raise typer.Exit(2) from err
-    table = Table("local-epochs", "learning-rate", "max-grad-norm", "accuracy (mean of folds)",
+    table = Table(*scored[0].candidate.overrides(), "accuracy (mean of folds)",
                   "per left-out donor",
                   title=f"DP-SGD at ε = {settings.dp_epsilon_budget:g}, left-out donors")
     for entry in scored:
@@ -222,7 +222,8 @@ def tune_dp(
     report = as_report(scored)
     if out is not None:
         out.write_text(json.dumps(report, indent=2) + "\n")
-    console.print("run with: " + " ".join(f"-c {k}={v}" for k, v in report["best"].items()))
+    console.print("run with: " + " ".join(f"-c {k}={v}" for k, v in report["best"].items()),
+                  soft_wrap=True)  # one line, to copy
 
 
 audit_app = typer.Typer(no_args_is_help=True, help="Check the controller's audit log.")
