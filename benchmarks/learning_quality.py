@@ -27,7 +27,7 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   ``public-devices=2``: the server pretrains on their windows for 20 epochs, the 8 devices
   DP-fine-tune the heads, fusion and classifier only, ``fine-tune=top``; the donors are in no
   evaluation, so this path's central test has 8 subjects); public pretraining with DP-SGD's
-  local epochs, learning rate, clipping bound and batch size chosen per ε on the donors' data
+  local epochs, learning rate and clipping bound chosen per ε on the donors' data
   (``public-tuned``, ``server/dp_tuning.py``), against the better of ``public`` without DP and
   the same tuned settings without DP; public pretraining with the classifier alone
   DP-fine-tuned (``public-head``, ``fine-tune=head``: 1,287 parameters against ``top``'s
@@ -116,9 +116,9 @@ PATHS: dict[str, dict[str, Any]] = {
 
 ``public-head`` is ``public`` with only the classifier DP-fine-tuned (``fine-tune=head``).
 
-``public-tuned`` is ``public`` with DP-SGD's local epochs, learning rate, clipping bound and
-batch size chosen per ε on the donors' data (``server/dp_tuning.py``) before its DP run; its
-reference is the better of ``public`` without DP and the same tuned settings without DP."""
+``public-tuned`` is ``public`` with DP-SGD's local epochs, learning rate and clipping bound
+chosen per ε on the donors' data (``server/dp_tuning.py``) before its DP run; its reference is
+the better of ``public`` without DP and the same tuned settings without DP."""
 TUNED = "public-tuned"
 CENTRALIZED_REFERENCE = 0.937
 DP_TARGETS = {8.0: 3.0, 3.0: 6.0}

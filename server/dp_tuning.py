@@ -4,15 +4,14 @@ Choosing DP-SGD's settings by the accuracy they reach on private data leaks thro
 (Papernot & Steinke 2022, "Hyperparameter Tuning with Renyi Differential Privacy", ICLR), and
 the settings that suit one ε do not suit another (fewer, larger steps as ε shrinks: Ponomareva
 et al. 2023, "How to DP-fy ML", §5). With ``public-devices`` K >= 2 consented donors, each
-candidate (local epochs E, learning rate η, clipping bound C, batch size B) is scored
-leave-one-donor-out:
+candidate (local epochs E, learning rate η, clipping bound C) is scored leave-one-donor-out:
 
 1. the model is pretrained, plainly, on the other donors' training data for ``pretrain-epochs``
    (as the server pretrains on all donors before a run);
 2. one simulated device holding the left-out donor's training split runs the run's DP-SGD
-   regime: ``num-server-rounds`` rounds of E Poisson epochs at expected batch size B, a
-   fresh Adam each round, training what ``fine-tune`` names, with the noise multiplier σ
-   calibrated so that all its rounds together spend exactly ε at ``delta``;
+   regime: ``num-server-rounds`` rounds of E Poisson epochs at ``batch-size``, a fresh Adam
+   each round, training what ``fine-tune`` names, with the noise multiplier σ calibrated so
+   that all its rounds together spend exactly ε at ``delta``;
 3. the donor's held-out split scores it.
 
 A candidate's score is its mean accuracy over the K folds; the best one's settings are the
@@ -21,11 +20,14 @@ devices' independently noised updates, so the federated model sees less noise th
 The proxy ranks candidates; it does not predict the federated accuracy. Averaging m simulated
 devices that all hold the left-out donor's data removes the first bias but adds a worse one:
 they cannot drift apart as different subjects do, so large learning rates win that make the
-real federation collapse (README, "DP-SGD settings per ε"). Each candidate gets one draw of
-DP-SGD's noise and sampling per fold (Opacus draws them from the OS's entropy), so candidates a
-point or two apart are not told apart; the per-fold accuracies are reported. The proxy follows
-the run's even plan: per-device budgets, a controller's spend shares and ``fraction-train`` < 1
-change a device's σ, which the proxy does not model, nor personal parameters
+real federation collapse (README, "DP-SGD settings per ε"). The batch size stays the run's
+``batch-size`` for the same reason: with B = 128 in the grid the proxy chose it in 4 of 9 (seed,
+ε) pairs, twice with η = 0.03, and the tuned federation lost more than with B fixed (README).
+Each candidate gets one draw of DP-SGD's noise and sampling per fold (Opacus draws them from the
+OS's entropy), so candidates a point or two apart are not told apart; the per-fold accuracies
+are reported. The proxy follows the run's even plan: per-device budgets, a controller's spend
+shares and ``fraction-train`` < 1 change a device's σ, which the proxy does not model, nor
+personal parameters
 (``personalization``), a server step or momentum (``fedavgm``) or FedProx's μ. No device's data
 is read, so the tuning spends no device's ε.
 """
@@ -51,26 +53,20 @@ from fedmosaic.task import build_model, loss_weights
 LOCAL_EPOCHS = (1, 2, 5)
 LEARNING_RATES = (0.003, 0.01, 0.03)
 CLIPPING_BOUNDS = (0.1, 1.0)
-BATCH_SIZES = (32, 128)
-"""The run default and four times it: a larger batch averages B per-sample gradients against
-one draw of noise σC, so each step's noise is σC/B, at the price of fewer steps and, for the
-same ε, a larger σ (De et al. 2022, "Unlocking High-Accuracy Differentially Private Image
-Classification through Scale", §3)."""
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One DP-SGD setting: local epochs E, Adam step size η, clipping bound C, batch size B."""
+    """One DP-SGD setting: local epochs E, Adam step size η and clipping bound C."""
 
     local_epochs: int
     learning_rate: float
     max_grad_norm: float
-    batch_size: int
 
     def overrides(self) -> dict[str, float | int]:
         """The run-config overrides that select this setting."""
         return {"local-epochs": self.local_epochs, "learning-rate": self.learning_rate,
-                "max-grad-norm": self.max_grad_norm, "batch-size": self.batch_size}
+                "max-grad-norm": self.max_grad_norm}
 
 
 @dataclass(frozen=True)
@@ -92,16 +88,16 @@ class Scored:
 
 
 def candidates() -> list[Candidate]:
-    """The grid: every combination of local epochs, learning rates, clipping bounds, batches."""
-    return [Candidate(*values) for values in
-            itertools.product(LOCAL_EPOCHS, LEARNING_RATES, CLIPPING_BOUNDS, BATCH_SIZES)]
+    """The grid: every combination of the local epochs, learning rates and clipping bounds."""
+    return [Candidate(*values)
+            for values in itertools.product(LOCAL_EPOCHS, LEARNING_RATES, CLIPPING_BOUNDS)]
 
 
 def tune_on_public_devices(config: RunConfig, dataset: FederatedDataset,
                            grid: list[Candidate] | None = None) -> list[Scored]:
     """Score every candidate of ``grid`` (default :func:`candidates`) at the run's ε.
 
-    ε is ``dp-epsilon-budget``; the run's ``num-server-rounds``, ``delta``,
+    ε is ``dp-epsilon-budget``; the run's ``num-server-rounds``, ``batch-size``, ``delta``,
     ``fine-tune`` and ``pretrain-epochs`` are kept, and ``seed`` initialises the model.
     Returns the candidates, best first.
 
@@ -142,9 +138,9 @@ def train_like_a_device(model: MultimodalClassifier, config: RunConfig,
                         dataset: FederatedDataset, train: MultimodalArrays,
                         candidate: Candidate) -> None:
     """The run's DP-SGD rounds on ``train`` under ``candidate``, spending exactly the run's ε."""
-    loader = make_loader(train, dataset.specs, candidate.batch_size, shuffle=True,
+    loader = make_loader(train, dataset.specs, config.batch_size, shuffle=True,
                          seed=config.seed)
-    sample_rate, steps, planned = poisson_plan(len(train), candidate.batch_size,
+    sample_rate, steps, planned = poisson_plan(len(train), config.batch_size,
                                                candidate.local_epochs, config.num_server_rounds)
     sigma = calibrate_noise_multiplier(config.dp_epsilon_budget, config.delta, sample_rate,
                                        planned, accountant=config.accountant)
@@ -161,4 +157,4 @@ def as_report(scored: list[Scored]) -> dict[str, object]:
     return {"best": scored[0].candidate.overrides(), "best_accuracy": scored[0].accuracy,
             "candidates": [s.to_dict() for s in scored],
             "grid": {"local_epochs": LOCAL_EPOCHS, "learning_rates": LEARNING_RATES,
-                     "clipping_bounds": CLIPPING_BOUNDS, "batch_sizes": BATCH_SIZES}}
+                     "clipping_bounds": CLIPPING_BOUNDS}}

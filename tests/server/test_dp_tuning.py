@@ -16,7 +16,7 @@ from fedmosaic.task import cached_dataset
 
 TINY = {"num-clients": 6, "unseen-devices": 0, "public-devices": 2, "pretrain-epochs": 1,
         "num-server-rounds": 2, "fine-tune": "top", "dp": True, "dp-epsilon-budget": 3.0}
-GRID = [Candidate(1, 0.003, 1.0, 32), Candidate(2, 0.01, 0.1, 128)]
+GRID = [Candidate(1, 0.003, 1.0), Candidate(2, 0.01, 0.1)]
 
 
 def test_tuning_reads_only_the_donors_and_ranks_candidates_by_mean_accuracy():
@@ -38,7 +38,7 @@ def test_each_simulated_device_spends_exactly_the_runs_epsilon(monkeypatch):
     monkeypatch.setattr(dp_tuning, "train_private",
                         lambda model, loader, specs, **kw: calls.append((len(loader), kw)))
 
-    tune_on_public_devices(config, dataset, [Candidate(2, 0.01, 0.1, 16)])
+    tune_on_public_devices(config, dataset, [Candidate(2, 0.01, 0.1)])
 
     assert len(calls) == 2 * config.num_server_rounds  # 2 folds x rounds
     for donor, fold in zip((6, 7), (calls[:2], calls[2:]), strict=True):
@@ -48,7 +48,7 @@ def test_each_simulated_device_spends_exactly_the_runs_epsilon(monkeypatch):
         accountant = RDPAccountant()  # Opacus's accountant, apart from our calibration
         accountant.history = [(kwargs["noise_multiplier"], 1 / batches,
                                2 * batches * config.num_server_rounds)]
-        assert batches == -(-len(dataset.partition(donor)[0]) // 16)  # the candidate's B
+        assert batches == -(-len(dataset.partition(donor)[0]) // config.batch_size)
         assert accountant.get_epsilon(config.delta) == pytest.approx(3.0, abs=0.011)
 
 
@@ -78,13 +78,11 @@ def test_the_command_prints_every_setting_and_the_overrides_to_run_with(monkeypa
     assert f"run with: {best}" in shown.output
 
 
-def test_the_default_grid_covers_epochs_learning_rates_clipping_and_batch_sizes():
+def test_the_default_grid_covers_epochs_learning_rates_and_clipping():
     grid = candidates()
 
-    assert len(grid) == len(set(grid)) == 36
+    assert len(grid) == len(set(grid)) == 18
     assert {c.max_grad_norm for c in grid} == {0.1, 1.0}
-    assert {c.batch_size for c in grid} == {32, 128}
-    assert all(c.overrides()["batch-size"] == c.batch_size for c in grid)
 
 
 def test_tuning_without_dp_is_refused():
