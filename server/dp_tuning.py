@@ -27,9 +27,8 @@ Each candidate gets one draw of DP-SGD's noise and sampling per fold (Opacus dra
 OS's entropy), so candidates a point or two apart are not told apart; the per-fold accuracies
 are reported. The proxy follows the run's even plan: per-device budgets, a controller's spend
 shares and ``fraction-train`` < 1 change a device's σ, which the proxy does not model, nor
-personal parameters
-(``personalization``), a server step or momentum (``fedavgm``) or FedProx's μ. No device's data
-is read, so the tuning spends no device's ε.
+personal parameters (``personalization``), a server step or momentum (``fedavgm``) or FedProx's
+μ. No device's data is read, so the tuning spends no device's ε.
 """
 
 from __future__ import annotations
