@@ -215,6 +215,12 @@ class RunConfig:
     pretrain_epochs: int = setting(
         "epochs of the server's plain training on the `public-devices`' data (0: none)"
     )
+    pretrain_reframe: float = setting(
+        "augmentation of that pretraining, in [0, 1]: each batch's sensor windows are moved to a "
+        "random frame of strength r ~ U(0, R) per sample (rotation, gain, offset; "
+        "`privacy/anonymizer/reframe.py`), so the pretrained encoders read the activity "
+        "whatever the wearer's frame (0: the windows as recorded)"
+    )
     fine_tune: str = setting(
         "what devices train: `all` parameters, the `top` only (probabilistic heads, fusion, "
         "classifier; the encoders stay as the server sent them, e.g. pretrained on public data), "
@@ -776,6 +782,8 @@ def _check_learning(config: RunConfig) -> None:
         raise ValueError("personalization=local-gate keeps the fusion's gates, which "
                          "fine-tune=head never trains: use fine-tune=top or all")
     check_async(config)
+    if not 0.0 <= config.pretrain_reframe <= 1.0:
+        raise ValueError(f"pretrain-reframe must lie in [0, 1], got {config.pretrain_reframe}")
     if config.pretrain_epochs and not config.public_devices:
         raise ValueError(f"pretrain-epochs={config.pretrain_epochs} pretrains on the public "
                          f"devices' data: set public-devices >= 1, got 0")

@@ -20,7 +20,7 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   personalization with ours' training (``missing-personalized``); then ours and the baseline
   again with half the devices lacking a modality in all their data
   (``missing-modality-devices=0.5``);
-* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on five paths, each against the same path
+* **DP** — DP-SGD at ε ∈ {8, 3, 1} (δ = 1e-5) on seven paths, each against the same path
   without DP: from scratch (``tcn`` encoders); fixed DP-friendly features
   (``sensor-encoder=features``: statistical and spectral window features, only a projection
   and the head trained); public pretraining (the last 2 subjects are consented donors,
@@ -31,9 +31,11 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   (``public-tuned``, ``server/dp_tuning.py``), against the better of ``public`` without DP and
   the same tuned settings without DP; public pretraining with the classifier alone
   DP-fine-tuned (``public-head``, ``fine-tune=head``: 1,287 parameters against ``top``'s
-  20,428). DP cells run for every seed, each against its own seed's runs without DP;
-  ``dp_time_ratio`` compares the runs' CPU seconds (one torch thread each), which the other
-  worker does not inflate.
+  20,428); and both of these last two with the pretraining augmented by random frames
+  (``public-reframed``, ``public-head-reframed``: ``pretrain-reframe=1``,
+  ``server/public_pretraining.py``). DP cells run for every seed, each against its own seed's
+  runs without DP; ``dp_time_ratio`` compares the runs' CPU seconds (one torch thread each),
+  which the other worker does not inflate.
 
 Figures (beside their targets):
 
@@ -111,10 +113,14 @@ PATHS: dict[str, dict[str, Any]] = {
     "public": PUBLIC,
     "public-tuned": PUBLIC,
     "public-head": {**PUBLIC, "fine-tune": "head"},
+    "public-reframed": {**PUBLIC, "pretrain-reframe": 1.0},
+    "public-head-reframed": {**PUBLIC, "fine-tune": "head", "pretrain-reframe": 1.0},
 }
 """The DP paths: run-config overrides over the base (``scratch`` is the base itself).
 
 ``public-head`` is ``public`` with only the classifier DP-fine-tuned (``fine-tune=head``).
+The ``-reframed`` paths pretrain on the donors' windows moved to random frames
+(``pretrain-reframe=1``).
 
 ``public-tuned`` is ``public`` with DP-SGD's local epochs, learning rate and clipping bound
 chosen per ε on the donors' data (``server/dp_tuning.py``) before its DP run; its reference is

@@ -15,7 +15,7 @@ Heterogeneous Networks", MLSys, arXiv:1812.06127), minimised with Adam (Kingma &
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,6 +141,10 @@ def make_loader(
     )
 
 
+Augmentation = Callable[[dict[str, torch.Tensor], torch.Tensor], dict[str, torch.Tensor]]
+"""A batch's ``(inputs, mask)`` to new inputs of the same shapes (see :func:`train`)."""
+
+
 def split_batch(
     batch: Sequence[torch.Tensor], specs: tuple[ModalitySpec, ...]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
@@ -185,6 +189,7 @@ def train(
     proximal_mu: float = 0.0,
     reference_params: list[torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    augment: Augmentation | None = None,
 ) -> TrainResult:
     r"""Train ``model`` in place with Adam on the local objective (module docstring).
 
@@ -202,6 +207,8 @@ def train(
             entry in order; required when ``proximal_mu > 0``.
         optimizer: The optimiser to step (e.g. Opacus's DP wrapper around Adam); by default
             Adam over ``model.parameters()`` at ``learning_rate``.
+        augment: Rewrites each batch's inputs from ``(inputs, mask)`` before the forward
+            pass (e.g. public pretraining's reframing); ``None`` trains on them as they are.
 
     Returns:
         The :class:`TrainResult`.
@@ -241,6 +248,8 @@ def train(
             inputs, mask, labels = split_batch(batch, specs)
             if labels.shape[0] == 0:
                 continue
+            if augment is not None:
+                inputs = augment(inputs, mask)
             loss, output = local_objective(model, inputs, mask, labels, weights)
             if proximal_mu > 0.0:
                 distance = sum((p - r).pow(2).sum() for p, r in zip(params, reference, strict=True))

@@ -10,6 +10,16 @@ of these encoders. The donors' data is left out of every evaluation: they are no
 unseen device, and the central test set drops their samples
 (:meth:`~fedmosaic.data.datasets.FederatedDataset.central_test_without`). Pretraining spends
 no device's ε: no device's data is touched.
+
+With ``pretrain-reframe`` R > 0 every pretraining batch is augmented: each sample's sensor
+windows move to a random frame of strength r ~ U(0, R), drawn afresh at every read (one
+rotation shared by the sample's three-axis groups, a gain and an offset per channel;
+:func:`~fedmosaic.privacy.anonymizer.reframe.reframe`). These are the wearable augmentations
+of Um et al. 2017 ("Data Augmentation of Wearable Sensor Data for Parkinson's Disease
+Monitoring using Convolutional Neural Networks", ICMI): how a device sits on its wearer and
+each sensor's bias differ from subject to subject, so encoders pretrained on a few donors'
+frames transfer badly to other subjects, and encoders pretrained on random frames learn to
+read the activity without them (README, "DP that costs less").
 """
 
 from __future__ import annotations
@@ -17,11 +27,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import FederatedDataset
-from fedmosaic.data.modality import MultimodalArrays
+from fedmosaic.data.modality import ModalitySpec, MultimodalArrays
 from fedmosaic.models.multimodal import MultimodalClassifier
-from fedmosaic.models.training import make_loader, train
+from fedmosaic.models.training import Augmentation, make_loader, train
+from fedmosaic.privacy.anonymizer.reframe import reframe
 from fedmosaic.task import loss_weights
 
 
@@ -46,6 +59,20 @@ def pretrain_on_public_devices(config: RunConfig, dataset: FederatedDataset,
     result = train(model, make_loader(public, dataset.specs, config.batch_size, shuffle=True,
                                       seed=config.seed),
                    dataset.specs, epochs=config.pretrain_epochs,
-                   learning_rate=config.learning_rate, weights=loss_weights(config))
+                   learning_rate=config.learning_rate, weights=loss_weights(config),
+                   augment=reframing(dataset.specs, config.pretrain_reframe, config.seed))
     return {"partitions": partitions, "samples": len(public), "epochs": config.pretrain_epochs,
-            "loss": result.loss}
+            "reframe": config.pretrain_reframe, "loss": result.loss}
+
+
+def reframing(specs: tuple[ModalitySpec, ...], most: float, seed: int) -> Augmentation | None:
+    """Reframe each batch at r ~ U(0, ``most``) per sample, seeded; ``None`` when ``most`` is 0."""
+    if most == 0.0:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+
+    def augment(inputs: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        strength = most * torch.rand(len(mask), generator=generator)
+        return reframe(inputs, mask, specs, strength, generator)
+
+    return augment

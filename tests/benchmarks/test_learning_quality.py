@@ -250,7 +250,12 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
     assert set(figures["unseen_subject_accuracy"]) == {
         "none", "fedbn", "fedrep", "ditto", "local-gate", "centralized"}
     assert set(figures["dp_accuracy_loss_points_eps8"]) == {
-        "scratch", "features", "public", "public-tuned", "public-head"}
+        "scratch", "features", "public", "public-tuned", "public-head", "public-reframed",
+        "public-head-reframed"}
+    for run, reframe in (("dp-public-eps8-seed0", 0.0), ("dp-public-reframed-eps8-seed0", 1.0),
+                         ("dp-public-head-reframed-nodp-seed0", 1.0)):
+        ran = json.loads((tmp_path / "runs" / run / "summary.json").read_text())
+        assert ran["pretraining"]["reframe"] == reframe
     (tuned,) = [c for c in result["cells"] if c["variant"] == "public-tuned-eps8"]
     for run in ("dp-public-tuned-eps8-seed0", "dp-public-tuned-eps8-seed0-nodp"):
         ran = json.loads((tmp_path / "runs" / run / "summary.json").read_text())["config"]
@@ -263,4 +268,4 @@ def test_quick_mode_runs_every_part_and_writes_the_figures(tmp_path):
     alone = figures["missing_modality_accuracy_trained_without"]
     assert set(alone) == {"accelerometer", "gyroscope"}
     assert all(0.0 <= accuracy <= 1.0 for accuracy in alone.values())
-    assert len(result["cells"]) == 28
+    assert len(result["cells"]) == 32

@@ -109,6 +109,26 @@ def test_train_learns_a_separable_task():
     assert after.num_examples == 64
 
 
+def test_train_feeds_the_model_what_augment_makes_of_every_batch():
+    arrays = _separable()
+    seen = []
+
+    def flip(inputs, mask):  # labels stay: the sensor's sign now says the other class
+        seen.append(mask.clone())
+        return {**inputs, "acc": -inputs["acc"]}
+
+    model = _model()
+    train(model, make_loader(arrays, SPECS, batch_size=16, shuffle=True, seed=0), SPECS,
+          epochs=5, learning_rate=0.02, weights=WEIGHTS, augment=flip)
+    flipped = MultimodalArrays({**arrays.inputs, "acc": -arrays.inputs["acc"]}, arrays.mask,
+                               arrays.labels)
+    sensor_only = flipped.subset(np.flatnonzero(~arrays.mask[:, 1]))  # no log token to read
+
+    assert len(seen) == 5 * 4 and all(m.shape == (16, 2) for m in seen)
+    loader = make_loader(sensor_only, SPECS, batch_size=32, shuffle=False, seed=0)
+    assert evaluate(model, loader, SPECS).accuracy >= 0.9  # it learned the flipped sensor
+
+
 def test_evaluate_is_deterministic():
     model = _model()
     loader = make_loader(_separable(16), SPECS, batch_size=8, shuffle=False, seed=0)

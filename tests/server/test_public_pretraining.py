@@ -9,6 +9,8 @@ from fedmosaic.config import RunConfig
 from fedmosaic.data.datasets import from_arrays
 from fedmosaic.data.smartwatch import SmartwatchDataset
 from fedmosaic.models.encoders import SensorFeatureEncoder
+from fedmosaic.privacy.anonymizer.reframe import reframe
+from fedmosaic.server import public_pretraining
 from fedmosaic.server.public_pretraining import pretrain_on_public_devices
 from fedmosaic.task import build_model, cached_dataset
 
@@ -39,6 +41,37 @@ def test_pretraining_reads_only_the_public_devices_and_moves_the_model():
     assert dataset.read == [8, 9] == done["partitions"]
     assert done["samples"] == sum(len(dataset.partition(p)[0]) for p in (8, 9))
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_reframed_pretraining_augments_every_batch_reproducibly(monkeypatch):
+    settings = {"num-clients": 6, "unseen-devices": 2, "public-devices": 2,
+                "pretrain-epochs": 1, "pretrain-reframe": 0.5}
+    config = RunConfig.from_mapping(settings)
+    dataset = cached_dataset(config)
+    strengths = []
+
+    def spy(inputs, mask, specs, strength, generator):
+        strengths.append(strength)
+        return reframe(inputs, mask, specs, strength, generator)
+
+    monkeypatch.setattr(public_pretraining, "reframe", spy)
+    done = [pretrain_on_public_devices(config, dataset, build_model(config, dataset))
+            for _ in range(2)]
+    pretrain_on_public_devices(RunConfig.from_mapping({**settings, "pretrain-reframe": 0.0}),
+                               dataset, build_model(config, dataset))
+
+    batches = -(-done[0]["samples"] // config.batch_size)
+    assert len(strengths) == 2 * batches  # every batch of both runs, none in the plain one
+    assert all(0.0 <= float(s.min()) and float(s.max()) < 0.5 for s in strengths)
+    assert done[0]["reframe"] == 0.5
+    assert all(torch.equal(a, b) for a, b in zip(strengths[:batches], strengths[batches:],
+                                                 strict=True))  # drawn from the run's seed
+
+
+def test_pretrain_reframe_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"pretrain-reframe must lie in \[0, 1\], got 1.5"):
+        RunConfig.from_mapping({"public-devices": 2, "pretrain-epochs": 1,
+                                "pretrain-reframe": 1.5})
 
 
 def test_the_smartwatch_central_test_drops_the_donors_subjects():
