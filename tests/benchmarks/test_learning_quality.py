@@ -131,11 +131,12 @@ def test_a_cut_short_grid_still_has_whole_figures_first(learning_quality):
     assert order.index(("dp", "scratch-eps3", 0)) < order.index(("personalization", "none", 1))
     first_seed = [o for o in order if o[0] == "dp" and o[2] == 0]
     assert order.index(first_seed[-1]) < order.index(("dp", "public-nodp", 1))
-    assert first_seed[-5:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
+    assert first_seed[-7:] == [("dp", "scratch-eps1", 0), ("dp", "features-eps1", 0),
                                ("dp", "public-eps1", 0), ("dp", "public-tuned-eps1", 0),
-                               ("dp", "public-head-eps1", 0)]
-    assert order[-1] == ("dp", "public-head-eps1", 1)  # every seed runs the DP paths
-    assert len(order) == len(set(order)) == 2 * 14 + 2 * (3 + 3 * 5)
+                               ("dp", "public-head-eps1", 0), ("dp", "public-reframed-eps1", 0),
+                               ("dp", "public-head-reframed-eps1", 0)]
+    assert order[-1] == ("dp", "public-head-reframed-eps1", 1)  # every seed runs the DP paths
+    assert len(order) == len(set(order)) == 2 * 14 + 2 * (5 + 3 * 7)
 
 
 def test_the_missing_part_trains_a_federation_without_each_modality(learning_quality):
