@@ -216,10 +216,10 @@ class RunConfig:
         "epochs of the server's plain training on the `public-devices`' data (0: none)"
     )
     pretrain_reframe: float = setting(
-        "augmentation of that pretraining, in [0, 1]: each batch's sensor windows are moved to a "
-        "random frame of strength r ~ U(0, R) per sample (rotation, gain, offset; "
-        "`privacy/anonymizer/reframe.py`), so the pretrained encoders read the activity "
-        "whatever the wearer's frame (0: the windows as recorded)"
+        "augmentation of that pretraining, R in [0, 1]: each batch's sensor windows are moved to "
+        "a random frame of strength r ~ U(0, R) per sample (rotation of 3k channels as k x, y, z "
+        "triples, gain, offset; `privacy/anonymizer/reframe.py`), so the pretrained encoders "
+        "read the activity whatever the wearer's frame (0: the windows as recorded)"
     )
     fine_tune: str = setting(
         "what devices train: `all` parameters, the `top` only (probabilistic heads, fusion, "
@@ -784,6 +784,9 @@ def _check_learning(config: RunConfig) -> None:
     check_async(config)
     if not 0.0 <= config.pretrain_reframe <= 1.0:
         raise ValueError(f"pretrain-reframe must lie in [0, 1], got {config.pretrain_reframe}")
+    if config.pretrain_reframe and not config.pretrain_epochs:
+        raise ValueError(f"pretrain-reframe={config.pretrain_reframe} augments the public "
+                         f"pretraining: set pretrain-epochs >= 1, got 0")
     if config.pretrain_epochs and not config.public_devices:
         raise ValueError(f"pretrain-epochs={config.pretrain_epochs} pretrains on the public "
                          f"devices' data: set public-devices >= 1, got 0")

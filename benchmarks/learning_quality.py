@@ -31,7 +31,7 @@ invocation on the same 8 subjects' training windows for the same number of epoch
   (``public-tuned``, ``server/dp_tuning.py``), against the better of ``public`` without DP and
   the same tuned settings without DP; public pretraining with the classifier alone
   DP-fine-tuned (``public-head``, ``fine-tune=head``: 1,287 parameters against ``top``'s
-  20,428); and both of these last two with the pretraining augmented by random frames
+  20,428); and ``public`` and ``public-head`` with the pretraining augmented by random frames
   (``public-reframed``, ``public-head-reframed``: ``pretrain-reframe=1``,
   ``server/public_pretraining.py``). DP cells run for every seed, each against its own seed's
   runs without DP; ``dp_time_ratio`` compares the runs' CPU seconds (one torch thread each),

@@ -6,8 +6,8 @@ the settings that suit one ε do not suit another (fewer, larger steps as ε shr
 et al. 2023, "How to DP-fy ML", §5). With ``public-devices`` K >= 2 consented donors, each
 candidate (local epochs E, learning rate η, clipping bound C) is scored leave-one-donor-out:
 
-1. the model is pretrained, plainly, on the other donors' training data for ``pretrain-epochs``
-   (as the server pretrains on all donors before a run);
+1. the model is pretrained on the other donors' training data for ``pretrain-epochs``, with the
+   run's ``pretrain-reframe`` (as the server pretrains on all donors before a run);
 2. one simulated device holding the left-out donor's training split runs the run's DP-SGD
    regime: ``num-server-rounds`` rounds of E Poisson epochs at ``batch-size``, a fresh Adam
    each round, training what ``fine-tune`` names, with the noise multiplier σ calibrated so
@@ -21,7 +21,7 @@ The proxy ranks candidates; it does not predict the federated accuracy. Averagin
 devices that all hold the left-out donor's data removes the first bias but adds a worse one:
 they cannot drift apart as different subjects do, so large learning rates win that make the
 real federation collapse (README, "DP-SGD settings per ε"). The batch size stays the run's
-``batch-size`` for the same reason: with B = 128 in the grid the proxy chose it in 4 of 9 (seed,
+``batch-size`` for the same reason: with B = 128 in the grid the proxy chose it in 5 of 9 (seed,
 ε) pairs, twice with η = 0.03, and the tuned federation lost more than with B fixed (README).
 Each candidate gets one draw of DP-SGD's noise and sampling per fold (Opacus draws them from the
 OS's entropy), so candidates a point or two apart are not told apart; the per-fold accuracies
@@ -97,8 +97,8 @@ def tune_on_public_devices(config: RunConfig, dataset: FederatedDataset,
     """Score every candidate of ``grid`` (default :func:`candidates`) at the run's ε.
 
     ε is ``dp-epsilon-budget``; the run's ``num-server-rounds``, ``batch-size``, ``delta``,
-    ``fine-tune`` and ``pretrain-epochs`` are kept, and ``seed`` initialises the model.
-    Returns the candidates, best first.
+    ``fine-tune``, ``pretrain-epochs`` and ``pretrain-reframe`` are kept, and ``seed``
+    initialises the model. Returns the candidates, best first.
 
     Raises:
         ValueError: Without ``dp``, with fewer than 2 public devices (one to pretrain on, one to

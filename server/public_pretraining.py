@@ -18,8 +18,9 @@ rotation shared by the sample's three-axis groups, a gain and an offset per chan
 of Um et al. 2017 ("Data Augmentation of Wearable Sensor Data for Parkinson's Disease
 Monitoring using Convolutional Neural Networks", ICMI): how a device sits on its wearer and
 each sensor's bias differ from subject to subject, so encoders pretrained on a few donors'
-frames transfer badly to other subjects, and encoders pretrained on random frames learn to
-read the activity without them (README, "DP that costs less").
+frames likely read those frames along with the activity, which does not carry over to other
+subjects (README, "Pretraining on random frames", measures the gain). A sensor with 3k channels
+is rotated as k x, y, z triples, whatever its channels are: use it on wearable motion data.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def pretrain_on_public_devices(config: RunConfig, dataset: FederatedDataset,
     ``partitions`` picks some of the donors (default: all of ``config.public_partitions``).
 
     Returns:
-        What was done: ``partitions``, ``samples``, ``epochs`` and the last epoch's ``loss``.
+        What was done: ``partitions``, ``samples``, ``epochs``, ``reframe`` (R) and the last
+        epoch's ``loss``.
 
     Raises:
         ValueError: If the public devices hold no training data.

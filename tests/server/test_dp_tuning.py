@@ -5,12 +5,14 @@ import json
 import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
+from rich.console import Console
 from test_public_pretraining import Spy
 from typer.testing import CliRunner
 
+from fedmosaic import cli
 from fedmosaic.cli import app
 from fedmosaic.config import RunConfig
-from fedmosaic.server import dp_tuning
+from fedmosaic.server import dp_tuning, public_pretraining
 from fedmosaic.server.dp_tuning import Candidate, candidates, tune_on_public_devices
 from fedmosaic.task import cached_dataset
 
@@ -63,8 +65,11 @@ def test_tuning_without_donors_to_pretrain_and_tune_on_is_refused(overrides, mes
         tune_on_public_devices(config, cached_dataset(config), GRID)
 
 
-def test_the_command_prints_every_setting_and_the_overrides_to_run_with(monkeypatch, tmp_path):
+@pytest.mark.parametrize("width", [200, 40])  # a narrow terminal must not break the line
+def test_the_command_prints_every_setting_and_the_overrides_to_run_with(monkeypatch, tmp_path,
+                                                                       width):
     monkeypatch.setattr(dp_tuning, "candidates", lambda: GRID)
+    monkeypatch.setattr(cli, "console", Console(width=width))
     out = tmp_path / "tuning.json"
 
     pairs = [f"-c{k}={str(v).lower()}" for k, v in TINY.items()]  # TOML values: true, 3.0
@@ -76,6 +81,8 @@ def test_the_command_prints_every_setting_and_the_overrides_to_run_with(monkeypa
     assert len(report["candidates"]) == len(GRID)
     best = " ".join(f"-c {k}={v}" for k, v in report["best"].items())
     assert f"run with: {best}" in shown.output
+    if width == 200:  # the table's columns are the settings' keys
+        assert all(key in shown.output for key in GRID[0].overrides())
 
 
 def test_the_default_grid_covers_epochs_learning_rates_and_clipping():
@@ -83,6 +90,19 @@ def test_the_default_grid_covers_epochs_learning_rates_and_clipping():
 
     assert len(grid) == len(set(grid)) == 18
     assert {c.max_grad_norm for c in grid} == {0.1, 1.0}
+
+
+def test_the_folds_pretrain_with_the_runs_reframing(monkeypatch):
+    config = RunConfig.from_mapping({**TINY, "pretrain-reframe": 1.0})
+    monkeypatch.setattr(dp_tuning, "train_private", lambda *args, **kwargs: None)
+    strengths = []
+    monkeypatch.setattr(public_pretraining, "reframe",
+                        lambda inputs, mask, specs, strength, generator:
+                        strengths.append(strength) or inputs)
+
+    tune_on_public_devices(config, cached_dataset(config), GRID[:1])
+
+    assert strengths and all(float(s.max()) < 1.0 for s in strengths)  # both folds' pretraining
 
 
 def test_tuning_without_dp_is_refused():

@@ -48,11 +48,12 @@ def test_reframed_pretraining_augments_every_batch_reproducibly(monkeypatch):
                 "pretrain-epochs": 1, "pretrain-reframe": 0.5}
     config = RunConfig.from_mapping(settings)
     dataset = cached_dataset(config)
-    strengths = []
+    strengths, outputs = [], []
 
     def spy(inputs, mask, specs, strength, generator):
         strengths.append(strength)
-        return reframe(inputs, mask, specs, strength, generator)
+        outputs.append(reframe(inputs, mask, specs, strength, generator))
+        return outputs[-1]
 
     monkeypatch.setattr(public_pretraining, "reframe", spy)
     done = [pretrain_on_public_devices(config, dataset, build_model(config, dataset))
@@ -64,14 +65,25 @@ def test_reframed_pretraining_augments_every_batch_reproducibly(monkeypatch):
     assert len(strengths) == 2 * batches  # every batch of both runs, none in the plain one
     assert all(0.0 <= float(s.min()) and float(s.max()) < 0.5 for s in strengths)
     assert done[0]["reframe"] == 0.5
-    assert all(torch.equal(a, b) for a, b in zip(strengths[:batches], strengths[batches:],
-                                                 strict=True))  # drawn from the run's seed
+    for first, second in ((strengths[:batches], strengths[batches:]),
+                          (outputs[:batches], outputs[batches:])):  # drawn from the run's seed
+        assert all(_equal(a, b) for a, b in zip(first, second, strict=True))
 
 
-def test_pretrain_reframe_out_of_range_is_refused():
-    with pytest.raises(ValueError, match=r"pretrain-reframe must lie in \[0, 1\], got 1.5"):
-        RunConfig.from_mapping({"public-devices": 2, "pretrain-epochs": 1,
-                                "pretrain-reframe": 1.5})
+def _equal(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return torch.equal(a, b)
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"pretrain-epochs": 1, "pretrain-reframe": 1.5}, r"must lie in \[0, 1\], got 1.5"),
+    ({"pretrain-epochs": 1, "pretrain-reframe": -0.1}, r"must lie in \[0, 1\], got -0.1"),
+    ({"pretrain-reframe": 1.0}, "augments the public pretraining: set pretrain-epochs >= 1"),
+])
+def test_pretrain_reframe_out_of_range_or_without_pretraining_is_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig.from_mapping({"public-devices": 2, **settings})
 
 
 def test_the_smartwatch_central_test_drops_the_donors_subjects():
